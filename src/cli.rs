@@ -1,0 +1,151 @@
+//! The command line: argument parsing, logging set-up, and the process's life cycle.
+//!
+//! `main.rs` only calls [`main`]. The configuration is loaded and validated before any port is
+//! bound, so a bad file costs one clear message and exit code 2, never a half-started proxy.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::demo::DemoArgs;
+use crate::server::Server;
+
+/// A reverse proxy that coalesces identical in-flight requests into one upstream fetch.
+#[derive(Debug, Parser)]
+#[command(
+    name = "coalesce-proxy",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit: 0 when valid, 2 when not.
+    #[arg(long, requires = "config")]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a slow built-in origin and the proxy on loopback, send a herd through, and report.
+    Demo(DemoArgs),
+}
+
+/// Exit code for a configuration that cannot be used.
+const EXIT_BAD_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Demo(args)) = cli.command {
+        return run_with_runtime(|| crate::demo::run(args));
+    }
+    let Some(path) = cli.config else {
+        eprintln!("error: --config PATH is required (or try `coalesce-proxy demo`)");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if cli.check {
+        println!(
+            "config {} is valid: {} listener(s), {} upstream(s), {} route(s)",
+            path.display(),
+            config.server.listen.len(),
+            config.upstreams.len(),
+            config.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log);
+    run_with_runtime(|| serve(config))
+}
+
+fn run_with_runtime<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    raise_open_file_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    server.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes and Docker send it to start a graceful shutdown) or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT will stop the proxy");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Text or JSON logs on stderr. `RUST_LOG`, when set, wins over the configured level.
+pub fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Every client connection and every upstream connection is a file descriptor; the common
+/// soft limit of 1024 would cap a herd far below what the proxy can serve. Raise the soft
+/// limit to the hard one, as nginx's `worker_rlimit_nofile` does.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,50 @@
+//! The response body each client of a flight reads, at its own pace, from the shared log.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use http_body::{Body, Frame};
+
+use super::Subscription;
+use crate::upstream::FetchError;
+
+/// One client's view of a flight's body. It starts at chunk 0 whenever the client joined, so a
+/// late follower still gets the whole body, and it waits (without polling) for chunks that
+/// have not arrived yet. When the fetch fails mid-body it yields the error, which makes the
+/// server abort the client's connection instead of ending the response cleanly.
+///
+/// It owns the client's [`Subscription`], so dropping the body (the client went away) leaves
+/// the flight.
+pub struct FanoutBody {
+    frames: BoxStream<'static, Result<Frame<Bytes>, FetchError>>,
+}
+
+impl FanoutBody {
+    pub fn new(subscription: Subscription) -> FanoutBody {
+        // `Some(next chunk index)` while reading; `None` after an error has been yielded.
+        let frames = stream::unfold(Some((subscription, 0usize)), |reading| async move {
+            let (subscription, index) = reading?;
+            match subscription.flight().chunk(index).await? {
+                Ok(chunk) => Some((Ok(Frame::data(chunk)), Some((subscription, index + 1)))),
+                Err(err) => Some((Err(err), None)),
+            }
+        });
+        FanoutBody {
+            frames: frames.boxed(),
+        }
+    }
+}
+
+impl Body for FanoutBody {
+    type Data = Bytes;
+    type Error = FetchError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
+        self.frames.poll_next_unpin(cx)
+    }
+}

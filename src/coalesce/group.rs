@@ -1,0 +1,192 @@
+//! The singleflight table: at most one live flight per key.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use http::Response;
+use http_body_util::BodyExt;
+
+use super::{Flight, Key, SharedHead};
+use crate::routes::Route;
+use crate::stats::Stats;
+use crate::upstream::{FetchError, UpstreamBody};
+
+/// Whether a client started its flight or joined one already in the air.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+/// The table of live flights (Go's `singleflight.Group`).
+///
+/// A flight is in `flights` from the moment its leader arrives until its fetch ends, or until
+/// its last client leaves. Requests that arrive in that window join it; the first one after it
+/// starts a new flight ("forget on completion"), so the table never serves stale responses.
+#[derive(Debug)]
+pub struct Group {
+    /// Guarded by a std mutex, held only for one lookup and insert or remove, never across
+    /// an `.await` (see mini-redis's `db.rs`): a tokio mutex would cost more and buy nothing.
+    /// Lock order: this table, then a flight's state, never the other way round.
+    flights: Mutex<HashMap<Key, Arc<Flight>>>,
+    next_id: AtomicU64,
+    stats: Arc<Stats>,
+}
+
+/// A client's place in a flight. Dropping it leaves the flight; when the last client leaves
+/// before the fetch ends, the fetch is cancelled. The leader holds one too, so the fetch
+/// belongs to whoever is still waiting, not to the client that started it.
+#[derive(Debug)]
+pub struct Subscription {
+    flight: Arc<Flight>,
+    group: Arc<Group>,
+}
+
+impl Subscription {
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.flight.leave() {
+            self.group.forget(&self.flight);
+            self.group.stats.record_flight_cancelled();
+            tracing::debug!(
+                flight = self.flight.id,
+                route = %self.flight.route.name,
+                key = %format_args!("{:016x}", self.flight.key.digest()),
+                "flight cancelled: every client left"
+            );
+        }
+    }
+}
+
+impl Group {
+    pub fn new(stats: Arc<Stats>) -> Group {
+        Group {
+            flights: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stats,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<Key, Arc<Flight>>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of flights in the air now.
+    pub fn len(&self) -> usize {
+        self.table().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Joins the live flight for `key`, or starts one whose fetch is `fetch()`. The fetch runs
+    /// on its own task, so it outlives the leader's request if followers still wait.
+    pub fn join<F, Fut>(
+        self: &Arc<Self>,
+        key: Key,
+        route: &Arc<Route>,
+        fetch: F,
+    ) -> (Role, Subscription)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static,
+    {
+        let flight = {
+            let mut table = self.table();
+            if let Some(flight) = table.get(&key) {
+                if flight.try_join() {
+                    let subscription = Subscription {
+                        flight: flight.clone(),
+                        group: self.clone(),
+                    };
+                    return (Role::Follower, subscription);
+                }
+            }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let flight = Arc::new(Flight::new(id, key.clone(), route.clone()));
+            table.insert(key, flight.clone());
+            flight
+        };
+        let fetch = fetch();
+        let task = tokio::spawn({
+            let flight = flight.clone();
+            let group = self.clone();
+            async move {
+                let end = drive(&flight, fetch).await;
+                group.finish(&flight, end);
+            }
+        });
+        flight.set_fetch(task.abort_handle());
+        let subscription = Subscription {
+            flight,
+            group: self.clone(),
+        };
+        (Role::Leader, subscription)
+    }
+
+    /// Removes `flight` from the table if the table still holds that very flight (a newer
+    /// one for the same key may have replaced it).
+    fn forget(&self, flight: &Arc<Flight>) {
+        let mut table = self.table();
+        if table
+            .get(&flight.key)
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            table.remove(&flight.key);
+        }
+    }
+
+    fn finish(&self, flight: &Arc<Flight>, end: Result<(), FetchError>) {
+        // Forget before publishing, so that a request arriving after the end always starts a
+        // new flight instead of finding a finished one.
+        self.forget(flight);
+        let error = end.as_ref().err().map(FetchError::kind);
+        if !flight.publish_end(end) {
+            return;
+        }
+        let followers = flight.followers();
+        self.stats
+            .record_flight_done(followers as u64, error.is_some());
+        tracing::debug!(
+            flight = flight.id,
+            route = %flight.route.name,
+            key = %format_args!("{:016x}", flight.key.digest()),
+            path = flight.key.path(),
+            followers,
+            bytes = flight.body_bytes(),
+            duration_ms = flight.started.elapsed().as_millis() as u64,
+            error,
+            "flight done"
+        );
+    }
+}
+
+/// The fetch task's work: wait for the head, then copy every body chunk into the flight.
+async fn drive<Fut>(flight: &Flight, fetch: Fut) -> Result<(), FetchError>
+where
+    Fut: Future<Output = Result<Response<UpstreamBody>, FetchError>>,
+{
+    let (parts, mut body) = fetch.await?.into_parts();
+    flight.publish_head(SharedHead {
+        status: parts.status,
+        headers: parts.headers,
+    });
+    while let Some(frame) = body.frame().await {
+        // Trailers are dropped: the hop to the client may not carry them (HTTP/1.1 without
+        // `TE: trailers`), and nothing the proxy promises depends on them.
+        if let Ok(data) = frame?.into_data() {
+            if !data.is_empty() {
+                flight.publish_chunk(data);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! Configuration: the TOML file as written, and the validated [`Config`] the proxy runs on.
+//!
+//! Loading happens in two stages, as in ripgrep's `lowargs`/`hiargs`. The `raw` structs mirror
+//! the file exactly (`deny_unknown_fields`, so a typo is an error) and keep the span of every
+//! value that is checked later. [`Config::from_toml`] then resolves them into typed values
+//! (`SocketAddr`, `Duration`, `Uri`, `HeaderName`, `Method`) and checks the cross-references
+//! (a route naming a missing upstream, a listen address given twice). Every error carries the
+//! line and column of the value that caused it. Nothing outside this module sees raw TOML.
+//!
+//! This module does not build anything that runs: the route table lives in `routes` and the
+//! upstream clients in `upstream`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+
+/// A configuration that could not be loaded, with where in the file the problem is.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, when the configuration came from one.
+    pub path: Option<PathBuf>,
+    /// 1-based line and column of the offending value, when known.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "config {}", path.display())?,
+            None => write!(f, "config")?,
+        }
+        if let Some((line, column)) = self.position {
+            write!(f, ": line {line}, column {column}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The whole validated configuration. Everything the proxy does is driven by this value.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Upstreams by name, in name order.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The `[coalesce]` table: defaults for every route, and the outcome header for answers
+    /// given without a route.
+    pub coalesce: CoalescePolicy,
+    /// Routes in file order; `routes::RouteTable` decides which one a request takes.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `coalesce_proxy=debug`.
+    pub level: String,
+    /// Zero turns the periodic stats line off.
+    pub stats_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
+    pub origin: Uri,
+    /// Path prefixed to every forwarded path, without a trailing slash ("" for none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+/// How requests on a route are coalesced, after per-route overrides are applied.
+#[derive(Debug, Clone)]
+pub struct CoalescePolicy {
+    pub enabled: bool,
+    pub methods: Vec<Method>,
+    /// Request headers whose values become part of the key (lower-case names).
+    pub key_headers: Vec<HeaderName>,
+    /// Response header naming the outcome; `None` turns it off.
+    pub outcome_header: Option<HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// From the file, or the route's index when the file gives none.
+    pub name: String,
+    /// Lower-case host without a port; `None` matches any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub strip_prefix: bool,
+    pub coalesce: CoalescePolicy,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            path: Some(path.to_owned()),
+            position: None,
+            message: format!("cannot read the file: {err}"),
+        })?;
+        Config::from_toml(&text).map_err(|mut err| {
+            err.path = Some(path.to_owned());
+            err
+        })
+    }
+
+    /// Validates configuration text. Errors carry a position but no path.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::File = toml::from_str(text).map_err(|err| ConfigError {
+            path: None,
+            position: err.span().map(|span| line_column(text, span.start)),
+            message: err.message().trim_end().to_owned(),
+        })?;
+        Resolver { text }.resolve(raw)
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Turns raw values into typed ones, remembering the text so errors can give positions.
+struct Resolver<'a> {
+    text: &'a str,
+}
+
+impl Resolver<'_> {
+    fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: None,
+            position: Some(line_column(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, value: &raw::Spanned<String>) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref()).map_err(|err| {
+            self.error_at(
+                value.span(),
+                format!(
+                    "invalid duration {:?}: {err} (write e.g. \"250ms\" or \"10s\")",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn duration_or(
+        &self,
+        value: &Option<raw::Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        value.as_ref().map_or(Ok(default), |v| self.duration(v))
+    }
+
+    fn resolve(&self, raw: raw::File) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server.unwrap_or_default())?;
+        let log = self.log(raw.log.unwrap_or_default())?;
+
+        let mut upstreams = BTreeMap::new();
+        for (name, upstream) in raw.upstreams {
+            let resolved = self.upstream(&name, upstream)?;
+            upstreams.insert(name, resolved);
+        }
+
+        let defaults = self.coalesce_defaults(raw.coalesce.unwrap_or_default())?;
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        let mut names = HashSet::new();
+        for (index, route) in raw.routes.into_iter().enumerate() {
+            let route = self.route(index, route, &upstreams, &defaults)?;
+            if !names.insert(route.0.name.clone()) {
+                return Err(
+                    self.error_at(route.1, format!("duplicate route name {:?}", route.0.name))
+                );
+            }
+            routes.push(route.0);
+        }
+        if routes.is_empty() {
+            return Err(ConfigError {
+                path: None,
+                position: None,
+                message: "no [[routes]]: the proxy would answer every request with 404".into(),
+            });
+        }
+        Ok(Config {
+            server,
+            log,
+            upstreams,
+            coalesce: defaults,
+            routes,
+        })
+    }
+
+    fn server(&self, raw: raw::Server) -> Result<ServerConfig, ConfigError> {
+        let (addresses, span) = match raw.listen {
+            None => (vec!["127.0.0.1:8080".to_owned()], 0..0),
+            Some(listen) => {
+                let span = listen.span();
+                match listen.into_inner() {
+                    raw::OneOrMany::One(one) => (vec![one], span),
+                    raw::OneOrMany::Many(many) => (many, span),
+                }
+            }
+        };
+        let mut listen = Vec::with_capacity(addresses.len());
+        for address in &addresses {
+            let parsed: SocketAddr = address.parse().map_err(|_| {
+                self.error_at(
+                    span.clone(),
+                    format!(
+                        "invalid listen address {address:?}: write an IP address and port, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+                    ),
+                )
+            })?;
+            // Port 0 may repeat: each one binds its own ephemeral port.
+            if parsed.port() != 0 && listen.contains(&parsed) {
+                return Err(
+                    self.error_at(span.clone(), format!("duplicate listen address {parsed}"))
+                );
+            }
+            listen.push(parsed);
+        }
+        if listen.is_empty() {
+            return Err(ConfigError {
+                path: None,
+                position: None,
+                message: "[server] listen is an empty list".into(),
+            });
+        }
+        Ok(ServerConfig {
+            listen,
+            shutdown_grace: self.duration_or(&raw.shutdown_grace, Duration::from_secs(30))?,
+        })
+    }
+
+    fn log(&self, raw: raw::Log) -> Result<LogConfig, ConfigError> {
+        let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(self.error_at(
+                    raw.format.as_ref().map_or(0..0, |f| f.span()),
+                    format!("unknown log format {other:?}: use \"text\" or \"json\""),
+                ))
+            }
+        };
+        let level = match &raw.level {
+            None => "info".to_owned(),
+            Some(level) => {
+                tracing_subscriber::EnvFilter::try_new(level.get_ref()).map_err(|err| {
+                    self.error_at(
+                        level.span(),
+                        format!("invalid log level {:?}: {err}", level.get_ref()),
+                    )
+                })?;
+                level.get_ref().clone()
+            }
+        };
+        Ok(LogConfig {
+            format,
+            level,
+            stats_interval: self.duration_or(&raw.stats_interval, Duration::from_secs(10))?,
+        })
+    }
+
+    fn upstream(&self, name: &str, raw: raw::Upstream) -> Result<UpstreamConfig, ConfigError> {
+        let url = &raw.url;
+        let bad = |why: &str| {
+            self.error_at(
+                url.span(),
+                format!("upstream {name:?}: invalid url {:?}: {why}", url.get_ref()),
+            )
+        };
+        let uri: Uri = url
+            .get_ref()
+            .parse()
+            .map_err(|err| bad(&format!("{err}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(bad(&format!(
+                    "scheme {other:?} is not supported; use http://"
+                )))
+            }
+            None => {
+                return Err(bad(
+                    "it needs a scheme and a host, e.g. \"http://127.0.0.1:3000\"",
+                ))
+            }
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(|| bad("it has no host"))?
+            .clone();
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed here"));
+        }
+        let origin = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|err| bad(&format!("{err}")))?;
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(UpstreamConfig {
+            name: name.to_owned(),
+            origin,
+            base_path,
+            connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
+            response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
+            idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
+            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+        })
+    }
+
+    fn coalesce_defaults(&self, raw: raw::Coalesce) -> Result<CoalescePolicy, ConfigError> {
+        let builtin = CoalescePolicy {
+            enabled: true,
+            methods: vec![Method::GET, Method::HEAD],
+            key_headers: vec![http::header::ACCEPT_ENCODING],
+            outcome_header: Some(HeaderName::from_static("x-coalesce")),
+        };
+        self.coalesce_overrides(&builtin, raw)
+    }
+
+    fn coalesce_overrides(
+        &self,
+        base: &CoalescePolicy,
+        raw: raw::Coalesce,
+    ) -> Result<CoalescePolicy, ConfigError> {
+        let mut policy = base.clone();
+        if let Some(enabled) = raw.enabled {
+            policy.enabled = enabled;
+        }
+        if let Some(methods) = raw.methods {
+            policy.methods = methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        self.error_at(m.span(), format!("invalid method {:?}", m.get_ref()))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(headers) = raw.key_headers {
+            policy.key_headers = headers
+                .iter()
+                .map(|h| self.header_name(h))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(header) = raw.header {
+            policy.outcome_header = if header.get_ref().is_empty() {
+                None
+            } else {
+                Some(self.header_name(&header)?)
+            };
+        }
+        Ok(policy)
+    }
+
+    fn header_name(&self, raw: &raw::Spanned<String>) -> Result<HeaderName, ConfigError> {
+        HeaderName::from_bytes(raw.get_ref().as_bytes()).map_err(|_| {
+            self.error_at(
+                raw.span(),
+                format!("invalid header name {:?}", raw.get_ref()),
+            )
+        })
+    }
+
+    fn route(
+        &self,
+        index: usize,
+        raw: raw::Route,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+        defaults: &CoalescePolicy,
+    ) -> Result<(RouteConfig, std::ops::Range<usize>), ConfigError> {
+        let prefix = raw.path_prefix.get_ref();
+        if !prefix.starts_with('/') {
+            return Err(self.error_at(
+                raw.path_prefix.span(),
+                format!("path_prefix {prefix:?} must start with \"/\""),
+            ));
+        }
+        if !upstreams.contains_key(raw.upstream.get_ref()) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            return Err(self.error_at(
+                raw.upstream.span(),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    raw.upstream.get_ref(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        let host = match &raw.host {
+            None => None,
+            Some(host) => {
+                let value = host.get_ref();
+                if value.is_empty() || value.contains(['/', ' ']) {
+                    return Err(self.error_at(host.span(), format!("invalid host {value:?}")));
+                }
+                Some(value.to_ascii_lowercase())
+            }
+        };
+        let (name, name_span) = match raw.name {
+            Some(name) => (name.get_ref().clone(), name.span()),
+            None => (index.to_string(), raw.path_prefix.span()),
+        };
+        let coalesce = match raw.coalesce {
+            Some(overrides) => self.coalesce_overrides(defaults, overrides)?,
+            None => defaults.clone(),
+        };
+        Ok((
+            RouteConfig {
+                name,
+                host,
+                path_prefix: prefix.clone(),
+                upstream: raw.upstream.into_inner(),
+                strip_prefix: raw.strip_prefix.unwrap_or(false),
+                coalesce,
+            },
+            name_span,
+        ))
+    }
+}
+
+/// The file exactly as written. Only `Config::from_toml` looks at these.
+mod raw {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    pub use toml::Spanned;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub server: Option<Server>,
+        pub log: Option<Log>,
+        #[serde(default)]
+        pub upstreams: BTreeMap<String, Upstream>,
+        pub coalesce: Option<Coalesce>,
+        #[serde(default)]
+        pub routes: Vec<Route>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        // Spans cannot reach inside an untagged enum, so errors point at the whole value.
+        pub listen: Option<Spanned<OneOrMany>>,
+        pub shutdown_grace: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub format: Option<Spanned<String>>,
+        pub level: Option<Spanned<String>>,
+        pub stats_interval: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub url: Spanned<String>,
+        pub connect_timeout: Option<Spanned<String>>,
+        pub response_timeout: Option<Spanned<String>>,
+        pub idle_timeout: Option<Spanned<String>>,
+        pub pool_max_idle: Option<usize>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Coalesce {
+        pub enabled: Option<bool>,
+        pub methods: Option<Vec<Spanned<String>>>,
+        pub key_headers: Option<Vec<Spanned<String>>>,
+        pub header: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Route {
+        pub name: Option<Spanned<String>>,
+        pub host: Option<Spanned<String>>,
+        pub path_prefix: Spanned<String>,
+        pub upstream: Spanned<String>,
+        pub strip_prefix: Option<bool>,
+        pub coalesce: Option<Coalesce>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080", "127.0.0.1:8081"]
+
+[upstreams.app]
+url = "http://127.0.0.1:3000/base/"
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+coalesce = { key_headers = [], header = "" }
+"#;
+
+    #[test]
+    fn a_good_config_resolves_defaults_and_overrides() {
+        let config = Config::from_toml(GOOD).expect("valid");
+        assert_eq!(config.server.listen.len(), 2);
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+        let app = &config.upstreams["app"];
+        assert_eq!(app.origin.to_string(), "http://127.0.0.1:3000/");
+        assert_eq!(app.base_path, "/base");
+        let route = &config.routes[0];
+        assert_eq!(route.name, "0");
+        assert!(route.coalesce.enabled);
+        assert!(route.coalesce.key_headers.is_empty());
+        assert!(route.coalesce.outcome_header.is_none());
+        assert_eq!(route.coalesce.methods, vec![Method::GET, Method::HEAD]);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text)
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let typo = GOOD.replace("upstream = \"app\"", "upsteam = \"app\"");
+        let message = error_of(&typo);
+        assert!(
+            message.starts_with("config: line 9, column 1:"),
+            "{message}"
+        );
+        assert!(message.contains("unknown field `upsteam`"), "{message}");
+
+        let missing = GOOD.replace("upstream = \"app\"", "upstream = \"nope\"");
+        let message = error_of(&missing);
+        assert!(message.contains("line 9, column 12"), "{message}");
+        assert!(message.contains("unknown upstream \"nope\""), "{message}");
+
+        let duplicate = GOOD.replace("8081", "8080");
+        let message = error_of(&duplicate);
+        assert!(message.contains("line 3, column 10"), "{message}");
+        assert!(message.contains("duplicate listen address"), "{message}");
+
+        let url = GOOD.replace("http://127.0.0.1:3000/base/", "ftp://x");
+        assert!(error_of(&url).contains("line 6, column 7"));
+
+        let duration = format!("{GOOD}\n[log]\nstats_interval = \"ten\"\n");
+        assert!(error_of(&duration).contains("invalid duration \"ten\""));
+    }
+}

@@ -1,0 +1,299 @@
+//! `coalesce-proxy demo`: the product in one command, with nothing else to install.
+//!
+//! It starts the built-in slow [`origin`](crate::origin) and the proxy on ephemeral loopback
+//! ports (configured from the embedded `config/demo.toml`), sends a herd of identical GETs, a
+//! wave over a few keys and one POST, checks every body byte for byte, and prints what the
+//! origin saw against what the clients got.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::origin::{self, Origin, OriginSettings};
+use crate::server::Server;
+use crate::stats::StatsReporter;
+
+/// The configuration the demo runs on; `{origin}` becomes the built-in origin's URL.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Concurrent identical GETs in the herd.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// How long the origin takes to answer, e.g. 200ms or 1s.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    origin_delay: Duration,
+    /// Response body size, e.g. 16384, 16KiB or 1MiB.
+    #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    body_size: usize,
+    /// Distinct keys in the wave that follows the herd.
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text.parse()?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{text} is too large"))
+}
+
+/// What one demo client saw.
+struct ClientResult {
+    status: StatusCode,
+    outcome: String,
+    body: Bytes,
+    latency: Duration,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    crate::cli::init_logging(&LogConfig {
+        format: LogFormat::Text,
+        level: "warn".into(),
+        stats_interval: Duration::ZERO,
+    });
+    let origin = Origin::start(OriginSettings {
+        delay: args.origin_delay,
+        body_size: args.body_size,
+    })
+    .await
+    .context("starting the demo origin")?;
+    let config = Config::from_toml(&DEMO_CONFIG.replace("{origin}", &origin.url()))
+        .context("the embedded demo configuration")?;
+    let server = Server::bind(config).await.context("binding the proxy")?;
+    let proxy_addr = server.local_addrs()[0];
+    let proxy = server.proxy().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut reporter = StatsReporter::new(proxy.stats().clone(), proxy.group().clone());
+    let expected = origin::body(args.body_size);
+    let mut problems = Vec::new();
+
+    println!(
+        "coalesce-proxy demo: origin {} (answers after {}), proxy http://{proxy_addr}",
+        origin.url(),
+        humantime::format_duration(args.origin_delay),
+    );
+    println!();
+
+    let paths = vec!["/demo/hot".to_owned(); args.clients];
+    let herd = send_all(proxy_addr, Method::GET, paths).await;
+    let herd_upstream = origin.hits();
+    section(
+        &format!("herd: {} concurrent identical GET /demo/hot", args.clients),
+        &herd,
+        herd_upstream,
+        &expected,
+        args.origin_delay,
+        &mut problems,
+    );
+    if herd_upstream != 1 {
+        problems.push(format!(
+            "the herd made {herd_upstream} upstream requests, not 1"
+        ));
+    }
+
+    let keys = args.keys.max(1);
+    let paths = (0..args.clients)
+        .map(|i| format!("/demo/wave/{}", i % keys))
+        .collect();
+    let wave = send_all(proxy_addr, Method::GET, paths).await;
+    let wave_upstream = origin.hits() - herd_upstream;
+    section(
+        &format!("wave: {} concurrent GETs over {keys} keys", args.clients),
+        &wave,
+        wave_upstream,
+        &expected,
+        args.origin_delay,
+        &mut problems,
+    );
+
+    let posted = Bytes::from_static(b"a POST always goes upstream on its own\n");
+    let before = origin.hits();
+    let post = send_one(proxy_addr, Method::POST, "/demo/echo", posted.clone()).await;
+    match post {
+        Ok(result) => {
+            println!(
+                "pass-through: 1 POST /demo/echo -> {}, x-coalesce: {}, {} upstream request(s), body echoed {}",
+                result.status,
+                result.outcome,
+                origin.hits() - before,
+                if result.body == posted { "intact" } else { "CORRUPTED" }
+            );
+            if result.body != posted || result.outcome != "pass" {
+                problems.push("the POST was not passed through intact".into());
+            }
+        }
+        Err(err) => problems.push(format!("the POST failed: {err:#}")),
+    }
+
+    println!();
+    println!(
+        "totals: {} client requests, {} upstream requests",
+        herd.len() + wave.len() + 1,
+        origin.hits()
+    );
+    println!("stats: {}", reporter.next_line());
+
+    let _ = stop.send(());
+    let _ = serving.await;
+    if !problems.is_empty() {
+        bail!("the demo found problems:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Prints one scenario's report and notes any client that did not get the exact response.
+fn section(
+    title: &str,
+    results: &[Result<ClientResult, anyhow::Error>],
+    upstream: u64,
+    expected: &Bytes,
+    origin_delay: Duration,
+    problems: &mut Vec<String>,
+) {
+    let mut latencies = Vec::with_capacity(results.len());
+    let (mut leaders, mut followers, mut passed, mut bad) = (0, 0, 0, 0);
+    for result in results {
+        match result {
+            Ok(r) if r.status == StatusCode::OK && r.body == *expected => {
+                latencies.push(r.latency);
+                match r.outcome.as_str() {
+                    "leader" => leaders += 1,
+                    "follower" => followers += 1,
+                    _ => passed += 1,
+                }
+            }
+            _ => bad += 1,
+        }
+    }
+    latencies.sort();
+    println!("{title}");
+    println!("  upstream requests: {upstream}");
+    println!("  outcomes: leader={leaders} follower={followers} pass={passed}");
+    println!(
+        "  client latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (origin delay {} ms)",
+        millis(percentile(&latencies, 50.0)),
+        millis(percentile(&latencies, 99.0)),
+        millis(latencies.last().copied().unwrap_or_default()),
+        origin_delay.as_millis()
+    );
+    println!(
+        "  bodies: {} of {} identical to the origin's ({} bytes each)",
+        results.len() - bad,
+        results.len(),
+        expected.len()
+    );
+    if bad > 0 {
+        let first = results.iter().find_map(|r| match r {
+            Err(err) => Some(format!("{err:#}")),
+            Ok(r) => Some(format!("status {}, {} body bytes", r.status, r.body.len())),
+        });
+        problems.push(format!(
+            "{title}: {bad} clients did not get the exact response (e.g. {})",
+            first.unwrap_or_default()
+        ));
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Opens one connection per path, then releases every request at once (a barrier), so the
+/// proxy sees a real herd rather than a trickle.
+async fn send_all(
+    addr: SocketAddr,
+    method: Method,
+    paths: Vec<String>,
+) -> Vec<Result<ClientResult, anyhow::Error>> {
+    let barrier = Arc::new(Barrier::new(paths.len() + 1));
+    let tasks: Vec<_> = paths
+        .into_iter()
+        .map(|path| {
+            let barrier = barrier.clone();
+            let method = method.clone();
+            tokio::spawn(async move {
+                let sender = connect(addr).await;
+                barrier.wait().await;
+                send(sender?, method, &path, Bytes::new()).await
+            })
+        })
+        .collect();
+    barrier.wait().await;
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.unwrap_or_else(|err| Err(err.into())));
+    }
+    results
+}
+
+async fn send_one(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<ClientResult> {
+    let sender = connect(addr).await?;
+    send(sender, method, path, body).await
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn send(
+    mut sender: Sender,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<ClientResult> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "demo.local")
+        .body(Full::new(body))?;
+    let started = Instant::now();
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let outcome = response
+        .headers()
+        .get("x-coalesce")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(ClientResult {
+        status,
+        outcome,
+        body,
+        latency: started.elapsed(),
+    })
+}

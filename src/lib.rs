@@ -1,0 +1,32 @@
+//! coalesce-proxy: a reverse proxy that turns a thundering herd into one upstream request.
+//!
+//! Identical GET and HEAD requests that arrive while a fetch for them is in flight share that
+//! fetch; the response head and every body byte are streamed to all of them as they arrive.
+//! Everything else passes through.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
+//! - [`routes`]: host and longest-prefix matching to a [`routes::Route`].
+//! - [`coalesce`]: the singleflight table ([`coalesce::Group`]), the in-flight fetch
+//!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
+//! - [`upstream`]: the pooled upstream client and its timeouts.
+//! - [`hygiene`]: hop-by-hop removal and forwarding headers.
+//! - [`proxy`]: one request's path: route, classify, share or pass.
+//! - [`stats`]: outcome counters and the periodic stats line.
+//! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
+//! - [`cli`]: the command line, logging set-up, and the `demo` subcommand ([`demo`]).
+//! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod coalesce;
+pub mod config;
+pub mod demo;
+pub mod hygiene;
+pub mod origin;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod stats;
+pub mod upstream;

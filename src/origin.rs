@@ -1,0 +1,538 @@
+//! A small scriptable HTTP/1.1 origin for the demo, the tests and the benchmarks.
+//!
+//! It is written on raw TCP, not on hyper, so that it can misbehave on purpose: close or reset
+//! before the head or mid-body, stall, and notice a proxy that hangs up on it (a cancelled
+//! fetch). Each request scripts its own response through query parameters, so one origin
+//! serves every case:
+//!
+//! | parameter | effect |
+//! |---|---|
+//! | `delay=MS` | wait before the head (default: [`OriginSettings::delay`]) |
+//! | `size=N` | body of N bytes of [`body`] (default: [`OriginSettings::body_size`]) |
+//! | `status=N` | response status (default 200) |
+//! | `chunked=1` | `Transfer-Encoding: chunked` instead of `Content-Length` |
+//! | `chunks=N`, `gap=MS` | write the body in N pieces, MS apart |
+//! | `hold=NAME` | after the first piece, wait until [`Origin::open_gate`]`(NAME)` |
+//! | `fail=WHAT` | `close_before_head`, `reset_before_head`, `stall_before_head`, `close_mid_body`, `reset_mid_body`, `stall_mid_body` |
+//! | `header=NAME:VALUE` | add a response header (repeatable) |
+//!
+//! A request with a body gets its body echoed back. Every response carries `x-origin-hit`,
+//! the origin's running request count, so a test can tell which fetch produced it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Defaults for requests that do not script their own.
+#[derive(Debug, Clone)]
+pub struct OriginSettings {
+    pub delay: Duration,
+    pub body_size: usize,
+}
+
+impl Default for OriginSettings {
+    fn default() -> Self {
+        OriginSettings {
+            delay: Duration::ZERO,
+            body_size: 64,
+        }
+    }
+}
+
+/// The body the origin sends for `size` bytes: a repeating, position-dependent pattern, so a
+/// missing, repeated or reordered chunk shows up in a byte-for-byte comparison.
+pub fn body(size: usize) -> Bytes {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-";
+    // 63 is prime to the usual chunk sizes, so chunk boundaries never line up with the cycle.
+    (0..size).map(|i| ALPHABET[i % ALPHABET.len()]).collect()
+}
+
+/// One request as the origin received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_values(name).into_iter().next()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    settings: Mutex<OriginSettings>,
+    hits: AtomicU64,
+    /// Requests whose client hung up before the response was complete.
+    cancelled: AtomicU64,
+    requests: Mutex<Vec<RecordedRequest>>,
+    /// Gates named by `hold=` that were reached, and those the test opened.
+    held: Mutex<HashSet<String>>,
+    opened: Mutex<HashSet<String>>,
+    /// Bumped on every event above, so waiters wake without polling.
+    events: watch::Sender<()>,
+}
+
+impl Shared {
+    fn changed(&self) {
+        self.events.send_replace(());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running origin on `127.0.0.1`. Dropping it stops accepting.
+#[derive(Debug)]
+pub struct Origin {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Origin {
+    pub async fn start(settings: OriginSettings) -> std::io::Result<Origin> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            settings: Mutex::new(settings),
+            ..Shared::default()
+        });
+        let accept = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_connection(stream, shared.clone()));
+                }
+            }
+        });
+        Ok(Origin {
+            addr,
+            shared,
+            accept,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        lock(&self.shared.settings).delay = delay;
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> u64 {
+        self.shared.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose client hung up before the whole response was sent.
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// Requests whose target starts with `prefix`.
+    pub fn hits_for(&self, prefix: &str) -> usize {
+        lock(&self.shared.requests)
+            .iter()
+            .filter(|r| r.target.starts_with(prefix))
+            .count()
+    }
+
+    /// Lets every response held at gate `name` continue.
+    pub fn open_gate(&self, name: &str) {
+        lock(&self.shared.opened).insert(name.to_owned());
+        self.shared.changed();
+    }
+
+    /// Whether some response has reached gate `name` (its first body piece is out).
+    pub fn reached(&self, name: &str) -> bool {
+        lock(&self.shared.held).contains(name)
+    }
+
+    /// Waits until `condition` holds, waking on every origin event. Bounded by `timeout`;
+    /// returns whether the condition held.
+    pub async fn wait_until(&self, timeout: Duration, condition: impl Fn(&Origin) -> bool) -> bool {
+        let mut events = self.shared.events.subscribe();
+        let wait = async {
+            loop {
+                if condition(self) {
+                    return;
+                }
+                if events.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok() && condition(self)
+    }
+}
+
+/// A parsed request head plus its body.
+struct Parsed {
+    request: RecordedRequest,
+    keep_alive: bool,
+}
+
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        let Some(parsed) = read_request(&mut stream, &mut buffer).await else {
+            return;
+        };
+        let keep_alive = parsed.keep_alive;
+        match respond(&mut stream, parsed.request, &shared).await {
+            Some(()) if keep_alive => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Reads one request (head and body). `None` when the peer closed or sent garbage.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
+    loop {
+        if let Some(head_end) = find(buffer, b"\r\n\r\n") {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut request = httparse::Request::new(&mut headers);
+            request.parse(&buffer[..head_end + 4]).ok()?;
+            let method = request.method?.to_owned();
+            let target = request.path?.to_owned();
+            let version_11 = request.version == Some(1);
+            let headers: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            buffer.drain(..head_end + 4);
+            let recorded = RecordedRequest {
+                method,
+                target,
+                headers,
+                body: Vec::new(),
+            };
+            let connection = recorded.header("connection").map(str::to_ascii_lowercase);
+            let keep_alive = match connection.as_deref() {
+                Some("close") => false,
+                Some("keep-alive") => true,
+                _ => version_11,
+            };
+            let chunked = recorded
+                .header("transfer-encoding")
+                .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+            let length: usize = recorded
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let body = if chunked {
+                loop {
+                    if let Some((body, used)) = decode_chunked(buffer) {
+                        buffer.drain(..used);
+                        break body;
+                    }
+                    read_more(stream, buffer).await?;
+                }
+            } else {
+                while buffer.len() < length {
+                    read_more(stream, buffer).await?;
+                }
+                buffer.drain(..length).collect()
+            };
+            return Some(Parsed {
+                request: RecordedRequest { body, ..recorded },
+                keep_alive,
+            });
+        }
+        read_more(stream, buffer).await?;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Decodes a complete chunked body at the start of `buffer`: the body and the bytes used, or
+/// `None` if more input is needed.
+fn decode_chunked(buffer: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + find(&buffer[at..], b"\r\n")?;
+        let size_text = std::str::from_utf8(&buffer[at..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            // Skip trailers up to the empty line.
+            loop {
+                let end = at + find(&buffer[at..], b"\r\n")?;
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    return Some((body, at));
+                }
+            }
+        }
+        if buffer.len() < at + size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&buffer[at..at + size]);
+        at += size + 2;
+    }
+}
+
+/// What a request asked the origin to do.
+#[derive(Debug, Default)]
+struct Script {
+    delay: Option<Duration>,
+    size: Option<usize>,
+    status: Option<u16>,
+    chunked: bool,
+    chunks: usize,
+    gap: Duration,
+    hold: Option<String>,
+    fail: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl Script {
+    fn parse(target: &str) -> Script {
+        let mut script = Script {
+            chunks: 1,
+            ..Script::default()
+        };
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let millis = || value.parse().ok().map(Duration::from_millis);
+            match name {
+                "delay" => script.delay = millis(),
+                "size" => script.size = value.parse().ok(),
+                "status" => script.status = value.parse().ok(),
+                "chunked" => script.chunked = value == "1",
+                "chunks" => script.chunks = value.parse().unwrap_or(1).max(1),
+                "gap" => script.gap = millis().unwrap_or_default(),
+                "hold" => script.hold = Some(value.to_owned()),
+                "fail" => script.fail = Some(value.to_owned()),
+                "header" => {
+                    if let Some((n, v)) = value.split_once(':') {
+                        script.headers.push((n.to_owned(), v.replace("%20", " ")));
+                    }
+                }
+                _ => {}
+            }
+        }
+        script
+    }
+
+    fn fails(&self, what: &str) -> bool {
+        self.fail.as_deref() == Some(what)
+    }
+}
+
+/// Waits until the peer closes its side (or errors), discarding anything it sends.
+async fn peer_closed(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Sleeps for `delay`, unless the peer hangs up first (then `None`).
+async fn wait_or_hangup(stream: &mut TcpStream, delay: Duration, shared: &Shared) -> Option<()> {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Some(()),
+        () = peer_closed(stream) => {
+            shared.cancelled.fetch_add(1, Ordering::SeqCst);
+            shared.changed();
+            None
+        }
+    }
+}
+
+/// Writes the scripted response. `None` means the connection must close.
+async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shared) -> Option<()> {
+    let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    let script = Script::parse(&request.target);
+    let head_only = request.method == "HEAD";
+    let echo = (!request.body.is_empty()).then(|| Bytes::from(request.body.clone()));
+    lock(&shared.requests).push(request);
+    shared.changed();
+
+    let settings = lock(&shared.settings).clone();
+    let delay = script.delay.unwrap_or(settings.delay);
+    if script.fails("close_before_head") {
+        return None;
+    }
+    if script.fails("reset_before_head") {
+        let _ = stream.set_zero_linger();
+        return None;
+    }
+    if script.fails("stall_before_head") {
+        wait_or_hangup(stream, Duration::from_secs(3600), shared).await;
+        return None;
+    }
+    if !delay.is_zero() {
+        wait_or_hangup(stream, delay, shared).await?;
+    }
+
+    let body = echo.unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
+    let status = script.status.unwrap_or(200);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown");
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/octet-stream\r\nx-origin-hit: {hit}\r\n"
+    );
+    for (name, value) in &script.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let bodiless = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+    if script.chunked {
+        head.push_str("transfer-encoding: chunked\r\n\r\n");
+    } else {
+        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    }
+    stream.write_all(head.as_bytes()).await.ok()?;
+    if bodiless {
+        return Some(());
+    }
+
+    let mid_body_fail = script
+        .fail
+        .as_deref()
+        .is_some_and(|f| f.ends_with("_mid_body"));
+    let pieces = if mid_body_fail || script.hold.is_some() {
+        script.chunks.max(2)
+    } else {
+        script.chunks
+    };
+    let piece_size = body.len().div_ceil(pieces).max(1);
+    for (index, piece) in body.chunks(piece_size).enumerate() {
+        if index > 0 && !script.gap.is_zero() {
+            wait_or_hangup(stream, script.gap, shared).await?;
+        }
+        if script.chunked {
+            stream
+                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
+                .await
+                .ok()?;
+            stream.write_all(piece).await.ok()?;
+            stream.write_all(b"\r\n").await.ok()?;
+        } else {
+            stream.write_all(piece).await.ok()?;
+        }
+        stream.flush().await.ok()?;
+        if index == 0 {
+            if script.fails("close_mid_body") {
+                return None;
+            }
+            if script.fails("reset_mid_body") {
+                let _ = stream.set_zero_linger();
+                return None;
+            }
+            if script.fails("stall_mid_body") {
+                wait_or_hangup(stream, Duration::from_secs(3600), shared).await;
+                return None;
+            }
+            if let Some(gate) = &script.hold {
+                lock(&shared.held).insert(gate.clone());
+                shared.changed();
+                let mut events = shared.events.subscribe();
+                while !lock(&shared.opened).contains(gate) {
+                    tokio::select! {
+                        changed = events.changed() => changed.ok()?,
+                        () = peer_closed(stream) => {
+                            shared.cancelled.fetch_add(1, Ordering::SeqCst);
+                            shared.changed();
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if script.chunked {
+        stream.write_all(b"0\r\n\r\n").await.ok()?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_only_when_complete() {
+        let wire = b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        let (body, used) = decode_chunked(wire).expect("complete");
+        assert_eq!(body, b"abcde");
+        assert_eq!(&wire[used..], b"NEXT");
+        assert!(decode_chunked(&wire[..10]).is_none());
+    }
+
+    #[test]
+    fn scripts_parse_from_the_query() {
+        let s = Script::parse("/x?delay=5&size=10&chunked=1&chunks=3&header=a:b%20c&fail=x");
+        assert_eq!(s.delay, Some(Duration::from_millis(5)));
+        assert_eq!(s.size, Some(10));
+        assert!(s.chunked);
+        assert_eq!(s.chunks, 3);
+        assert_eq!(s.headers, vec![("a".to_owned(), "b c".to_owned())]);
+        assert!(s.fails("x"));
+    }
+}

@@ -1,0 +1,164 @@
+//! The server: listeners, connections, graceful shutdown, and the periodic stats task.
+//!
+//! Each accepted connection is served by hyper-util's auto builder, which speaks HTTP/1.1 and
+//! HTTP/2 over cleartext (prior knowledge) on the same port. Shutdown stops accepting, asks
+//! every connection to finish its in-flight requests, and waits up to `shutdown_grace`.
+//! What a request does is `proxy`'s business.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::stats::{Stats, StatsReporter};
+
+/// A proxy bound to its listeners, ready to run.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    proxy: Arc<Proxy>,
+    config: Config,
+}
+
+impl Server {
+    /// Binds every `[server] listen` address.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let mut listeners = Vec::with_capacity(config.server.listen.len());
+        for address in &config.server.listen {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))?;
+            listeners.push(listener);
+        }
+        Ok(Server::with_listeners(listeners, config))
+    }
+
+    /// Serves on listeners the caller bound (tests bind `127.0.0.1:0`).
+    pub fn with_listeners(listeners: Vec<TcpListener>, config: Config) -> Server {
+        let proxy = Arc::new(Proxy::new(&config, Arc::new(Stats::default())));
+        Server {
+            listeners,
+            proxy,
+            config,
+        }
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves until `shutdown` resolves, then drains for up to `shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listeners,
+            proxy,
+            config,
+        } = self;
+        for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
+            tracing::info!(%address, "listening on {address}");
+        }
+
+        let mut background = JoinSet::new();
+        if !config.log.stats_interval.is_zero() {
+            let reporter = StatsReporter::new(proxy.stats().clone(), proxy.group().clone());
+            background.spawn(reporter.run(config.log.stats_interval));
+        }
+        // Each listener accepts on its own task and hands connections to this one, which owns
+        // the graceful-shutdown registry.
+        let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);
+        for listener in listeners {
+            background.spawn(accept_loop(listener, accepted_tx.clone()));
+        }
+        drop(accepted_tx);
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder.http2().timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                next = accepted.recv() => {
+                    let Some((stream, peer)) = next else { break };
+                    let proxy = proxy.clone();
+                    let service = service_fn(move |request| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                    });
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(%peer, error = %err, "connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+
+        background.abort_all();
+        drop(accepted);
+        let open = graceful.count();
+        let grace = config.server.shutdown_grace;
+        tracing::info!(
+            open_connections = open,
+            grace = %humantime::format_duration(grace),
+            "shutting down: no longer accepting, draining open connections"
+        );
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = %humantime::format_duration(grace),
+                "shutdown grace period ran out; closing the remaining connections"
+            );
+        } else {
+            tracing::info!("all connections drained");
+        }
+    }
+}
+
+/// Accepts until the channel closes. Accept errors (out of file descriptors, above all) are
+/// logged and followed by a pause, so the loop neither spins nor dies.
+async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, SocketAddr)>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                if accepted.send((stream, peer)).await.is_err() {
+                    return;
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed; pausing before the next accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Coalescing counters and the periodic stats line.
+//!
+//! Counters are plain atomics bumped on the request path; nothing here takes a lock. The
+//! reporter diffs two snapshots to describe one interval. Metrics export (Prometheus) is not
+//! this module's job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::coalesce::Group;
+
+/// What happened to a request. The same words appear in the outcome header, in logs and in
+/// metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Started a flight.
+    Leader,
+    /// Was served from someone else's flight.
+    Follower,
+    /// Went upstream on its own (not eligible to share), or got an answer from the proxy
+    /// itself (no route).
+    Pass,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Leader => "leader",
+            Outcome::Follower => "follower",
+            Outcome::Pass => "pass",
+        }
+    }
+
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// Counters since start. Relaxed ordering: each counter is independent and only read for
+/// reporting.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests: AtomicU64,
+    leaders: AtomicU64,
+    followers: AtomicU64,
+    passed: AtomicU64,
+    upstream_errors: AtomicU64,
+    flights_done: AtomicU64,
+    flights_cancelled: AtomicU64,
+    /// Largest number of followers of a flight that ended since the last report.
+    largest_fanout: AtomicU64,
+}
+
+/// Counter values at one moment, or their difference over an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub requests: u64,
+    pub leaders: u64,
+    pub followers: u64,
+    pub passed: u64,
+    pub upstream_errors: u64,
+    pub flights_done: u64,
+    pub flights_cancelled: u64,
+}
+
+impl StatsSnapshot {
+    /// followers / (leaders + followers): the share of eligible requests that cost no upstream
+    /// request. 0 when nothing was eligible.
+    pub fn coalesce_ratio(&self) -> f64 {
+        let shared = self.leaders + self.followers;
+        if shared == 0 {
+            0.0
+        } else {
+            self.followers as f64 / shared as f64
+        }
+    }
+
+    fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests - earlier.requests,
+            leaders: self.leaders - earlier.leaders,
+            followers: self.followers - earlier.followers,
+            passed: self.passed - earlier.passed,
+            upstream_errors: self.upstream_errors - earlier.upstream_errors,
+            flights_done: self.flights_done - earlier.flights_done,
+            flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
+        }
+    }
+}
+
+impl Stats {
+    pub fn record_request(&self, outcome: Outcome) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let counter = match outcome {
+            Outcome::Leader => &self.leaders,
+            Outcome::Follower => &self.followers,
+            Outcome::Pass => &self.passed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An upstream fetch failed (connect, timeout, reset, stall), shared or not.
+    pub fn record_upstream_error(&self) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_flight_done(&self, followers: u64, failed: bool) {
+        self.flights_done.fetch_add(1, Ordering::Relaxed);
+        self.largest_fanout.fetch_max(followers, Ordering::Relaxed);
+        if failed {
+            self.record_upstream_error();
+        }
+    }
+
+    pub fn record_flight_cancelled(&self) {
+        self.flights_cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            requests: self.requests.load(Ordering::Relaxed),
+            leaders: self.leaders.load(Ordering::Relaxed),
+            followers: self.followers.load(Ordering::Relaxed),
+            passed: self.passed.load(Ordering::Relaxed),
+            upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
+            flights_done: self.flights_done.load(Ordering::Relaxed),
+            flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the largest fan-out seen since the previous call.
+    fn take_largest_fanout(&self) -> u64 {
+        self.largest_fanout.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// One interval's figures, as the stats line shows them.
+#[derive(Debug, Clone, Copy)]
+pub struct StatsLine {
+    pub interval: StatsSnapshot,
+    pub flights_in_flight: usize,
+    pub largest_fanout: u64,
+}
+
+impl std::fmt::Display for StatsLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.interval;
+        write!(
+            f,
+            "requests={} leaders={} followers={} passed={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={}",
+            d.requests,
+            d.leaders,
+            d.followers,
+            d.passed,
+            d.upstream_errors,
+            d.coalesce_ratio(),
+            self.flights_in_flight,
+            self.largest_fanout
+        )
+    }
+}
+
+/// Writes the stats line for each interval. `report` is called by the periodic task and can
+/// be called directly (the demo prints one at the end).
+pub struct StatsReporter {
+    stats: Arc<Stats>,
+    group: Arc<Group>,
+    last: StatsSnapshot,
+}
+
+impl StatsReporter {
+    pub fn new(stats: Arc<Stats>, group: Arc<Group>) -> StatsReporter {
+        StatsReporter {
+            stats,
+            group,
+            last: StatsSnapshot::default(),
+        }
+    }
+
+    /// The figures for the interval since the previous call.
+    pub fn next_line(&mut self) -> StatsLine {
+        let now = self.stats.snapshot();
+        let interval = now.since(&self.last);
+        self.last = now;
+        StatsLine {
+            interval,
+            flights_in_flight: self.group.len(),
+            largest_fanout: self.stats.take_largest_fanout(),
+        }
+    }
+
+    /// Logs the line for the interval since the previous report.
+    pub fn report(&mut self, interval: Duration) {
+        let line = self.next_line();
+        let delta = &line.interval;
+        tracing::info!(
+            target: "coalesce_proxy::stats",
+            interval = %humantime::format_duration(interval),
+            requests = delta.requests,
+            leaders = delta.leaders,
+            followers = delta.followers,
+            passed = delta.passed,
+            upstream_errors = delta.upstream_errors,
+            coalesce_ratio = %format_args!("{:.3}", delta.coalesce_ratio()),
+            flights_in_flight = line.flights_in_flight,
+            largest_fanout = line.largest_fanout,
+            "stats"
+        );
+    }
+
+    /// Reports every `interval` until dropped.
+    pub async fn run(mut self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            self.report(interval);
+        }
+    }
+}

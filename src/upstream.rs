@@ -1,0 +1,192 @@
+//! The upstream client: one pooled HTTP/1.1 client per `[upstreams.*]` table, and the three
+//! timeouts that bound a fetch (connect, response head, gap between body chunks).
+//!
+//! Every way a fetch can fail is a [`FetchError`], which is `Clone` because a coalesced flight
+//! hands the same error to all of its clients. This module sends requests and reports what
+//! happened; it does not rewrite headers (`hygiene`) or decide who shares a response
+//! (`coalesce`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::UpstreamConfig;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Any request body the proxy forwards: empty for a shared fetch, the client's own stream for
+/// a pass-through.
+pub type RequestBody = BoxBody<Bytes, BoxError>;
+
+/// Why an upstream fetch did not deliver a whole response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("connecting to upstream {upstream}: {reason}")]
+    Connect { upstream: String, reason: String },
+    #[error("upstream {upstream} sent no response head within {timeout:?}")]
+    ResponseTimeout { upstream: String, timeout: Duration },
+    #[error("upstream {upstream} failed before the response head: {reason}")]
+    BeforeHead { upstream: String, reason: String },
+    #[error("upstream body stalled for longer than {0:?}")]
+    IdleTimeout(Duration),
+    #[error("upstream body failed: {0}")]
+    Body(String),
+    #[error("every client of the flight went away")]
+    Cancelled,
+}
+
+impl FetchError {
+    /// The status a client gets when this happens before the response head.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            FetchError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Connect { .. } => "connect",
+            FetchError::ResponseTimeout { .. } => "response_timeout",
+            FetchError::BeforeHead { .. } => "before_head",
+            FetchError::IdleTimeout(_) => "idle_timeout",
+            FetchError::Body(_) => "body",
+            FetchError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One upstream: its settings and its connection pool. Shared by every route that names it.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    client: Client<HttpConnector, RequestBody>,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Upstream { config, client }
+    }
+
+    /// Sends a request whose URI and headers are already upstream-ready. Resolves when the
+    /// response head arrives; the body then arrives through [`UpstreamBody`], which enforces
+    /// `idle_timeout`. Dropping the future or the body closes the upstream connection.
+    pub fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
+        let response = self.client.request(request);
+        let name = self.config.name.clone();
+        let response_timeout = self.config.response_timeout;
+        let idle_timeout = self.config.idle_timeout;
+        async move {
+            let response = match tokio::time::timeout(response_timeout, response).await {
+                Err(_) => {
+                    return Err(FetchError::ResponseTimeout {
+                        upstream: name,
+                        timeout: response_timeout,
+                    })
+                }
+                Ok(Err(err)) if err.is_connect() => {
+                    return Err(FetchError::Connect {
+                        upstream: name,
+                        reason: error_chain(&err),
+                    })
+                }
+                Ok(Err(err)) => {
+                    return Err(FetchError::BeforeHead {
+                        upstream: name,
+                        reason: error_chain(&err),
+                    })
+                }
+                Ok(Ok(response)) => response,
+            };
+            Ok(response.map(|body| UpstreamBody::new(body, idle_timeout)))
+        }
+    }
+}
+
+/// `err: cause: cause`, because hyper's top-level messages ("client error (Connect)") say
+/// little on their own.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// An upstream response body that fails with [`FetchError::IdleTimeout`] when no frame
+/// arrives for `idle_timeout`, so a stalled upstream cannot hold its clients forever.
+pub struct UpstreamBody {
+    inner: Incoming,
+    /// Boxed so the body is `Unpin` and can be read with `BodyExt` anywhere.
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, idle_timeout: Duration) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = FetchError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                Poll::Ready(Some(Err(FetchError::Body(error_chain(&err)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err(FetchError::IdleTimeout(this.idle_timeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
