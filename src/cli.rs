@@ -3,6 +3,7 @@
 //! `main.rs` only calls [`main`]. The configuration is loaded and validated before any port is
 //! bound, so a bad file costs one clear message and exit code 2, never a half-started proxy.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -133,7 +134,9 @@ pub fn init_logging(log: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in files or log collectors.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -572,14 +572,14 @@ coalesce = { key_headers = [], header = "" }
         let typo = GOOD.replace("upstream = \"app\"", "upsteam = \"app\"");
         let message = error_of(&typo);
         assert!(
-            message.starts_with("config: line 9, column 1:"),
+            message.starts_with("config: line 10, column 1:"),
             "{message}"
         );
         assert!(message.contains("unknown field `upsteam`"), "{message}");
 
         let missing = GOOD.replace("upstream = \"app\"", "upstream = \"nope\"");
         let message = error_of(&missing);
-        assert!(message.contains("line 9, column 12"), "{message}");
+        assert!(message.contains("line 10, column 12"), "{message}");
         assert!(message.contains("unknown upstream \"nope\""), "{message}");
 
         let duplicate = GOOD.replace("8081", "8080");

@@ -1,0 +1,175 @@
+//! The binary itself: `--check`, start-up errors, and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use coalesce_proxy::origin::{self, Origin, OriginSettings};
+
+use crate::util::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_coalesce-proxy");
+
+fn write_config(text: &str) -> tempfile_path::TempConfig {
+    tempfile_path::TempConfig::new(text)
+}
+
+/// A config file that removes itself.
+mod tempfile_path {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct TempConfig(pub PathBuf);
+
+    impl TempConfig {
+        pub fn new(text: &str) -> TempConfig {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "coalesce-proxy-test-{}-{}.toml",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, text).expect("write config");
+            TempConfig(path)
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let output = Command::new(BINARY)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy.toml"),
+            "--check",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn check_rejects_bad_configs_with_line_and_column() {
+    let cases = [
+        ("[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n", "line 3, column 1", "unknown field `lisen`"),
+        (
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"b\"\n",
+            "line 5, column 12",
+            "unknown upstream \"b\"",
+        ),
+        ("[upstreams.a]\nurl = \"not a url\"\n", "line 2, column 7", "invalid url"),
+        (
+            "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+            "line 2, column 10",
+            "duplicate listen address",
+        ),
+        ("[server]\nshutdown_grace = \"soon\"\n", "line 2, column 18", "invalid duration"),
+    ];
+    for (text, position, message) in cases {
+        let file = write_config(text);
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .arg("--check")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(position), "{text}: {stderr}");
+        assert!(stderr.contains(message), "{text}: {stderr}");
+        assert!(stderr.contains(&file.0.display().to_string()), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    }
+}
+
+#[test]
+fn a_bad_config_stops_start_up_before_binding() {
+    let file =
+        write_config("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nurl = \"ftp://x\"\n");
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&file.0)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("listening"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let origin = Origin::start(OriginSettings {
+        delay: Duration::from_millis(500),
+        body_size: 3000,
+    })
+    .await
+    .expect("origin");
+    let file = write_config(
+        &config_text(&origin.url(), "", "")
+            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"10s\""),
+    );
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&file.0)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .expect("log line")
+            .expect("proxy alive");
+        if let Some(at) = line.find("listening on ") {
+            let rest = &line[at + "listening on ".len()..];
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+
+    let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+
+    let reply = in_flight.await.expect("client");
+    assert_eq!(reply.body(), &origin::body(3000));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let mut log = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(log.contains("open_connections=1"), "{log}");
+    assert!(log.contains("all connections drained"), "{log}");
+    // New connections are refused once draining started.
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}

@@ -1,0 +1,216 @@
+//! Requests that do not share, and the headers every forwarded message gets.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use coalesce_proxy::origin::{self, OriginSettings};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_bodies_pass_through_with_bodies_intact() {
+    let h = Harness::start_with(
+        OriginSettings {
+            delay: Duration::from_millis(100),
+            body_size: 10,
+        },
+        "",
+        "",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let addr = h.addr;
+        tasks.push(tokio::spawn(async move {
+            let body = Bytes::from(format!("payload {i} ").repeat(5000));
+            let method = if i % 2 == 0 {
+                Method::POST
+            } else {
+                Method::PUT
+            };
+            let reply = fetch(addr, method, "/submit", &[], body.clone()).await;
+            (reply, body)
+        }));
+    }
+    // A GET that carries a body must not share either.
+    let addr = h.addr;
+    tasks.push(tokio::spawn(async move {
+        let body = Bytes::from_static(b"a GET with a body");
+        (
+            fetch(addr, Method::GET, "/submit", &[], body.clone()).await,
+            body,
+        )
+    }));
+    for task in tasks {
+        let (reply, sent) = task.await.expect("client");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.outcome(), "pass");
+        assert_eq!(reply.body(), &sent);
+    }
+    assert_eq!(h.origin.hits(), 9);
+    let mut received: Vec<Vec<u8>> = h.origin.requests().into_iter().map(|r| r.body).collect();
+    received.sort();
+    assert!(received.iter().all(|b| !b.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalescing_off_for_a_route_passes_everything() {
+    let h = Harness::start_with(
+        OriginSettings {
+            delay: Duration::from_millis(200),
+            body_size: 100,
+        },
+        "",
+        r#"
+[[routes]]
+name = "live"
+path_prefix = "/live/"
+upstream = "origin"
+coalesce = { enabled = false, header = "x-outcome" }
+"#,
+    )
+    .await;
+    let replies = herd(h.addr, 10, Method::GET, "/live/feed", &[]).await;
+    for reply in &replies {
+        assert_eq!(reply.headers["x-outcome"], "pass");
+        assert!(reply.headers.get("x-coalesce").is_none());
+        assert_eq!(reply.body(), &origin::body(100));
+    }
+    assert_eq!(h.origin.hits(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_requests_get_404_from_the_proxy() {
+    // Only /api/ has a route here.
+    let origin = coalesce_proxy::origin::Origin::start(OriginSettings::default())
+        .await
+        .unwrap();
+    let text = format!(
+        "[upstreams.o]\nurl = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[log]\nstats_interval = \"0s\"\n[[routes]]\npath_prefix = \"/api/\"\nupstream = \"o\"\n",
+        origin.url()
+    );
+    let config = coalesce_proxy::config::Config::from_toml(&text).unwrap();
+    let server = coalesce_proxy::server::Server::bind(config).await.unwrap();
+    let addr = server.local_addrs()[0];
+    tokio::spawn(server.run(std::future::pending()));
+    let reply = get(addr, "/elsewhere").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.outcome(), "pass");
+    assert_eq!(origin.hits(), 0);
+    let reply = get(addr, "/api/x").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
+    let h = Harness::start().await;
+    let path = "/hygiene?header=keep-alive:timeout=5&header=x-private-hop:1&header=connection:x-private-hop&header=x-end-to-end:yes";
+    for method in [Method::GET, Method::POST] {
+        let reply = fetch(
+            h.addr,
+            method.clone(),
+            path,
+            &[
+                ("connection", "x-client-hop"),
+                ("x-client-hop", "secret"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                ("proxy-connection", "keep-alive"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("x-forwarded-for", "10.1.2.3"),
+                ("x-end-to-end", "kept"),
+            ],
+            if method == Method::POST {
+                Bytes::from_static(b"x")
+            } else {
+                Bytes::new()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.headers.get("keep-alive").is_none());
+        assert!(reply.headers.get("x-private-hop").is_none());
+        assert_eq!(reply.headers["x-end-to-end"], "yes");
+        assert_eq!(reply.headers["via"], "1.1 coalesce-proxy");
+
+        let seen = h.origin.requests().pop().expect("a request");
+        assert_eq!(seen.method, method.as_str());
+        for hop in [
+            "x-client-hop",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "upgrade",
+        ] {
+            assert!(seen.header(hop).is_none(), "{hop} was forwarded");
+        }
+        assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+        assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(seen.header("x-forwarded-host"), Some("proxy.test"));
+        assert_eq!(seen.header("via"), Some("1.1 coalesce-proxy"));
+        assert_eq!(
+            seen.header("host"),
+            Some(h.origin.addr().to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served_and_coalesced() {
+    let h = Harness::start_with(
+        OriginSettings {
+            delay: Duration::from_millis(300),
+            body_size: 70_000,
+        },
+        "",
+        "",
+    )
+    .await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let mut sender = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let request = Request::get("http://proxy.test/h2")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            let outcome = response.headers()["x-coalesce"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            (outcome, body)
+        }));
+    }
+    let mut leaders = 0;
+    for stream in streams {
+        let (outcome, body) = stream.await.expect("stream");
+        assert_eq!(body, origin::body(70_000));
+        leaders += usize::from(outcome == "leader");
+    }
+    assert_eq!(leaders, 1);
+    assert_eq!(h.origin.hits(), 1);
+    assert_eq!(
+        h.origin.requests()[0].header("x-forwarded-host"),
+        Some("proxy.test")
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary (it links once), one module per area.
+
+mod util;
+
+mod coalescing;
+mod command_line;
+mod failures;
+mod passthrough;

@@ -1,0 +1,256 @@
+//! Test harness: a real origin, a real proxy on 127.0.0.1:0, and real clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use coalesce_proxy::config::Config;
+use coalesce_proxy::origin::{Origin, OriginSettings};
+use coalesce_proxy::proxy::Proxy;
+use coalesce_proxy::server::Server;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+/// Upper bound for any single wait in a test; a hang fails the test instead of the suite.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Harness {
+    pub origin: Origin,
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A configuration with one upstream `origin` and one route `/`. `upstream_extra` is added to
+/// the `[upstreams.origin]` table, `rest` at the end of the file.
+pub fn config_text(origin: &str, upstream_extra: &str, rest: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+
+[log]
+stats_interval = "0s"
+
+[upstreams.origin]
+url = "{origin}"
+{upstream_extra}
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "origin"
+
+{rest}
+"#
+    )
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(OriginSettings::default(), "", "").await
+    }
+
+    pub async fn start_with(settings: OriginSettings, upstream_extra: &str, rest: &str) -> Harness {
+        raise_fd_limit();
+        let origin = Origin::start(settings).await.expect("origin starts");
+        let config = Config::from_toml(&config_text(&origin.url(), upstream_extra, rest))
+            .expect("test config is valid");
+        let server = Server::bind(config).await.expect("proxy binds");
+        let addr = server.local_addrs()[0];
+        let proxy = server.proxy().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            origin,
+            addr,
+            proxy,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn flights(&self) -> usize {
+        self.proxy.group().len()
+    }
+
+    /// Waits until the table is empty (flights end on their own tasks, just after the last
+    /// byte reaches the clients).
+    pub async fn assert_table_empties(&self) {
+        assert!(
+            eventually(|| self.flights() == 0).await,
+            "flight table still holds {} flights",
+            self.flights()
+        );
+    }
+}
+
+/// Waits (bounded by [`PATIENCE`]) until `condition` holds. For state that has no event to
+/// wait on, such as a counter inside the proxy.
+pub async fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    condition()
+}
+
+pub fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+}
+
+/// A whole response as a client saw it; `body` is `Err` when the connection was aborted
+/// before the response was complete.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Reply {
+    pub fn outcome(&self) -> &str {
+        self.headers
+            .get("x-coalesce")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn body(&self) -> &Bytes {
+        self.body.as_ref().expect("complete body")
+    }
+}
+
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+pub async fn connect(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+pub fn request(
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "proxy.test");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(body)).expect("valid request")
+}
+
+/// Sends a request and returns the head, leaving the body to read.
+pub async fn send_head(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+) -> http::Response<Incoming> {
+    tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("response head in time")
+        .expect("response head")
+}
+
+pub async fn read_reply(response: http::Response<Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("body in time")
+        .map(|b| b.to_bytes())
+        .map_err(|e| e.to_string());
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn fetch(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let mut sender = connect(addr).await;
+    let response = send_head(&mut sender, request(method, path, headers, body)).await;
+    read_reply(response).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    fetch(addr, Method::GET, path, &[], Bytes::new()).await
+}
+
+/// `n` clients, each on its own connection, connected first and then released at once.
+pub async fn herd(
+    addr: SocketAddr,
+    n: usize,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Reply> {
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let method = method.clone();
+            let path = path.to_owned();
+            let headers = headers.clone();
+            tokio::spawn(async move {
+                let mut sender = connect(addr).await;
+                barrier.wait().await;
+                let headers: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .collect();
+                let response =
+                    send_head(&mut sender, request(method, &path, &headers, Bytes::new())).await;
+                read_reply(response).await
+            })
+        })
+        .collect();
+    barrier.wait().await;
+    let mut replies = Vec::with_capacity(n);
+    for task in tasks {
+        replies.push(task.await.expect("client task"));
+    }
+    replies
+}
+
+/// How many replies carry each outcome: (leader, follower, pass).
+pub fn outcomes(replies: &[Reply]) -> (usize, usize, usize) {
+    let count = |o: &str| replies.iter().filter(|r| r.outcome() == o).count();
+    (count("leader"), count("follower"), count("pass"))
+}
