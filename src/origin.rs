@@ -12,7 +12,8 @@
 //! | `status=N` | response status (default 200) |
 //! | `chunked=1` | `Transfer-Encoding: chunked` instead of `Content-Length` |
 //! | `chunks=N`, `gap=MS` | write the body in N pieces, MS apart |
-//! | `hold=NAME` | after the first piece, wait until [`Origin::open_gate`]`(NAME)` |
+//! | `hold_head=NAME` | before the head (and before any `fail`), wait until [`Origin::open_gate`]`(NAME)` |
+//! | `hold=NAME` | after the first body piece, wait until [`Origin::open_gate`]`(NAME)` |
 //! | `fail=WHAT` | `close_before_head`, `reset_before_head`, `stall_before_head`, `close_mid_body`, `reset_mid_body`, `stall_mid_body` |
 //! | `header=NAME:VALUE` | add a response header (repeatable) |
 //!
@@ -341,6 +342,7 @@ struct Script {
     chunked: bool,
     chunks: usize,
     gap: Duration,
+    hold_head: Option<String>,
     hold: Option<String>,
     fail: Option<String>,
     headers: Vec<(String, String)>,
@@ -364,6 +366,7 @@ impl Script {
                 "chunks" => script.chunks = value.parse().unwrap_or(1).max(1),
                 "gap" => script.gap = millis().unwrap_or_default(),
                 "hold" => script.hold = Some(value.to_owned()),
+                "hold_head" => script.hold_head = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
                     if let Some((n, v)) = value.split_once(':') {
@@ -403,6 +406,25 @@ async fn wait_or_hangup(stream: &mut TcpStream, delay: Duration, shared: &Shared
     }
 }
 
+/// Marks gate `name` as reached, then waits until the test opens it. `None` if the peer hung
+/// up meanwhile.
+async fn wait_at_gate(stream: &mut TcpStream, name: &str, shared: &Shared) -> Option<()> {
+    lock(&shared.held).insert(name.to_owned());
+    shared.changed();
+    let mut events = shared.events.subscribe();
+    while !lock(&shared.opened).contains(name) {
+        tokio::select! {
+            changed = events.changed() => changed.ok()?,
+            () = peer_closed(stream) => {
+                shared.cancelled.fetch_add(1, Ordering::SeqCst);
+                shared.changed();
+                return None;
+            }
+        }
+    }
+    Some(())
+}
+
 /// Writes the scripted response. `None` means the connection must close.
 async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shared) -> Option<()> {
     let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -414,6 +436,9 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
 
     let settings = lock(&shared.settings).clone();
     let delay = script.delay.unwrap_or(settings.delay);
+    if let Some(gate) = &script.hold_head {
+        wait_at_gate(stream, gate, shared).await?;
+    }
     if script.fails("close_before_head") {
         return None;
     }
@@ -490,19 +515,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
                 return None;
             }
             if let Some(gate) = &script.hold {
-                lock(&shared.held).insert(gate.clone());
-                shared.changed();
-                let mut events = shared.events.subscribe();
-                while !lock(&shared.opened).contains(gate) {
-                    tokio::select! {
-                        changed = events.changed() => changed.ok()?,
-                        () = peer_closed(stream) => {
-                            shared.cancelled.fetch_add(1, Ordering::SeqCst);
-                            shared.changed();
-                            return None;
-                        }
-                    }
-                }
+                wait_at_gate(stream, gate, shared).await?;
             }
         }
     }

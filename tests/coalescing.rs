@@ -18,8 +18,10 @@ fn slow(delay_ms: u64, body_size: usize) -> OriginSettings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herd_of_1000_makes_one_upstream_request() {
-    let h = Harness::start_with(slow(300, 16 * 1024), "", "").await;
-    let replies = herd(h.addr, 1000, Method::GET, "/hot", &[]).await;
+    let h = Harness::start_with(slow(0, 16 * 1024), "", "").await;
+    let replies = h
+        .gated_herd(1000, Method::GET, "/hot?hold_head=g", &[], "g")
+        .await;
 
     let expected = origin::body(16 * 1024);
     for reply in &replies {
@@ -33,7 +35,7 @@ async fn herd_of_1000_makes_one_upstream_request() {
     h.assert_table_empties().await;
 
     // Forget on completion: the next request starts a new flight.
-    let after = get(h.addr, "/hot").await;
+    let after = get(h.addr, "/hot?hold_head=g").await;
     assert_eq!(after.outcome(), "leader");
     assert_eq!(after.headers["x-origin-hit"], "2");
 }
@@ -75,14 +77,22 @@ async fn follower_joining_mid_body_gets_the_whole_chunked_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_keys_make_one_upstream_request_each() {
-    let h = Harness::start_with(slow(200, 1000), "", "").await;
+    let h = Harness::start_with(slow(0, 1000), "", "").await;
     let mut waves = Vec::new();
     for key in 0..5 {
         let addr = h.addr;
         waves.push(tokio::spawn(async move {
-            herd(addr, 40, Method::GET, &format!("/key/{key}?v=1"), &[]).await
+            herd(
+                addr,
+                40,
+                Method::GET,
+                &format!("/key/{key}?hold_head=g"),
+                &[],
+            )
+            .await
         }));
     }
+    h.open_when_followers(5 * 39, "g").await;
     for wave in waves {
         let replies = wave.await.expect("wave");
         assert!(replies.iter().all(|r| r.body() == &origin::body(1000)));
@@ -97,7 +107,7 @@ async fn distinct_keys_make_one_upstream_request_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_key_headers_and_credentials_make_separate_flights() {
-    let h = Harness::start_with(slow(300, 100), "", "").await;
+    let h = Harness::start_with(slow(0, 100), "", "").await;
     let variants: Vec<Vec<(&str, &str)>> = vec![
         vec![],
         vec![("accept-encoding", "gzip")],
@@ -110,9 +120,10 @@ async fn differing_key_headers_and_credentials_make_separate_flights() {
     for headers in variants.clone() {
         let addr = h.addr;
         waves.push(tokio::spawn(async move {
-            herd(addr, 10, Method::GET, "/same", &headers).await
+            herd(addr, 10, Method::GET, "/same?hold_head=g", &headers).await
         }));
     }
+    h.open_when_followers(variants.len() as u64 * 9, "g").await;
     for wave in waves {
         let replies = wave.await.expect("wave");
         assert_eq!(outcomes(&replies), (1, 9, 0));
@@ -132,10 +143,11 @@ async fn differing_key_headers_and_credentials_make_separate_flights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_requests_coalesce_separately_from_get() {
-    let h = Harness::start_with(slow(300, 5000), "", "").await;
-    let (heads, gets) = tokio::join!(
-        herd(h.addr, 20, Method::HEAD, "/doc", &[]),
-        herd(h.addr, 20, Method::GET, "/doc", &[])
+    let h = Harness::start_with(slow(0, 5000), "", "").await;
+    let (heads, gets, ()) = tokio::join!(
+        herd(h.addr, 20, Method::HEAD, "/doc?hold_head=g", &[]),
+        herd(h.addr, 20, Method::GET, "/doc?hold_head=g", &[]),
+        h.open_when_followers(38, "g")
     );
     for reply in &heads {
         assert_eq!(reply.status, StatusCode::OK);
@@ -211,8 +223,16 @@ async fn upstream_fetch_is_cancelled_when_every_client_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_statuses_reach_every_waiter_as_they_are() {
-    let h = Harness::start_with(slow(200, 10), "", "").await;
-    let replies = herd(h.addr, 20, Method::GET, "/broken?status=503&size=7", &[]).await;
+    let h = Harness::start().await;
+    let replies = h
+        .gated_herd(
+            20,
+            Method::GET,
+            "/broken?status=503&size=7&hold_head=g",
+            &[],
+            "g",
+        )
+        .await;
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(reply.body(), &origin::body(7));

@@ -167,7 +167,7 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
 async fn h2c_clients_are_served_and_coalesced() {
     let h = Harness::start_with(
         OriginSettings {
-            delay: Duration::from_millis(300),
+            delay: Duration::ZERO,
             body_size: 70_000,
         },
         "",
@@ -184,7 +184,7 @@ async fn h2c_clients_are_served_and_coalesced() {
     for _ in 0..50 {
         let mut sender = sender.clone();
         streams.push(tokio::spawn(async move {
-            let request = Request::get("http://proxy.test/h2")
+            let request = Request::get("http://proxy.test/h2?hold_head=g")
                 .body(Full::new(Bytes::new()))
                 .expect("request");
             let response = sender.send_request(request).await.expect("response");
@@ -201,6 +201,7 @@ async fn h2c_clients_are_served_and_coalesced() {
             (outcome, body)
         }));
     }
+    h.open_when_followers(49, "g").await;
     let mut leaders = 0;
     for stream in streams {
         let (outcome, body) = stream.await.expect("stream");

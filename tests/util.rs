@@ -217,6 +217,21 @@ pub async fn herd(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Vec<Reply> {
+    try_herd(addr, n, method, path, headers)
+        .await
+        .into_iter()
+        .map(|reply| reply.expect("response head"))
+        .collect()
+}
+
+/// Like [`herd`], but a client whose connection closes before the response head gets `Err`.
+pub async fn try_herd(
+    addr: SocketAddr,
+    n: usize,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Result<Reply, String>> {
     let barrier = Arc::new(Barrier::new(n + 1));
     let headers: Vec<(String, String)> = headers
         .iter()
@@ -235,9 +250,12 @@ pub async fn herd(
                     .iter()
                     .map(|(a, b)| (a.as_str(), b.as_str()))
                     .collect();
-                let response =
-                    send_head(&mut sender, request(method, &path, &headers, Bytes::new())).await;
-                read_reply(response).await
+                let request = request(method, &path, &headers, Bytes::new());
+                match tokio::time::timeout(PATIENCE, sender.send_request(request)).await {
+                    Err(_) => panic!("no response head in time"),
+                    Ok(Err(err)) => Err(err.to_string()),
+                    Ok(Ok(response)) => Ok(read_reply(response).await),
+                }
             })
         })
         .collect();
@@ -253,4 +271,35 @@ pub async fn herd(
 pub fn outcomes(replies: &[Reply]) -> (usize, usize, usize) {
     let count = |o: &str| replies.iter().filter(|r| r.outcome() == o).count();
     (count("leader"), count("follower"), count("pass"))
+}
+
+impl Harness {
+    /// Waits until `followers` requests in total have joined flights, then opens `gate` at the
+    /// origin. Paths that hold their head at the gate (`hold_head=`) cannot finish before every
+    /// client of the herd is in, however slowly a loaded machine schedules them.
+    pub async fn open_when_followers(&self, followers: u64, gate: &str) {
+        assert!(
+            eventually(|| self.proxy.stats().snapshot().followers >= followers).await,
+            "only {} of {followers} followers joined",
+            self.proxy.stats().snapshot().followers
+        );
+        self.origin.open_gate(gate);
+    }
+
+    /// A herd of `n` at `path` (which holds at gate `gate`), released once all have joined.
+    pub async fn gated_herd(
+        &self,
+        n: usize,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        gate: &str,
+    ) -> Vec<Reply> {
+        let before = self.proxy.stats().snapshot().followers;
+        let (replies, ()) = tokio::join!(
+            herd(self.addr, n, method, path, headers),
+            self.open_when_followers(before + n as u64 - 1, gate)
+        );
+        replies
+    }
 }
