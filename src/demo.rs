@@ -5,19 +5,14 @@
 //! wave over a few keys and one POST, checks every body byte for byte, and prints what the
 //! origin saw against what the clients got.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::sync::Barrier;
+use http::{Method, StatusCode};
 
 use crate::config::{Config, LogConfig, LogFormat};
+use crate::herd::{percentile, send_all, send_one, ClientResult};
 use crate::origin::{self, Origin, OriginSettings};
 use crate::server::Server;
 use crate::stats::StatsReporter;
@@ -44,14 +39,6 @@ pub struct DemoArgs {
 fn parse_size(text: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = text.parse()?;
     usize::try_from(size.as_u64()).map_err(|_| format!("{text} is too large"))
-}
-
-/// What one demo client saw.
-struct ClientResult {
-    status: StatusCode,
-    outcome: String,
-    body: Bytes,
-    latency: Duration,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -211,92 +198,4 @@ fn section(
 
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// The `p`th percentile of sorted values (nearest rank).
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Opens one connection per path, then releases every request at once (a barrier), so the
-/// proxy sees a real herd rather than a trickle.
-async fn send_all(
-    addr: SocketAddr,
-    method: Method,
-    paths: Vec<String>,
-) -> Vec<Result<ClientResult, anyhow::Error>> {
-    let barrier = Arc::new(Barrier::new(paths.len() + 1));
-    let tasks: Vec<_> = paths
-        .into_iter()
-        .map(|path| {
-            let barrier = barrier.clone();
-            let method = method.clone();
-            tokio::spawn(async move {
-                let sender = connect(addr).await;
-                barrier.wait().await;
-                send(sender?, method, &path, Bytes::new()).await
-            })
-        })
-        .collect();
-    barrier.wait().await;
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await.unwrap_or_else(|err| Err(err.into())));
-    }
-    results
-}
-
-async fn send_one(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<ClientResult> {
-    let sender = connect(addr).await?;
-    send(sender, method, path, body).await
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
-async fn send(
-    mut sender: Sender,
-    method: Method,
-    path: &str,
-    body: Bytes,
-) -> anyhow::Result<ClientResult> {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, "demo.local")
-        .body(Full::new(body))?;
-    let started = Instant::now();
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let outcome = response
-        .headers()
-        .get("x-coalesce")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(ClientResult {
-        status,
-        outcome,
-        body,
-        latency: started.elapsed(),
-    })
 }

@@ -16,6 +16,7 @@
 //! - [`stats`]: outcome counters and the periodic stats line.
 //! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
 //! - [`cli`]: the command line, logging set-up, and the `demo` subcommand ([`demo`]).
+//! - [`herd`]: a barrier-released herd client, for the demo and the benchmarks.
 //! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod demo;
+pub mod herd;
 pub mod hygiene;
 pub mod origin;
 pub mod proxy;

@@ -119,8 +119,16 @@ impl Drop for Origin {
 }
 
 impl Origin {
+    /// Starts on an ephemeral port of 127.0.0.1.
     pub async fn start(settings: OriginSettings) -> std::io::Result<Origin> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Origin::start_on("127.0.0.1:0".parse().expect("literal address"), settings).await
+    }
+
+    pub async fn start_on(
+        address: SocketAddr,
+        settings: OriginSettings,
+    ) -> std::io::Result<Origin> {
+        let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             settings: Mutex::new(settings),

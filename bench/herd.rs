@@ -1,0 +1,78 @@
+//! The benchmark herd client: N connections, then N identical requests released at once.
+//!
+//! `cargo run --release --example herd -- --addr 127.0.0.1:8080 --path /hot --clients 1000 --expect-size 16KiB`
+//! Every body is compared byte for byte with the origin's; one summary line is printed:
+//! `clients=1000 ok=1000 bad=0 p50_ms=… p99_ms=… max_ms=… leader=1 follower=999 pass=0`.
+//! Exits non-zero if any client did not get the exact expected response.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use coalesce_proxy::herd::{percentile, send_all};
+use coalesce_proxy::origin;
+use http::{Method, StatusCode};
+
+#[derive(Parser)]
+struct Args {
+    /// Loopback address of the proxy or origin under test.
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, default_value = "/hot")]
+    path: String,
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// The origin's body size for this path; every reply must equal it byte for byte.
+    #[arg(long)]
+    expect_size: bytesize::ByteSize,
+    /// Abort the whole herd after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.addr.ip().is_loopback() {
+        eprintln!("herd: refusing to send load to a non-loopback address");
+        return ExitCode::from(2);
+    }
+    let expected = origin::body(args.expect_size.as_u64() as usize);
+    let paths = vec![args.path.clone(); args.clients];
+    let Ok(results) =
+        tokio::time::timeout(args.timeout, send_all(args.addr, Method::GET, paths)).await
+    else {
+        eprintln!("herd: timed out after {:?}", args.timeout);
+        return ExitCode::FAILURE;
+    };
+    let mut latencies = Vec::new();
+    let (mut leader, mut follower, mut pass, mut bad) = (0, 0, 0, 0);
+    for result in &results {
+        match result {
+            Ok(r) if r.status == StatusCode::OK && r.body == expected => {
+                latencies.push(r.latency);
+                match r.outcome.as_str() {
+                    "leader" => leader += 1,
+                    "follower" => follower += 1,
+                    _ => pass += 1,
+                }
+            }
+            _ => bad += 1,
+        }
+    }
+    latencies.sort();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "clients={} ok={} bad={bad} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} leader={leader} follower={follower} pass={pass}",
+        results.len(),
+        latencies.len(),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+    if bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

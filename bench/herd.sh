@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A herd through the proxy and straight at the origin, in one run: upstream requests, client
+# latency percentiles for both, and the proxy's peak RSS (VmHWM).
+#
+#   bench/herd.sh [CLIENTS] [BODY_SIZE] [ORIGIN_DELAY]      defaults: 1000 1MiB 200ms
+#
+# Loopback only; every process it starts is stopped by pid on exit; bounded by timeouts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+clients=${1:-1000}
+size=${2:-1MiB}
+delay=${3:-200ms}
+
+cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+origin_port=$(port); proxy_port=$(port)
+"$bin/examples/origin" --listen "127.0.0.1:$origin_port" --delay "$delay" --body-size "$size" >"$work/origin.log" &
+pids+=($!)
+cat >"$work/proxy.toml" <<TOML
+[server]
+listen = "127.0.0.1:$proxy_port"
+[log]
+stats_interval = "0s"
+level = "warn"
+[upstreams.origin]
+url = "http://127.0.0.1:$origin_port"
+[[routes]]
+path_prefix = "/"
+upstream = "origin"
+TOML
+"$bin/coalesce-proxy" --config "$work/proxy.toml" &
+proxy_pid=$!
+pids+=($proxy_pid)
+wait_port "$origin_port"; wait_port "$proxy_port"
+
+echo "herd of $clients, body $size, origin delay $delay"
+echo -n "direct:  "; timeout 120 "$bin/examples/herd" --addr "127.0.0.1:$origin_port" --path /direct --clients "$clients" --expect-size "$size"
+echo -n "proxy:   "; timeout 120 "$bin/examples/herd" --addr "127.0.0.1:$proxy_port" --path /hot --clients "$clients" --expect-size "$size"
+echo "proxy peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$proxy_pid/status")"
+kill -INT "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+echo "origin requests (direct herd + proxy herd): $(grep -o 'served [0-9]*' "$work/origin.log" | cut -d' ' -f2)"
