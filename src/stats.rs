@@ -222,3 +222,31 @@ impl StatsReporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_line_counts_one_interval() {
+        let stats = Arc::new(Stats::default());
+        let group = Arc::new(Group::new(stats.clone()));
+        let mut reporter = StatsReporter::new(stats.clone(), group);
+        stats.record_request(Outcome::Leader);
+        for _ in 0..3 {
+            stats.record_request(Outcome::Follower);
+        }
+        stats.record_request(Outcome::Pass);
+        stats.record_flight_done(3, false);
+        let line = reporter.next_line().to_string();
+        assert_eq!(
+            line,
+            "requests=5 leaders=1 followers=3 passed=1 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3"
+        );
+        // The next interval starts from zero.
+        stats.record_request(Outcome::Pass);
+        let line = reporter.next_line().to_string();
+        assert!(line.starts_with("requests=1 leaders=0 followers=0 passed=1"), "{line}");
+        assert!(line.ends_with("largest_fanout=0"), "{line}");
+    }
+}

@@ -121,6 +121,11 @@ impl Flight {
         self.lock().followers
     }
 
+    /// The upstream status, once the head has arrived.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.lock().head.as_ref().map(|head| head.status)
+    }
+
     pub fn body_bytes(&self) -> u64 {
         self.lock().body_bytes
     }

@@ -161,6 +161,7 @@ impl Group {
             key = %format_args!("{:016x}", flight.key.digest()),
             path = flight.key.path(),
             followers,
+            status = flight.status().map(|s| s.as_u16()),
             bytes = flight.body_bytes(),
             duration_ms = flight.started.elapsed().as_millis() as u64,
             error,
