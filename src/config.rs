@@ -19,6 +19,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::{Method, Uri};
 
+use crate::sharing::{self, ResponseRule};
+
 /// A configuration that could not be loaded, with where in the file the problem is.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -60,6 +62,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub shutdown_grace: Duration,
+    /// A client connection whose pending write makes no progress for this long is closed
+    /// (nginx's `send_timeout`), so a client that stops reading cannot pin memory forever.
+    pub client_stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,15 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
 }
 
+/// What a request carrying Authorization or Cookie does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// Share only with requests carrying identical values (they are part of the key).
+    Key,
+    /// Never share: go upstream on its own.
+    Pass,
+}
+
 /// How requests on a route are coalesced, after per-route overrides are applied.
 #[derive(Debug, Clone)]
 pub struct CoalescePolicy {
@@ -99,6 +113,23 @@ pub struct CoalescePolicy {
     pub key_headers: Vec<HeaderName>,
     /// Response header naming the outcome; `None` turns it off.
     pub outcome_header: Option<HeaderName>,
+    pub credentials: Credentials,
+    /// A response matching any of these goes to the leader only.
+    pub not_shareable: Vec<ResponseRule>,
+    /// How long a key whose response was not shareable goes straight upstream. Zero: never.
+    pub pass_ttl: Duration,
+    /// Longest a follower waits for the head before going upstream on its own; `None` means
+    /// the upstream's `response_timeout`.
+    pub max_wait: Option<Duration>,
+    /// Followers per flight; the next request starts a new flight.
+    pub max_followers: usize,
+    /// Late joiners are admitted while the body received so far is within this.
+    pub max_replay_body: u64,
+    /// Most body bytes one flight holds in memory at once.
+    pub max_flight_buffer: u64,
+    /// True: an upstream error or 5xx is the answer for every client of the flight.
+    /// False: followers try upstream on their own.
+    pub share_errors: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +287,8 @@ impl Resolver<'_> {
         Ok(ServerConfig {
             listen,
             shutdown_grace: self.duration_or(&raw.shutdown_grace, Duration::from_secs(30))?,
+            client_stall_timeout: self
+                .duration_or(&raw.client_stall_timeout, Duration::from_secs(30))?,
         })
     }
 
@@ -346,6 +379,14 @@ impl Resolver<'_> {
             methods: vec![Method::GET, Method::HEAD],
             key_headers: vec![http::header::ACCEPT_ENCODING],
             outcome_header: Some(HeaderName::from_static("x-coalesce")),
+            credentials: Credentials::Key,
+            not_shareable: sharing::default_rules(),
+            pass_ttl: Duration::from_secs(30),
+            max_wait: None,
+            max_followers: 10_000,
+            max_replay_body: 8 << 20,
+            max_flight_buffer: 32 << 20,
+            share_errors: true,
         };
         self.coalesce_overrides(&builtin, raw)
     }
@@ -382,7 +423,78 @@ impl Resolver<'_> {
                 Some(self.header_name(&header)?)
             };
         }
+        if let Some(credentials) = &raw.credentials {
+            policy.credentials = match credentials.get_ref().as_str() {
+                "key" => Credentials::Key,
+                "pass" => Credentials::Pass,
+                other => {
+                    return Err(self.error_at(
+                        credentials.span(),
+                        format!("unknown credentials policy {other:?}: use \"key\" or \"pass\""),
+                    ))
+                }
+            };
+        }
+        if let Some(rules) = &raw.not_shareable {
+            policy.not_shareable = rules
+                .iter()
+                .map(|rule| {
+                    rule.get_ref()
+                        .parse()
+                        .map_err(|why: String| self.error_at(rule.span(), why))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(ttl) = &raw.pass_ttl {
+            policy.pass_ttl = self.duration(ttl)?;
+        }
+        if let Some(wait) = &raw.max_wait {
+            policy.max_wait = Some(self.duration(wait)?);
+        }
+        if let Some(max) = &raw.max_followers {
+            policy.max_followers = *max.get_ref();
+        }
+        if let Some(size) = &raw.max_replay_body {
+            policy.max_replay_body = self.size(size)?;
+        }
+        if let Some(size) = &raw.max_flight_buffer {
+            policy.max_flight_buffer = self.size(size)?;
+        }
+        if let Some(share) = raw.share_errors {
+            policy.share_errors = share;
+        }
+        if policy.max_flight_buffer < policy.max_replay_body {
+            let span = raw
+                .max_flight_buffer
+                .as_ref()
+                .or(raw.max_replay_body.as_ref())
+                .map_or(0..0, |s| s.span());
+            return Err(self.error_at(
+                span,
+                format!(
+                    "max_flight_buffer ({}) must be at least max_replay_body ({}): a flight holds the whole replayable prefix",
+                    bytesize::ByteSize(policy.max_flight_buffer).display().iec(),
+                    bytesize::ByteSize(policy.max_replay_body).display().iec()
+                ),
+            ));
+        }
         Ok(policy)
+    }
+
+    fn size(&self, value: &raw::Spanned<String>) -> Result<u64, ConfigError> {
+        value
+            .get_ref()
+            .parse::<bytesize::ByteSize>()
+            .map(|size| size.as_u64())
+            .map_err(|err| {
+                self.error_at(
+                    value.span(),
+                    format!(
+                        "invalid size {:?}: {err} (write e.g. \"8MiB\" or \"64KiB\")",
+                        value.get_ref()
+                    ),
+                )
+            })
     }
 
     fn header_name(&self, raw: &raw::Spanned<String>) -> Result<HeaderName, ConfigError> {
@@ -487,6 +599,7 @@ mod raw {
         // Spans cannot reach inside an untagged enum, so errors point at the whole value.
         pub listen: Option<Spanned<OneOrMany>>,
         pub shutdown_grace: Option<Spanned<String>>,
+        pub client_stall_timeout: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -514,6 +627,14 @@ mod raw {
         pub methods: Option<Vec<Spanned<String>>>,
         pub key_headers: Option<Vec<Spanned<String>>>,
         pub header: Option<Spanned<String>>,
+        pub credentials: Option<Spanned<String>>,
+        pub not_shareable: Option<Vec<Spanned<String>>>,
+        pub pass_ttl: Option<Spanned<String>>,
+        pub max_wait: Option<Spanned<String>>,
+        pub max_followers: Option<Spanned<usize>>,
+        pub max_replay_body: Option<Spanned<String>>,
+        pub max_flight_buffer: Option<Spanned<String>>,
+        pub share_errors: Option<bool>,
     }
 
     #[derive(Deserialize)]

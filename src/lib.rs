@@ -12,6 +12,7 @@
 //!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
 //! - [`upstream`]: the pooled upstream client and its timeouts.
 //! - [`hygiene`]: hop-by-hop removal and forwarding headers.
+//! - [`sharing`]: which requests may share, and which responses may be shared.
 //! - [`proxy`]: one request's path: route, classify, share or pass.
 //! - [`stats`]: outcome counters and the periodic stats line.
 //! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
@@ -30,5 +31,6 @@ pub mod origin;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod sharing;
 pub mod stats;
 pub mod upstream;

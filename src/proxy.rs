@@ -6,6 +6,7 @@
 //! own with both bodies streamed. Every response carries the outcome header and is counted in
 //! the stats exactly once.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,10 +18,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::coalesce::{FanoutBody, Group, Key, Role};
+use crate::coalesce::{FanoutBody, Fetched, Group, Key, PassMemory, Role};
 use crate::config::Config;
 use crate::hygiene;
 use crate::routes::{Route, RouteTable};
+use crate::sharing;
 use crate::stats::{Outcome, Stats};
 use crate::upstream::{BoxError, FetchError, RequestBody, Upstream};
 
@@ -35,6 +37,7 @@ pub struct Proxy {
     /// The outcome header for answers given without a route (404), from `[coalesce]`.
     default_outcome_header: Option<HeaderName>,
     group: Arc<Group>,
+    pass_memory: Arc<PassMemory>,
     stats: Arc<Stats>,
 }
 
@@ -50,6 +53,7 @@ impl Proxy {
             routes,
             default_outcome_header: config.coalesce.outcome_header.clone(),
             group: Arc::new(Group::new(stats.clone())),
+            pass_memory: Arc::new(PassMemory::default()),
             stats,
         }
     }
@@ -57,6 +61,11 @@ impl Proxy {
     /// The singleflight table, for inspection (tests, the stats reporter).
     pub fn group(&self) -> &Arc<Group> {
         &self.group
+    }
+
+    /// Keys currently sent straight upstream because their responses were not shareable.
+    pub fn pass_memory(&self) -> &Arc<PassMemory> {
+        &self.pass_memory
     }
 
     pub fn stats(&self) -> &Arc<Stats> {
@@ -84,7 +93,7 @@ impl Proxy {
                 "no route for this request\n",
             );
         };
-        let (uri, headers) = match hygiene::upstream_request(&route, &parts, client) {
+        let target = match hygiene::upstream_request(&route, &parts, client) {
             Ok(target) => target,
             Err(_) => {
                 return self.own_reply(
@@ -94,90 +103,179 @@ impl Proxy {
                 )
             }
         };
-        if may_share(&route, &parts, &body) {
-            self.share(&route, &parts, uri, headers).await
+        if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
+            self.share(&route, &parts, target).await
         } else {
-            self.pass(&route, parts, body, uri, headers).await
+            let body = body.map_err(BoxError::from).boxed();
+            self.pass(&route, &parts, target, body, None).await
         }
     }
 
-    /// Joins (or starts) the flight for this request's key and answers from it.
+    /// Joins (or starts) the flight for this request's key and answers from it, unless the
+    /// request has to go upstream on its own after all: its key is remembered as not
+    /// shareable, it waited longer than `max_wait`, or the response turned out not to be for
+    /// it (not shareable, a `Vary` mismatch, an error under `share_errors = false`).
     async fn share(
         &self,
         route: &Arc<Route>,
         parts: &request::Parts,
-        uri: Uri,
-        headers: HeaderMap,
+        target: (Uri, HeaderMap),
     ) -> Response<ProxyBody> {
+        let policy = &route.coalesce;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let key = Key::new(route, &parts.method, path_and_query, &parts.headers);
-        let (role, subscription) = self.group.join(key, route, || {
-            let mut request = Request::new(empty_request_body());
-            *request.method_mut() = parts.method.clone();
-            *request.uri_mut() = uri;
-            *request.headers_mut() = headers;
-            let response = route.upstream.send(request);
-            async move {
-                let mut response = response.await?;
-                hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
-                Ok(response)
-            }
-        });
-        let outcome = match role {
-            Role::Leader => Outcome::Leader,
-            Role::Follower => Outcome::Follower,
-        };
-        self.stats.record_request(outcome);
-        let flight = subscription.flight().clone();
-        match flight.head().await {
-            Ok(head) => {
-                let mut response = Response::new(
-                    FanoutBody::new(subscription)
-                        .map_err(BoxError::from)
-                        .boxed_unsync(),
-                );
-                *response.status_mut() = head.status;
-                *response.headers_mut() = head.headers.clone();
-                set_outcome(
-                    &mut response,
-                    route.coalesce.outcome_header.as_ref(),
-                    outcome,
-                );
-                response
-            }
-            Err(err) => {
-                if role == Role::Leader {
-                    tracing::warn!(
-                        route = %route.name,
-                        flight = flight.id,
-                        path = flight.key.path(),
-                        error = %err,
-                        "shared upstream fetch failed"
-                    );
+        let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
+        if self.pass_memory.should_pass(&key) {
+            return self
+                .pass(route, parts, target, empty_request_body(), Some(&key))
+                .await;
+        }
+        let max_wait = policy
+            .max_wait
+            .unwrap_or(route.upstream.config.response_timeout);
+        loop {
+            let (role, subscription) = self.group.join(key.clone(), route, &parts.headers, || {
+                self.fetch(route, parts, target.clone(), key.clone())
+            });
+            let flight = subscription.flight().clone();
+            let head = match role {
+                Role::Leader => flight.head().await,
+                Role::Follower => match tokio::time::timeout(max_wait, flight.head()).await {
+                    Ok(head) => head,
+                    Err(_) => {
+                        drop(subscription);
+                        tracing::debug!(
+                            flight = flight.id,
+                            "follower waited past max_wait; going upstream alone"
+                        );
+                        return self
+                            .pass(route, parts, target, empty_request_body(), None)
+                            .await;
+                    }
+                },
+            };
+            let outcome = match role {
+                Role::Leader => Outcome::Leader,
+                Role::Follower => Outcome::Follower,
+            };
+            let head = match head {
+                Ok(head) => head,
+                Err(_) if role == Role::Follower && !policy.share_errors => {
+                    drop(subscription);
+                    return self
+                        .pass(route, parts, target, empty_request_body(), None)
+                        .await;
                 }
-                error_reply(route.coalesce.outcome_header.as_ref(), outcome, &err)
+                Err(err) => {
+                    if role == Role::Leader {
+                        tracing::warn!(
+                            route = %route.name,
+                            flight = flight.id,
+                            path = flight.key.path(),
+                            error = %err,
+                            "shared upstream fetch failed"
+                        );
+                    }
+                    self.stats.record_request(outcome);
+                    return error_reply(policy.outcome_header.as_ref(), outcome, &err);
+                }
+            };
+            if role == Role::Follower {
+                if !head.sharing.shareable() {
+                    // Released at once, all together: nobody queues behind a response that
+                    // only its leader may have.
+                    drop(subscription);
+                    return self
+                        .pass(route, parts, target, empty_request_body(), None)
+                        .await;
+                }
+                if !sharing::vary_matches(
+                    &head.sharing.vary,
+                    &parts.headers,
+                    &flight.leader_headers,
+                ) {
+                    drop(subscription);
+                    if key.is_variant() {
+                        return self
+                            .pass(route, parts, target, empty_request_body(), None)
+                            .await;
+                    }
+                    // Share with the clients that sent the same values, in a flight of their own.
+                    key = key.variant(&head.sharing.vary, &parts.headers);
+                    continue;
+                }
             }
+            self.stats.record_request(outcome);
+            let mut response = Response::new(
+                FanoutBody::new(subscription)
+                    .map_err(BoxError::from)
+                    .boxed_unsync(),
+            );
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers.clone();
+            set_outcome(&mut response, policy.outcome_header.as_ref(), outcome);
+            return response;
         }
     }
 
-    /// Forwards a request that may not share, streaming both bodies.
+    /// The upstream fetch of a flight: the leader's request with an empty body, judged for
+    /// sharing when its head arrives.
+    fn fetch(
+        &self,
+        route: &Arc<Route>,
+        parts: &request::Parts,
+        (uri, headers): (Uri, HeaderMap),
+        key: Key,
+    ) -> impl Future<Output = Result<Fetched, FetchError>> + Send + 'static {
+        let mut request = Request::new(empty_request_body());
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let response = route.upstream.send(request);
+        let route = route.clone();
+        let pass_memory = self.pass_memory.clone();
+        async move {
+            let mut response = response.await?;
+            hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
+            let sharing =
+                sharing::judge_response(&route.coalesce, response.status(), response.headers());
+            if let Some(rule) = &sharing.matched_rule {
+                tracing::debug!(route = %route.name, path = key.path(), rule, "response not shareable; releasing followers");
+                // Remembered before the flight leaves the table, so no request slips into a
+                // new flight in between.
+                pass_memory.remember(key, route.coalesce.pass_ttl);
+            } else if sharing.shareable() {
+                pass_memory.forget(&key);
+            }
+            Ok(Fetched { response, sharing })
+        }
+    }
+
+    /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a
+    /// request sent here by the pass memory: a shareable answer ends that memory.
     async fn pass(
         &self,
         route: &Arc<Route>,
-        parts: request::Parts,
-        body: Incoming,
-        uri: Uri,
-        headers: HeaderMap,
+        parts: &request::Parts,
+        (uri, headers): (Uri, HeaderMap),
+        body: RequestBody,
+        remembered: Option<&Key>,
     ) -> Response<ProxyBody> {
         self.stats.record_request(Outcome::Pass);
-        let mut request = Request::new(body.map_err(BoxError::from).boxed());
-        *request.method_mut() = parts.method;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         match route.upstream.send(request).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 hygiene::clean_response_headers(&mut head.headers, Version::HTTP_11);
+                if let Some(key) = remembered {
+                    if sharing::judge_response(&route.coalesce, head.status, &head.headers)
+                        .shareable()
+                    {
+                        self.pass_memory.forget(key);
+                    }
+                }
                 let mut response =
                     Response::from_parts(head, body.map_err(BoxError::from).boxed_unsync());
                 set_outcome(
@@ -205,20 +303,6 @@ impl Proxy {
         self.stats.record_request(Outcome::Pass);
         text_reply(outcome_header, Outcome::Pass, status, message.into())
     }
-}
-
-/// A request may share a flight when its route coalesces its method and it has no body.
-fn may_share(route: &Route, parts: &request::Parts, body: &Incoming) -> bool {
-    let policy = &route.coalesce;
-    let declares_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
-        || parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|len| len.as_bytes() != b"0");
-    policy.enabled
-        && policy.methods.contains(&parts.method)
-        && !declares_body
-        && body.is_end_stream()
 }
 
 fn empty_request_body() -> RequestBody {

@@ -50,6 +50,13 @@ pub struct Stats {
     upstream_errors: AtomicU64,
     flights_done: AtomicU64,
     flights_cancelled: AtomicU64,
+    /// Requests that joined a flight as followers; some are later released to go upstream on
+    /// their own, so this can exceed `followers`.
+    joined: AtomicU64,
+    /// Readers cut off for falling too far behind their flight.
+    clients_cut_off: AtomicU64,
+    /// The most body bytes any one flight has held in memory at once.
+    peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
     largest_fanout: AtomicU64,
 }
@@ -64,6 +71,10 @@ pub struct StatsSnapshot {
     pub upstream_errors: u64,
     pub flights_done: u64,
     pub flights_cancelled: u64,
+    pub joined: u64,
+    pub clients_cut_off: u64,
+    /// Since start, not per interval: the most any one flight held.
+    pub peak_flight_buffer: u64,
 }
 
 impl StatsSnapshot {
@@ -87,6 +98,9 @@ impl StatsSnapshot {
             upstream_errors: self.upstream_errors - earlier.upstream_errors,
             flights_done: self.flights_done - earlier.flights_done,
             flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
+            joined: self.joined - earlier.joined,
+            clients_cut_off: self.clients_cut_off - earlier.clients_cut_off,
+            peak_flight_buffer: self.peak_flight_buffer,
         }
     }
 }
@@ -102,14 +116,27 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_join(&self) {
+        self.joined.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An upstream fetch failed (connect, timeout, reset, stall), shared or not.
     pub fn record_upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_flight_done(&self, followers: u64, failed: bool) {
+    pub fn record_flight_done(
+        &self,
+        followers: u64,
+        failed: bool,
+        peak_buffered: u64,
+        cut_off: u64,
+    ) {
         self.flights_done.fetch_add(1, Ordering::Relaxed);
         self.largest_fanout.fetch_max(followers, Ordering::Relaxed);
+        self.peak_flight_buffer
+            .fetch_max(peak_buffered, Ordering::Relaxed);
+        self.clients_cut_off.fetch_add(cut_off, Ordering::Relaxed);
         if failed {
             self.record_upstream_error();
         }
@@ -128,6 +155,9 @@ impl Stats {
             upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
             flights_done: self.flights_done.load(Ordering::Relaxed),
             flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),
+            joined: self.joined.load(Ordering::Relaxed),
+            clients_cut_off: self.clients_cut_off.load(Ordering::Relaxed),
+            peak_flight_buffer: self.peak_flight_buffer.load(Ordering::Relaxed),
         }
     }
 
@@ -237,7 +267,7 @@ mod tests {
             stats.record_request(Outcome::Follower);
         }
         stats.record_request(Outcome::Pass);
-        stats.record_flight_done(3, false);
+        stats.record_flight_done(3, false, 0, 0);
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
@@ -246,7 +276,10 @@ mod tests {
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);
         let line = reporter.next_line().to_string();
-        assert!(line.starts_with("requests=1 leaders=0 followers=0 passed=1"), "{line}");
+        assert!(
+            line.starts_with("requests=1 leaders=0 followers=0 passed=1"),
+            "{line}"
+        );
         assert!(line.ends_with("largest_fanout=0"), "{line}");
     }
 }

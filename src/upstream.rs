@@ -44,6 +44,12 @@ pub enum FetchError {
     Body(String),
     #[error("every client of the flight went away")]
     Cancelled,
+    /// Not an upstream failure: this one client read so slowly that keeping its unread bytes
+    /// would have taken the flight past `max_flight_buffer`.
+    #[error(
+        "client fell more than half of max_flight_buffer ({0} bytes) behind the fastest reader"
+    )]
+    FellBehind(u64),
 }
 
 impl FetchError {
@@ -64,6 +70,7 @@ impl FetchError {
             FetchError::IdleTimeout(_) => "idle_timeout",
             FetchError::Body(_) => "body",
             FetchError::Cancelled => "cancelled",
+            FetchError::FellBehind(_) => "fell_behind",
         }
     }
 }

@@ -57,7 +57,7 @@ async fn follower_joining_mid_body_gets_the_whole_chunked_body() {
         let addr = h.addr;
         async move { get(addr, path).await }
     });
-    assert!(eventually(|| h.proxy.stats().snapshot().followers == 1).await);
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 1).await);
     h.origin.open_gate("late");
 
     let rest = leader_body
@@ -182,7 +182,7 @@ async fn leader_disconnect_does_not_fail_followers() {
             tokio::spawn(async move { get(addr, path).await })
         })
         .collect();
-    assert!(eventually(|| h.proxy.stats().snapshot().followers == 10).await);
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 10).await);
     // The leader's client goes away mid-body: its connection is dropped with the task.
     leader.abort();
     let _ = leader.await;
@@ -209,7 +209,7 @@ async fn upstream_fetch_is_cancelled_when_every_client_leaves() {
         })
         .collect();
     assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
-    assert!(eventually(|| h.proxy.stats().snapshot().followers == 2).await);
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 2).await);
     for client in clients {
         client.abort();
     }

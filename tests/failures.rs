@@ -94,7 +94,7 @@ async fn mid_body_failure_aborts_every_client(path: &str, upstream_extra: &str) 
     }
     let after = h.proxy.stats().snapshot();
     assert_eq!(after.leaders - before.leaders, 1);
-    assert_eq!(after.followers - before.followers, 19);
+    assert_eq!(after.joined - before.joined, 19);
     assert_eq!(h.origin.hits(), 1);
     h.assert_table_empties().await;
     // Other keys are untouched.

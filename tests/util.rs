@@ -279,9 +279,9 @@ impl Harness {
     /// client of the herd is in, however slowly a loaded machine schedules them.
     pub async fn open_when_followers(&self, followers: u64, gate: &str) {
         assert!(
-            eventually(|| self.proxy.stats().snapshot().followers >= followers).await,
+            eventually(|| self.proxy.stats().snapshot().joined >= followers).await,
             "only {} of {followers} followers joined",
-            self.proxy.stats().snapshot().followers
+            self.proxy.stats().snapshot().joined
         );
         self.origin.open_gate(gate);
     }
@@ -295,7 +295,7 @@ impl Harness {
         headers: &[(&str, &str)],
         gate: &str,
     ) -> Vec<Reply> {
-        let before = self.proxy.stats().snapshot().followers;
+        let before = self.proxy.stats().snapshot().joined;
         let (replies, ()) = tokio::join!(
             herd(self.addr, n, method, path, headers),
             self.open_when_followers(before + n as u64 - 1, gate)

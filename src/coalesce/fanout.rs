@@ -23,11 +23,12 @@ pub struct FanoutBody {
 
 impl FanoutBody {
     pub fn new(subscription: Subscription) -> FanoutBody {
-        // `Some(next chunk index)` while reading; `None` after an error has been yielded.
-        let frames = stream::unfold(Some((subscription, 0usize)), |reading| async move {
-            let (subscription, index) = reading?;
-            match subscription.flight().chunk(index).await? {
-                Ok(chunk) => Some((Ok(Frame::data(chunk)), Some((subscription, index + 1)))),
+        // `Some` while reading; `None` after an error has been yielded, which also drops the
+        // subscription at once.
+        let frames = stream::unfold(Some(subscription), |reading| async move {
+            let mut subscription = reading?;
+            match subscription.next_chunk().await? {
+                Ok(chunk) => Some((Ok(Frame::data(chunk)), Some(subscription))),
                 Err(err) => Some((Err(err), None)),
             }
         });

@@ -1,5 +1,6 @@
 //! One in-flight upstream fetch and the response it is producing, shared by its clients.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -10,81 +11,215 @@ use tokio::task::AbortHandle;
 
 use super::Key;
 use crate::routes::Route;
+use crate::sharing::Sharing;
 use crate::upstream::FetchError;
 
-/// The response head as every client of a flight receives it (already cleaned by `hygiene`).
+/// The response head as every client of a flight receives it (already cleaned by `hygiene`),
+/// with the verdict on who may share it.
 #[derive(Debug)]
 pub struct SharedHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    pub sharing: Sharing,
 }
 
 /// A fetch in progress and the response so far.
 ///
-/// The fetch task is the only writer: it publishes the head, appends chunks, then publishes
-/// the end. Clients only read. Every change is followed by `changed.notify_waiters()`, and
-/// readers register for that notification *before* they look at the state, so no change can
-/// slip between a look and a wait (no polling, no lost wake-ups).
+/// The fetch task is the only writer of the head, the chunks and the end; clients only read,
+/// each at its own cursor. Every change a reader may wait for is followed by
+/// `changed.notify_waiters()`, and readers register for that notification *before* they look
+/// at the state, so no change can slip between a look and a wait (no polling, no lost
+/// wake-ups).
+///
+/// Memory: while the flight is *open* to joiners it keeps every chunk (a late joiner starts
+/// at byte 0), which `max_replay_body` bounds. Once closed, it keeps only chunks that some
+/// reader has not read yet, and `max_flight_buffer` bounds those: a reader lagging far behind
+/// the fastest one is cut off, and if every reader is slow the fetch stops reading upstream
+/// until they catch up.
 #[derive(Debug)]
 pub struct Flight {
     /// Ties together the log lines of one flight's leader and followers.
     pub id: u64,
     pub key: Key,
+    /// The route, and through it the limits and policy this flight runs under.
     pub route: Arc<Route>,
+    /// The leader's request headers, against which followers are compared when the response
+    /// carries `Vary`.
+    pub leader_headers: HeaderMap,
     pub started: Instant,
-    /// Guarded by a std mutex: it is held only to read or append, never across an `.await`,
-    /// so it cannot block the runtime for longer than a `Vec` push.
+    /// Guarded by a std mutex: it is held only to read or update a few fields, never across
+    /// an `.await`, so it cannot block the runtime for longer than a queue push.
     state: Mutex<FlightState>,
+    /// Readers wait on this for the head, a chunk or the end.
     changed: Notify,
+    /// The fetch task waits on this for room in the buffer. Separate from `changed` so that
+    /// every reader's progress does not wake every other reader.
+    drained: Notify,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FlightState {
     /// Set once, by the fetch task, when the upstream head arrives.
     head: Option<Arc<SharedHead>>,
-    /// Every body chunk so far, in order. `Bytes` clones are reference counts, so every client
-    /// shares these allocations.
-    chunks: Vec<Bytes>,
+    /// Body chunks still held, each with the body offset where it ends. `Bytes` clones are
+    /// reference counts, so every client shares these allocations.
+    chunks: VecDeque<(Bytes, u64)>,
+    /// Index (in the whole body) of `chunks[0]`; grows as chunks every reader has read are
+    /// dropped.
+    first_chunk: usize,
+    /// Bytes received so far.
     body_bytes: u64,
+    /// Bytes in `chunks`, and the most that were ever there at once.
+    buffered: u64,
+    peak_buffered: u64,
     /// `None` while the fetch runs; then `Ok` (whole body received) or why it failed.
     end: Option<Result<(), FetchError>>,
-    /// Clients currently holding a `Subscription`. When this reaches zero before `end`, the
-    /// fetch is aborted: nobody is left to read it.
-    subscribers: usize,
+    /// `(next chunk index, reader id)` of every client still reading. Ordered, so the slowest
+    /// and the fastest reader are the first and last entries. A reader missing from here while
+    /// its subscription lives was cut off for falling too far behind.
+    readers: BTreeSet<(usize, u64)>,
+    next_reader: u64,
     /// How many clients joined after the leader.
     followers: usize,
+    /// Readers cut off for lagging.
+    cut_off: usize,
+    /// New requests may join while this is true.
+    open: bool,
+    /// Set while the fetch task waits for the buffer to drain.
+    fetch_waiting: bool,
     /// Aborts the fetch task; set right after the task is spawned.
     fetch: Option<AbortHandle>,
 }
 
+impl FlightState {
+    /// Body offset at which chunk `index` starts (valid from `first_chunk` to one past the
+    /// last chunk).
+    fn offset_of(&self, index: usize) -> u64 {
+        match self.chunks.get(index - self.first_chunk) {
+            Some((chunk, end)) => end - chunk.len() as u64,
+            None => self.body_bytes,
+        }
+    }
+
+    /// Drops chunks every reader has read. Only once the flight is closed: until then a late
+    /// joiner may still need them.
+    fn trim(&mut self) {
+        if self.open {
+            return;
+        }
+        let slowest = self
+            .readers
+            .first()
+            .map_or(usize::MAX, |(cursor, _)| *cursor);
+        while self.first_chunk < slowest {
+            let Some((chunk, _)) = self.chunks.pop_front() else {
+                break;
+            };
+            self.first_chunk += 1;
+            self.buffered -= chunk.len() as u64;
+        }
+    }
+
+    /// Keeps a closed flight within `budget`: cuts off the slowest readers while they lag the
+    /// fastest by more than half the budget. Returns how many were cut off.
+    fn enforce_budget(&mut self, budget: u64) -> usize {
+        self.trim();
+        let mut cut = 0;
+        while !self.open && self.buffered > budget && self.readers.len() > 1 {
+            let (Some(&(slowest, _)), Some(&(fastest, _))) =
+                (self.readers.first(), self.readers.last())
+            else {
+                break;
+            };
+            if self.offset_of(fastest) - self.offset_of(slowest) <= budget / 2 {
+                break;
+            }
+            let laggards: Vec<(usize, u64)> = self
+                .readers
+                .range((slowest, 0)..=(slowest, u64::MAX))
+                .copied()
+                .collect();
+            for laggard in &laggards {
+                self.readers.remove(laggard);
+            }
+            cut += laggards.len();
+            self.trim();
+        }
+        self.cut_off += cut;
+        cut
+    }
+
+    /// Records a cancellation if nobody is left to read a fetch that is still running.
+    fn cancel_if_abandoned(&mut self) -> bool {
+        if !self.readers.is_empty() || self.end.is_some() {
+            return false;
+        }
+        self.end = Some(Err(FetchError::Cancelled));
+        self.open = false;
+        if let Some(fetch) = self.fetch.take() {
+            fetch.abort();
+        }
+        true
+    }
+}
+
+/// What a chunk did to the flight, for the fetch task.
+pub(super) struct Published {
+    /// The flight just closed to joiners (its body passed `max_replay_body`).
+    pub closed: bool,
+    /// The buffer is over budget: wait for [`Flight::room`] before reading on.
+    pub full: bool,
+}
+
 impl Flight {
-    pub(super) fn new(id: u64, key: Key, route: Arc<Route>) -> Flight {
+    pub(super) fn new(id: u64, key: Key, route: Arc<Route>, leader_headers: HeaderMap) -> Flight {
         Flight {
             id,
             key,
             route,
+            leader_headers,
             started: Instant::now(),
             state: Mutex::new(FlightState {
-                subscribers: 1,
-                ..FlightState::default()
+                head: None,
+                chunks: VecDeque::new(),
+                first_chunk: 0,
+                body_bytes: 0,
+                buffered: 0,
+                peak_buffered: 0,
+                end: None,
+                readers: BTreeSet::from([(0, 0)]),
+                next_reader: 1,
+                followers: 0,
+                cut_off: 0,
+                open: true,
+                fetch_waiting: false,
+                fetch: None,
             }),
             changed: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
+    /// The leader's reader id (it is created with the flight).
+    pub(super) const LEADER: u64 = 0;
+
     fn lock(&self) -> MutexGuard<'_, FlightState> {
         // A panic elsewhere must not take every later client of this flight down with it;
-        // the state is only ever appended to, so it is consistent at any point.
+        // every update leaves the state consistent before it can panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn budget(&self) -> u64 {
+        self.route.coalesce.max_flight_buffer
+    }
+
     /// Runs `look` on the state until it yields a value, sleeping between changes.
-    async fn wait_for<T>(&self, mut look: impl FnMut(&FlightState) -> Option<T>) -> T {
+    async fn wait_for<T>(&self, mut look: impl FnMut(&mut FlightState) -> Option<T>) -> T {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if let Some(value) = look(&self.lock()) {
+            if let Some(value) = look(&mut self.lock()) {
                 return value;
             }
             changed.await;
@@ -102,19 +237,40 @@ impl Flight {
         .await
     }
 
-    /// Body chunk number `index`: `None` at a clean end, an error if the fetch failed first.
-    pub async fn chunk(&self, index: usize) -> Option<Result<Bytes, FetchError>> {
-        self.wait_for(|state| {
-            if let Some(chunk) = state.chunks.get(index) {
-                return Some(Some(Ok(chunk.clone())));
-            }
-            match &state.end {
-                None => None,
-                Some(Ok(())) => Some(None),
-                Some(Err(err)) => Some(Some(Err(err.clone()))),
-            }
-        })
-        .await
+    /// The chunk at reader `id`'s cursor, moving the cursor on: `None` at a clean end, an
+    /// error if the fetch failed first or the reader was cut off.
+    pub(super) async fn next_chunk(
+        &self,
+        id: u64,
+        cursor: &mut usize,
+    ) -> Option<Result<Bytes, FetchError>> {
+        let budget = self.budget();
+        let (next, freed) = self
+            .wait_for(|state| {
+                if !state.readers.contains(&(*cursor, id)) {
+                    return Some((Some(Err(FetchError::FellBehind(budget))), false));
+                }
+                if let Some((chunk, _)) = state.chunks.get(*cursor - state.first_chunk) {
+                    let chunk = chunk.clone();
+                    let before = state.buffered;
+                    state.readers.remove(&(*cursor, id));
+                    *cursor += 1;
+                    state.readers.insert((*cursor, id));
+                    state.enforce_budget(budget);
+                    let freed = state.buffered < before && state.fetch_waiting;
+                    return Some((Some(Ok(chunk)), freed));
+                }
+                match &state.end {
+                    None => None,
+                    Some(Ok(())) => Some((None, false)),
+                    Some(Err(err)) => Some((Some(Err(err.clone())), false)),
+                }
+            })
+            .await;
+        if freed {
+            self.drained.notify_one();
+        }
+        next
     }
 
     pub fn followers(&self) -> usize {
@@ -130,30 +286,52 @@ impl Flight {
         self.lock().body_bytes
     }
 
-    /// Adds a client if the fetch is still running. Called with the group's table locked.
-    pub(super) fn try_join(&self) -> bool {
+    /// The most body bytes this flight held at once.
+    pub fn peak_buffered(&self) -> u64 {
+        self.lock().peak_buffered
+    }
+
+    /// Readers cut off for falling too far behind.
+    pub fn cut_off(&self) -> usize {
+        self.lock().cut_off
+    }
+
+    /// Adds a client if the flight is open and has room for another follower. Called with
+    /// the group's table locked. Returns the new reader's id.
+    pub(super) fn try_join(&self) -> Option<u64> {
         let mut state = self.lock();
-        if state.end.is_some() {
-            return false;
+        if !state.open
+            || state.end.is_some()
+            || state.followers >= self.route.coalesce.max_followers
+        {
+            return None;
         }
-        state.subscribers += 1;
+        let id = state.next_reader;
+        state.next_reader += 1;
+        state.readers.insert((0, id));
         state.followers += 1;
-        true
+        Some(id)
     }
 
     /// Removes a client. Returns true when it was the last one and the fetch, still running,
     /// has been aborted.
-    pub(super) fn leave(&self) -> bool {
+    pub(super) fn leave(&self, id: u64, cursor: usize) -> bool {
         let mut state = self.lock();
-        state.subscribers -= 1;
-        if state.subscribers > 0 || state.end.is_some() {
-            return false;
+        state.readers.remove(&(cursor, id));
+        let budget = self.budget();
+        let waiting = state.fetch_waiting;
+        let before = state.buffered;
+        state.enforce_budget(budget);
+        let cancelled = state.cancel_if_abandoned();
+        let freed = state.buffered < before && waiting;
+        drop(state);
+        if freed {
+            self.drained.notify_one();
         }
-        state.end = Some(Err(FetchError::Cancelled));
-        if let Some(fetch) = state.fetch.take() {
-            fetch.abort();
+        if cancelled {
+            self.changed.notify_waiters();
         }
-        true
+        cancelled
     }
 
     pub(super) fn set_fetch(&self, fetch: AbortHandle) {
@@ -165,31 +343,74 @@ impl Flight {
         }
     }
 
+    /// Publishes the head. A head that may not be shared closes the flight to joiners.
     pub(super) fn publish_head(&self, head: SharedHead) {
-        self.lock().head = Some(Arc::new(head));
-        self.changed.notify_waiters();
-    }
-
-    pub(super) fn publish_chunk(&self, chunk: Bytes) {
         {
             let mut state = self.lock();
-            state.body_bytes += chunk.len() as u64;
-            state.chunks.push(chunk);
+            if !head.sharing.shareable() {
+                state.open = false;
+            }
+            state.head = Some(Arc::new(head));
         }
         self.changed.notify_waiters();
     }
 
-    /// Records how the fetch ended. Returns false if it had already ended (cancelled).
+    pub(super) fn publish_chunk(&self, chunk: Bytes) -> Published {
+        let budget = self.budget();
+        let published = {
+            let mut state = self.lock();
+            state.body_bytes += chunk.len() as u64;
+            state.buffered += chunk.len() as u64;
+            state.peak_buffered = state.peak_buffered.max(state.buffered);
+            let end = state.body_bytes;
+            state.chunks.push_back((chunk, end));
+            let closed = state.open && state.body_bytes > self.route.coalesce.max_replay_body;
+            if closed {
+                state.open = false;
+            }
+            state.enforce_budget(budget);
+            Published {
+                closed,
+                full: state.buffered > budget,
+            }
+        };
+        self.changed.notify_waiters();
+        published
+    }
+
+    /// Waits until the buffer is back within budget (readers caught up, left or were cut
+    /// off), so the fetch may read on.
+    pub(super) async fn room(&self) {
+        let budget = self.budget();
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.buffered <= budget || state.readers.is_empty() {
+                    state.fetch_waiting = false;
+                    return;
+                }
+                state.fetch_waiting = true;
+            }
+            drained.await;
+        }
+    }
+
+    /// Records how the fetch ended and closes the flight. Returns false if it had already
+    /// ended (cancelled).
     pub(super) fn publish_end(&self, end: Result<(), FetchError>) -> bool {
         let first = {
             let mut state = self.lock();
             state.fetch = None;
-            if state.end.is_some() {
-                false
-            } else {
+            state.open = false;
+            let first = state.end.is_none();
+            if first {
                 state.end = Some(end);
-                true
             }
+            state.trim();
+            first
         };
         self.changed.notify_waiters();
         first

@@ -5,13 +5,22 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use http::Response;
+use bytes::Bytes;
+use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 
 use super::{Flight, Key, SharedHead};
 use crate::routes::Route;
+use crate::sharing::Sharing;
 use crate::stats::Stats;
 use crate::upstream::{FetchError, UpstreamBody};
+
+/// What a flight's fetch produces: the upstream response (head received, body to come) and
+/// the verdict on who may share it.
+pub struct Fetched {
+    pub response: Response<UpstreamBody>,
+    pub sharing: Sharing,
+}
 
 /// Whether a client started its flight or joined one already in the air.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,24 +44,33 @@ pub struct Group {
     stats: Arc<Stats>,
 }
 
-/// A client's place in a flight. Dropping it leaves the flight; when the last client leaves
-/// before the fetch ends, the fetch is cancelled. The leader holds one too, so the fetch
-/// belongs to whoever is still waiting, not to the client that started it.
+/// A client's place in a flight, and how far it has read. Dropping it leaves the flight; when
+/// the last client leaves before the fetch ends, the fetch is cancelled. The leader holds one
+/// too, so the fetch belongs to whoever is still waiting, not to the client that started it.
 #[derive(Debug)]
 pub struct Subscription {
     flight: Arc<Flight>,
     group: Arc<Group>,
+    reader: u64,
+    /// Index of the next body chunk this client reads.
+    cursor: usize,
 }
 
 impl Subscription {
     pub fn flight(&self) -> &Arc<Flight> {
         &self.flight
     }
+
+    /// The next body chunk for this client: `None` at a clean end, an error if the fetch
+    /// failed or this client fell too far behind.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FetchError>> {
+        self.flight.next_chunk(self.reader, &mut self.cursor).await
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if self.flight.leave() {
+        if self.flight.leave(self.reader, self.cursor) {
             self.group.forget(&self.flight);
             self.group.stats.record_flight_cancelled();
             tracing::debug!(
@@ -88,30 +106,41 @@ impl Group {
     }
 
     /// Joins the live flight for `key`, or starts one whose fetch is `fetch()`. The fetch runs
-    /// on its own task, so it outlives the leader's request if followers still wait.
+    /// on its own task, so it outlives the leader's request if followers still wait. A flight
+    /// that is closed to joiners (past `max_replay_body`) or full (`max_followers`) is replaced
+    /// in the table by the new one; it goes on serving its own clients.
     pub fn join<F, Fut>(
         self: &Arc<Self>,
         key: Key,
         route: &Arc<Route>,
+        request_headers: &HeaderMap,
         fetch: F,
     ) -> (Role, Subscription)
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static,
+        Fut: Future<Output = Result<Fetched, FetchError>> + Send + 'static,
     {
         let flight = {
             let mut table = self.table();
             if let Some(flight) = table.get(&key) {
-                if flight.try_join() {
+                if let Some(reader) = flight.try_join() {
+                    self.stats.record_join();
                     let subscription = Subscription {
                         flight: flight.clone(),
                         group: self.clone(),
+                        reader,
+                        cursor: 0,
                     };
                     return (Role::Follower, subscription);
                 }
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let flight = Arc::new(Flight::new(id, key.clone(), route.clone()));
+            let flight = Arc::new(Flight::new(
+                id,
+                key.clone(),
+                route.clone(),
+                request_headers.clone(),
+            ));
             table.insert(key, flight.clone());
             flight
         };
@@ -120,7 +149,7 @@ impl Group {
             let flight = flight.clone();
             let group = self.clone();
             async move {
-                let end = drive(&flight, fetch).await;
+                let end = drive(&group, &flight, fetch).await;
                 group.finish(&flight, end);
             }
         });
@@ -128,6 +157,8 @@ impl Group {
         let subscription = Subscription {
             flight,
             group: self.clone(),
+            reader: Flight::LEADER,
+            cursor: 0,
         };
         (Role::Leader, subscription)
     }
@@ -153,8 +184,12 @@ impl Group {
             return;
         }
         let followers = flight.followers();
-        self.stats
-            .record_flight_done(followers as u64, error.is_some());
+        self.stats.record_flight_done(
+            followers as u64,
+            error.is_some(),
+            flight.peak_buffered(),
+            flight.cut_off() as u64,
+        );
         tracing::debug!(
             flight = flight.id,
             route = %flight.route.name,
@@ -163,6 +198,8 @@ impl Group {
             followers,
             status = flight.status().map(|s| s.as_u16()),
             bytes = flight.body_bytes(),
+            peak_buffered = flight.peak_buffered(),
+            cut_off = flight.cut_off(),
             duration_ms = flight.started.elapsed().as_millis() as u64,
             error,
             "flight done"
@@ -170,23 +207,39 @@ impl Group {
     }
 }
 
-/// The fetch task's work: wait for the head, then copy every body chunk into the flight.
-async fn drive<Fut>(flight: &Flight, fetch: Fut) -> Result<(), FetchError>
+/// The fetch task's work: wait for the head, then copy every body chunk into the flight,
+/// pausing when the flight's buffer is full.
+async fn drive<Fut>(group: &Group, flight: &Arc<Flight>, fetch: Fut) -> Result<(), FetchError>
 where
-    Fut: Future<Output = Result<Response<UpstreamBody>, FetchError>>,
+    Fut: Future<Output = Result<Fetched, FetchError>>,
 {
-    let (parts, mut body) = fetch.await?.into_parts();
+    let Fetched { response, sharing } = fetch.await?;
+    let (parts, mut body) = response.into_parts();
+    let shareable = sharing.shareable();
     flight.publish_head(SharedHead {
         status: parts.status,
         headers: parts.headers,
+        sharing,
     });
+    if !shareable {
+        // New requests must not queue behind a response only the leader may have.
+        group.forget(flight);
+    }
     while let Some(frame) = body.frame().await {
         // Trailers are dropped: the hop to the client may not carry them (HTTP/1.1 without
         // `TE: trailers`), and nothing the proxy promises depends on them.
-        if let Ok(data) = frame?.into_data() {
-            if !data.is_empty() {
-                flight.publish_chunk(data);
-            }
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let published = flight.publish_chunk(data);
+        if published.closed {
+            group.forget(flight);
+        }
+        if published.full {
+            flight.room().await;
         }
     }
     Ok(())

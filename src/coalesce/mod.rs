@@ -5,7 +5,8 @@
 //! [`Flight`] holds the response as it arrives: the head once, then an append-only log of body
 //! chunks, then the end. Each client reads the log through its own [`FanoutBody`] at its own
 //! cursor, so a client that joins mid-body still gets every byte from the first, and a slow
-//! reader costs nobody else anything.
+//! reader costs nobody else anything. [`PassMemory`] remembers keys whose responses turned
+//! out not to be shareable, so later requests for them do not queue at all.
 //!
 //! This module decides nothing about *whether* a request may share (that is `proxy`) and
 //! rewrites no headers (that is `hygiene`).
@@ -14,8 +15,10 @@ mod fanout;
 mod flight;
 mod group;
 mod key;
+mod pass_memory;
 
 pub use fanout::FanoutBody;
 pub use flight::{Flight, SharedHead};
-pub use group::{Group, Role, Subscription};
+pub use group::{Fetched, Group, Role, Subscription};
 pub use key::Key;
+pub use pass_memory::PassMemory;

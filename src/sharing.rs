@@ -1,0 +1,230 @@
+//! What may be shared: which requests may join a flight, and which responses may be handed to
+//! anyone but the client that caused them.
+//!
+//! A request may share when its route coalesces its method, it carries no body, and (with
+//! `credentials = "pass"`) no Authorization or Cookie. A response may be shared unless one of
+//! the route's `not_shareable` rules matches it (by default: `Set-Cookie`,
+//! `Cache-Control: private` or `no-store`, `Vary: *`). `Vary` on a shareable response narrows
+//! who may share it to clients whose values for the named headers match the leader's.
+//!
+//! This module only judges; the flight and the proxy act on the verdicts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{request, StatusCode};
+
+use crate::config::{CoalescePolicy, Credentials};
+
+/// Request headers that make a request ask for something other than the plain resource: a
+/// part of it, or a conditional answer. Their values are part of the coalescing key, so a
+/// 206 or 304 only ever reaches clients that sent exactly the same headers.
+pub static RANGE_AND_CONDITIONAL: [HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// A response rule from `not_shareable`: either a header's presence (`"set-cookie"`) or a
+/// token in a header's comma-separated list (`"cache-control: private"`, `"vary: *"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseRule {
+    Present(HeaderName),
+    HasToken(HeaderName, String),
+}
+
+impl FromStr for ResponseRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.trim().as_bytes())
+                .map_err(|_| format!("invalid header name {:?} in rule {text:?}", n.trim()))
+        };
+        match text.split_once(':') {
+            None => Ok(ResponseRule::Present(name(text)?)),
+            Some((header, token)) => {
+                let token = token.trim().to_ascii_lowercase();
+                if token.is_empty() || token.contains(',') {
+                    return Err(format!(
+                        "rule {text:?} needs one token after the colon, e.g. \"cache-control: private\""
+                    ));
+                }
+                Ok(ResponseRule::HasToken(name(header)?, token))
+            }
+        }
+    }
+}
+
+impl fmt::Display for ResponseRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResponseRule::Present(name) => write!(f, "{name}"),
+            ResponseRule::HasToken(name, token) => write!(f, "{name}: {token}"),
+        }
+    }
+}
+
+/// The default `not_shareable` list.
+pub fn default_rules() -> Vec<ResponseRule> {
+    [
+        "set-cookie",
+        "cache-control: private",
+        "cache-control: no-store",
+        "vary: *",
+    ]
+    .iter()
+    .map(|rule| rule.parse().expect("built-in rules are valid"))
+    .collect()
+}
+
+/// The comma-separated tokens of every `name` header, lower-cased, without parameters
+/// (`private="set-cookie"` counts as `private`).
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = String> + 'a {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|token| {
+            let token = token.split(['=', ';']).next().unwrap_or("");
+            token.trim().to_ascii_lowercase()
+        })
+        .filter(|token| !token.is_empty())
+}
+
+impl ResponseRule {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        match self {
+            ResponseRule::Present(name) => headers.contains_key(name),
+            ResponseRule::HasToken(name, token) => tokens(headers, name).any(|t| t == *token),
+        }
+    }
+}
+
+/// How a flight's response may be shared, decided once when its head arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// The `not_shareable` rule the response matched: only the leader gets it, and the key is
+    /// remembered as not shareable for `pass_ttl`.
+    pub matched_rule: Option<String>,
+    /// A 5xx under `share_errors = false`: only the leader gets it; nothing is remembered,
+    /// since the next answer may well be fine.
+    pub unshared_error: bool,
+    /// The request headers named by the response's `Vary`.
+    pub vary: Vec<HeaderName>,
+}
+
+impl Sharing {
+    pub fn shareable(&self) -> bool {
+        self.matched_rule.is_none() && !self.unshared_error
+    }
+}
+
+/// Judges a response head under a route's policy.
+pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &HeaderMap) -> Sharing {
+    Sharing {
+        matched_rule: policy
+            .not_shareable
+            .iter()
+            .find(|rule| rule.matches(headers))
+            .map(ResponseRule::to_string),
+        unshared_error: status.is_server_error() && !policy.share_errors,
+        vary: tokens(headers, &header::VARY)
+            .filter(|t| t != "*")
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect(),
+    }
+}
+
+/// Whether a follower whose request has `ours` may take a response made for `leaders`, given
+/// the response's `Vary` names.
+pub fn vary_matches(vary: &[HeaderName], ours: &HeaderMap, leaders: &HeaderMap) -> bool {
+    vary.iter()
+        .all(|name| ours.get_all(name).iter().eq(leaders.get_all(name).iter()))
+}
+
+/// Whether a request may join a flight at all.
+pub fn request_may_share(
+    policy: &CoalescePolicy,
+    parts: &request::Parts,
+    body_is_empty: bool,
+) -> bool {
+    let headers = &parts.headers;
+    let declares_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0");
+    let has_credentials =
+        headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE);
+    policy.enabled
+        && policy.methods.contains(&parts.method)
+        && !declares_body
+        && body_is_empty
+        && !(policy.credentials == Credentials::Pass && has_credentials)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn default_rules_catch_cookies_private_no_store_and_vary_star() {
+        let rules = default_rules();
+        let caught = |pairs: &[(&str, &str)]| rules.iter().any(|r| r.matches(&headers(pairs)));
+        assert!(caught(&[("set-cookie", "a=1")]));
+        assert!(caught(&[("cache-control", "max-age=10, Private")]));
+        assert!(caught(&[("cache-control", "private=\"x\"")]));
+        assert!(caught(&[
+            ("cache-control", "public"),
+            ("cache-control", "no-store")
+        ]));
+        assert!(caught(&[("vary", "accept, *")]));
+        assert!(!caught(&[
+            ("cache-control", "public, max-age=60"),
+            ("vary", "accept-language")
+        ]));
+        assert!(!caught(&[("cache-control", "no-cache")]));
+    }
+
+    #[test]
+    fn rules_parse_and_reject_nonsense() {
+        assert_eq!(
+            "Cache-Control: No-Cache".parse::<ResponseRule>(),
+            Ok(ResponseRule::HasToken(
+                header::CACHE_CONTROL,
+                "no-cache".into()
+            ))
+        );
+        assert!("bad header: x".parse::<ResponseRule>().is_err());
+        assert!("cache-control:".parse::<ResponseRule>().is_err());
+        assert!("cache-control: a, b".parse::<ResponseRule>().is_err());
+    }
+
+    #[test]
+    fn vary_compares_every_named_header() {
+        let vary = vec![header::ACCEPT_LANGUAGE];
+        let en = headers(&[("accept-language", "en")]);
+        let fr = headers(&[("accept-language", "fr")]);
+        assert!(vary_matches(&vary, &en, &en.clone()));
+        assert!(!vary_matches(&vary, &en, &fr));
+        assert!(!vary_matches(&vary, &en, &HeaderMap::new()));
+        assert!(vary_matches(&[], &en, &fr));
+    }
+}
