@@ -119,7 +119,7 @@ pub struct CoalescePolicy {
     /// How long a key whose response was not shareable goes straight upstream. Zero: never.
     pub pass_ttl: Duration,
     /// Longest a follower waits for the head before going upstream on its own; `None` means
-    /// the upstream's `response_timeout`.
+    /// as long as the flight may take (the upstream's `response_timeout`).
     pub max_wait: Option<Duration>,
     /// Followers per flight; the next request starts a new flight.
     pub max_followers: usize,

@@ -16,9 +16,14 @@
 //! | `hold=NAME` | after the first body piece, wait until [`Origin::open_gate`]`(NAME)` |
 //! | `fail=WHAT` | `close_before_head`, `reset_before_head`, `stall_before_head`, `close_mid_body`, `reset_mid_body`, `stall_mid_body` |
 //! | `header=NAME:VALUE` | add a response header (repeatable) |
+//! | `hold_rest=NAME` | like `hold_head`, but the first request naming NAME passes without waiting |
+//! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |
+//! | `echo_header=NAME` | the body is `NAME=VALUE` with the request's value of that header |
 //!
 //! A request with a body gets its body echoed back. Every response carries `x-origin-hit`,
-//! the origin's running request count, so a test can tell which fetch produced it.
+//! the origin's running request count, so a test can tell which fetch produced it, and
+//! `ETag: "v1"`: a request with `If-None-Match: "v1"` gets 304, and one with a single
+//! `Range: bytes=A-B` gets 206 with that slice.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -89,6 +94,12 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     /// Gates named by `hold=` that were reached, and those the test opened.
     held: Mutex<HashSet<String>>,
+    /// `hold_rest=` gates that let their first request through already.
+    passed_once: Mutex<HashSet<String>>,
+    /// Requests being answered right now, and the most there ever were at once.
+    in_progress: AtomicU64,
+    peak_in_progress: AtomicU64,
+    no_cookies: std::sync::atomic::AtomicBool,
     opened: Mutex<HashSet<String>>,
     /// Bumped on every event above, so waiters wake without polling.
     events: watch::Sender<()>,
@@ -185,6 +196,16 @@ impl Origin {
             .count()
     }
 
+    /// The most requests the origin was answering at the same moment.
+    pub fn peak_concurrency(&self) -> u64 {
+        self.shared.peak_in_progress.load(Ordering::SeqCst)
+    }
+
+    /// Turns `cookie=1` on (the default) or off for later responses.
+    pub fn set_cookies(&self, on: bool) {
+        self.shared.no_cookies.store(!on, Ordering::SeqCst);
+    }
+
     /// Lets every response held at gate `name` continue.
     pub fn open_gate(&self, name: &str) {
         lock(&self.shared.opened).insert(name.to_owned());
@@ -227,7 +248,11 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             return;
         };
         let keep_alive = parsed.keep_alive;
-        match respond(&mut stream, parsed.request, &shared).await {
+        let now = shared.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_progress.fetch_max(now, Ordering::SeqCst);
+        let responded = respond(&mut stream, parsed.request, &shared).await;
+        shared.in_progress.fetch_sub(1, Ordering::SeqCst);
+        match responded {
             Some(()) if keep_alive => continue,
             _ => return,
         }
@@ -351,9 +376,12 @@ struct Script {
     chunks: usize,
     gap: Duration,
     hold_head: Option<String>,
+    hold_rest: Option<String>,
     hold: Option<String>,
     fail: Option<String>,
     headers: Vec<(String, String)>,
+    cookie: bool,
+    echo_header: Option<String>,
 }
 
 impl Script {
@@ -375,6 +403,9 @@ impl Script {
                 "gap" => script.gap = millis().unwrap_or_default(),
                 "hold" => script.hold = Some(value.to_owned()),
                 "hold_head" => script.hold_head = Some(value.to_owned()),
+                "hold_rest" => script.hold_rest = Some(value.to_owned()),
+                "cookie" => script.cookie = value == "1",
+                "echo_header" => script.echo_header = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
                     if let Some((n, v)) = value.split_once(':') {
@@ -390,6 +421,21 @@ impl Script {
     fn fails(&self, what: &str) -> bool {
         self.fail.as_deref() == Some(what)
     }
+}
+
+/// `bytes=A-B` or `bytes=A-` (a single range) as `(A, Some(B))` or `(A, None)`.
+fn parse_range(value: &str) -> Option<(usize, Option<usize>)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let first = first.trim().parse().ok()?;
+    let last = match last.trim() {
+        "" => None,
+        last => Some(last.parse().ok()?),
+    };
+    Some((first, last))
 }
 
 /// Waits until the peer closes its side (or errors), discarding anything it sends.
@@ -438,7 +484,14 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
     let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let script = Script::parse(&request.target);
     let head_only = request.method == "HEAD";
-    let echo = (!request.body.is_empty()).then(|| Bytes::from(request.body.clone()));
+    let echo = if let Some(name) = &script.echo_header {
+        let value = request.header(name).unwrap_or("");
+        Some(Bytes::from(format!("{name}={value}")))
+    } else {
+        (!request.body.is_empty()).then(|| Bytes::from(request.body.clone()))
+    };
+    let not_modified = request.header("if-none-match") == Some("\"v1\"");
+    let range = request.header("range").and_then(parse_range);
     lock(&shared.requests).push(request);
     shared.changed();
 
@@ -446,6 +499,12 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
     let delay = script.delay.unwrap_or(settings.delay);
     if let Some(gate) = &script.hold_head {
         wait_at_gate(stream, gate, shared).await?;
+    }
+    if let Some(gate) = &script.hold_rest {
+        let first = lock(&shared.passed_once).insert(gate.clone());
+        if !first {
+            wait_at_gate(stream, gate, shared).await?;
+        }
     }
     if script.fails("close_before_head") {
         return None;
@@ -462,8 +521,24 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         wait_or_hangup(stream, delay, shared).await?;
     }
 
-    let body = echo.unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
-    let status = script.status.unwrap_or(200);
+    let mut body = echo.unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
+    let mut status = script.status.unwrap_or(200);
+    let full_length = body.len();
+    let mut content_range = None;
+    if status == 200 && not_modified {
+        status = 304;
+    } else if status == 200 {
+        if let Some((first, last)) = range {
+            let last = last
+                .unwrap_or(full_length.saturating_sub(1))
+                .min(full_length.saturating_sub(1));
+            if first <= last {
+                status = 206;
+                body = body.slice(first..=last);
+                content_range = Some(format!("bytes {first}-{last}/{full_length}"));
+            }
+        }
+    }
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -471,11 +546,20 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/octet-stream\r\nx-origin-hit: {hit}\r\n"
     );
+    head.push_str("etag: \"v1\"\r\n");
+    if let Some(range) = content_range {
+        head.push_str(&format!("content-range: {range}\r\n"));
+    }
+    if script.cookie && !shared.no_cookies.load(Ordering::SeqCst) {
+        head.push_str(&format!("set-cookie: id={hit}; Path=/\r\n"));
+    }
     for (name, value) in &script.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     let bodiless = head_only || status == 204 || status == 304 || (100..200).contains(&status);
-    if script.chunked {
+    if status == 304 {
+        head.push_str("\r\n");
+    } else if script.chunked {
         head.push_str("transfer-encoding: chunked\r\n\r\n");
     } else {
         head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));

@@ -129,29 +129,31 @@ impl Proxy {
                 .pass(route, parts, target, empty_request_body(), Some(&key))
                 .await;
         }
-        let max_wait = policy
-            .max_wait
-            .unwrap_or(route.upstream.config.response_timeout);
         loop {
             let (role, subscription) = self.group.join(key.clone(), route, &parts.headers, || {
                 self.fetch(route, parts, target.clone(), key.clone())
             });
             let flight = subscription.flight().clone();
-            let head = match role {
-                Role::Leader => flight.head().await,
-                Role::Follower => match tokio::time::timeout(max_wait, flight.head()).await {
-                    Ok(head) => head,
-                    Err(_) => {
-                        drop(subscription);
-                        tracing::debug!(
-                            flight = flight.id,
-                            "follower waited past max_wait; going upstream alone"
-                        );
-                        return self
-                            .pass(route, parts, target, empty_request_body(), None)
-                            .await;
+            // Without `max_wait`, a follower waits as long as the flight may take, which the
+            // upstream's `response_timeout` bounds; a timer of the same length would only race
+            // the flight's own 504.
+            let head = match (role, policy.max_wait) {
+                (Role::Leader, _) | (Role::Follower, None) => flight.head().await,
+                (Role::Follower, Some(max_wait)) => {
+                    match tokio::time::timeout(max_wait, flight.head()).await {
+                        Ok(head) => head,
+                        Err(_) => {
+                            drop(subscription);
+                            tracing::debug!(
+                                flight = flight.id,
+                                "follower waited past max_wait; going upstream alone"
+                            );
+                            return self
+                                .pass(route, parts, target, empty_request_body(), None)
+                                .await;
+                        }
                     }
-                },
+                }
             };
             let outcome = match role {
                 Role::Leader => Outcome::Leader,

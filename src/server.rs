@@ -9,16 +9,20 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
 use crate::proxy::Proxy;
@@ -103,6 +107,11 @@ impl Server {
                 () = &mut shutdown => break,
                 next = accepted.recv() => {
                     let Some((stream, peer)) = next else { break };
+                    let stream = StallGuard::new(
+                        stream,
+                        config.server.client_stall_timeout,
+                        proxy.stats().clone(),
+                    );
                     let proxy = proxy.clone();
                     let service = service_fn(move |request| {
                         let proxy = proxy.clone();
@@ -160,5 +169,114 @@ async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, S
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// A client connection whose writes fail with `TimedOut` once a write has been pending, with
+/// no progress, for `stall_timeout` (nginx's `send_timeout`). hyper then closes the connection
+/// and drops the response body, which releases the client's place in its flight: a client
+/// that stops reading cannot pin a flight's memory, or a file descriptor, for ever.
+struct StallGuard {
+    inner: TcpStream,
+    stall_timeout: Duration,
+    /// Armed while a write is pending; created on the first stall only.
+    stalled: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    stats: Arc<Stats>,
+}
+
+impl StallGuard {
+    fn new(inner: TcpStream, stall_timeout: Duration, stats: Arc<Stats>) -> StallGuard {
+        StallGuard {
+            inner,
+            stall_timeout,
+            stalled: None,
+            armed: false,
+            stats,
+        }
+    }
+
+    /// Called when a write returned `Pending`: starts the stall clock if it is not running,
+    /// and fails the write once it runs out.
+    fn poll_stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let deadline = Instant::now() + self.stall_timeout;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.armed = false;
+                self.stats.record_client_stalled();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client read nothing for client_stall_timeout",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match result {
+            Poll::Pending => self.poll_stall(cx),
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.progress(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.progress(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.progress(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -55,6 +55,8 @@ pub struct Stats {
     joined: AtomicU64,
     /// Readers cut off for falling too far behind their flight.
     clients_cut_off: AtomicU64,
+    /// Client connections closed because they read nothing for `client_stall_timeout`.
+    clients_stalled: AtomicU64,
     /// The most body bytes any one flight has held in memory at once.
     peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
@@ -73,6 +75,7 @@ pub struct StatsSnapshot {
     pub flights_cancelled: u64,
     pub joined: u64,
     pub clients_cut_off: u64,
+    pub clients_stalled: u64,
     /// Since start, not per interval: the most any one flight held.
     pub peak_flight_buffer: u64,
 }
@@ -100,6 +103,7 @@ impl StatsSnapshot {
             flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
             joined: self.joined - earlier.joined,
             clients_cut_off: self.clients_cut_off - earlier.clients_cut_off,
+            clients_stalled: self.clients_stalled - earlier.clients_stalled,
             peak_flight_buffer: self.peak_flight_buffer,
         }
     }
@@ -114,6 +118,10 @@ impl Stats {
             Outcome::Pass => &self.passed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_client_stalled(&self) {
+        self.clients_stalled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_join(&self) {
@@ -157,6 +165,7 @@ impl Stats {
             flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
             clients_cut_off: self.clients_cut_off.load(Ordering::Relaxed),
+            clients_stalled: self.clients_stalled.load(Ordering::Relaxed),
             peak_flight_buffer: self.peak_flight_buffer.load(Ordering::Relaxed),
         }
     }

@@ -145,13 +145,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// An upstream response body that fails with [`FetchError::IdleTimeout`] when no frame
-/// arrives for `idle_timeout`, so a stalled upstream cannot hold its clients forever.
+/// An upstream response body that fails with [`FetchError::IdleTimeout`] when the upstream
+/// sends nothing for `idle_timeout` while we wait for it, so a stalled upstream cannot hold
+/// its clients forever. Time during which nobody asked for the next frame (a slow client, a
+/// full flight buffer) does not count: that is not the upstream's fault.
 pub struct UpstreamBody {
     inner: Incoming,
     /// Boxed so the body is `Unpin` and can be read with `BodyExt` anywhere.
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    /// True while the last poll returned `Pending`, i.e. the timer measures a real wait.
+    waiting: bool,
 }
 
 impl UpstreamBody {
@@ -160,6 +164,7 @@ impl UpstreamBody {
             inner,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
+            waiting: false,
         }
     }
 }
@@ -173,18 +178,21 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
         let this = self.get_mut();
+        if !this.waiting {
+            // A new wait starts now; the time since the last frame was ours, not upstream's.
+            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                Poll::Ready(Some(Err(FetchError::Body(error_chain(&err)))))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                this.waiting = true;
                 ready!(this.idle.as_mut().poll(cx));
                 Poll::Ready(Some(Err(FetchError::IdleTimeout(this.idle_timeout))))
+            }
+            ready => {
+                this.waiting = false;
+                ready.map(|frame| {
+                    frame.map(|frame| frame.map_err(|err| FetchError::Body(error_chain(&err))))
+                })
             }
         }
     }

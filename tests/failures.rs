@@ -48,8 +48,12 @@ async fn no_head_within_response_timeout_gives_everyone_504() {
     for reply in &replies {
         assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     }
-    assert_eq!(outcomes(&replies), (1, 19, 0));
-    assert_eq!(h.origin.hits(), 1);
+    // The timeout runs from the leader's request, so on a loaded machine a client that
+    // arrives after it may start a second flight; each flight still makes one request.
+    let (leaders, followers, passed) = outcomes(&replies);
+    assert_eq!((leaders + followers, passed), (20, 0));
+    assert!(followers > 0);
+    assert_eq!(h.origin.hits(), leaders as u64);
     h.assert_table_empties().await;
 }
 
