@@ -63,8 +63,9 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub shutdown_grace: Duration,
     /// A client connection whose pending write makes no progress for this long is closed
-    /// (nginx's `send_timeout`), so a client that stops reading cannot pin memory forever.
-    pub client_stall_timeout: Duration,
+    /// (nginx's `send_timeout`), so a client that stops reading cannot hold a connection and
+    /// its response's memory forever.
+    pub send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,9 @@ pub struct CoalescePolicy {
     pub max_replay_body: u64,
     /// Most body bytes one flight holds in memory at once.
     pub max_flight_buffer: u64,
+    /// A reader that frees nothing for this long while its flight's buffer is full (and so
+    /// every other reader waits) is cut off.
+    pub client_stall_timeout: Duration,
     /// True: an upstream error or 5xx is the answer for every client of the flight.
     /// False: followers try upstream on their own.
     pub share_errors: bool,
@@ -287,8 +291,7 @@ impl Resolver<'_> {
         Ok(ServerConfig {
             listen,
             shutdown_grace: self.duration_or(&raw.shutdown_grace, Duration::from_secs(30))?,
-            client_stall_timeout: self
-                .duration_or(&raw.client_stall_timeout, Duration::from_secs(30))?,
+            send_timeout: self.duration_or(&raw.send_timeout, Duration::from_secs(60))?,
         })
     }
 
@@ -386,6 +389,7 @@ impl Resolver<'_> {
             max_followers: 10_000,
             max_replay_body: 8 << 20,
             max_flight_buffer: 32 << 20,
+            client_stall_timeout: Duration::from_secs(30),
             share_errors: true,
         };
         self.coalesce_overrides(&builtin, raw)
@@ -459,6 +463,9 @@ impl Resolver<'_> {
         }
         if let Some(size) = &raw.max_flight_buffer {
             policy.max_flight_buffer = self.size(size)?;
+        }
+        if let Some(stall) = &raw.client_stall_timeout {
+            policy.client_stall_timeout = self.duration(stall)?;
         }
         if let Some(share) = raw.share_errors {
             policy.share_errors = share;
@@ -599,7 +606,7 @@ mod raw {
         // Spans cannot reach inside an untagged enum, so errors point at the whole value.
         pub listen: Option<Spanned<OneOrMany>>,
         pub shutdown_grace: Option<Spanned<String>>,
-        pub client_stall_timeout: Option<Spanned<String>>,
+        pub send_timeout: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -634,6 +641,7 @@ mod raw {
         pub max_followers: Option<Spanned<usize>>,
         pub max_replay_body: Option<Spanned<String>>,
         pub max_flight_buffer: Option<Spanned<String>>,
+        pub client_stall_timeout: Option<Spanned<String>>,
         pub share_errors: Option<bool>,
     }
 

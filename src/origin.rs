@@ -479,6 +479,17 @@ async fn wait_at_gate(stream: &mut TcpStream, name: &str, shared: &Shared) -> Op
     Some(())
 }
 
+/// Writes to the client; a failed write means it hung up mid-response, which counts as a
+/// cancellation.
+async fn send(stream: &mut TcpStream, bytes: &[u8], shared: &Shared) -> Option<()> {
+    if stream.write_all(bytes).await.is_err() {
+        shared.cancelled.fetch_add(1, Ordering::SeqCst);
+        shared.changed();
+        return None;
+    }
+    Some(())
+}
+
 /// Writes the scripted response. `None` means the connection must close.
 async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shared) -> Option<()> {
     let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -564,7 +575,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
     } else {
         head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
     }
-    stream.write_all(head.as_bytes()).await.ok()?;
+    send(stream, head.as_bytes(), shared).await?;
     if bodiless {
         return Some(());
     }
@@ -584,14 +595,10 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
             wait_or_hangup(stream, script.gap, shared).await?;
         }
         if script.chunked {
-            stream
-                .write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                .await
-                .ok()?;
-            stream.write_all(piece).await.ok()?;
-            stream.write_all(b"\r\n").await.ok()?;
+            let framed = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+            send(stream, &framed, shared).await?;
         } else {
-            stream.write_all(piece).await.ok()?;
+            send(stream, piece, shared).await?;
         }
         stream.flush().await.ok()?;
         if index == 0 {
@@ -612,7 +619,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         }
     }
     if script.chunked {
-        stream.write_all(b"0\r\n\r\n").await.ok()?;
+        send(stream, b"0\r\n\r\n", shared).await?;
     }
     Some(())
 }

@@ -109,7 +109,7 @@ impl Server {
                     let Some((stream, peer)) = next else { break };
                     let stream = StallGuard::new(
                         stream,
-                        config.server.client_stall_timeout,
+                        config.server.send_timeout,
                         proxy.stats().clone(),
                     );
                     let proxy = proxy.clone();
@@ -173,7 +173,7 @@ async fn accept_loop(listener: TcpListener, accepted: mpsc::Sender<(TcpStream, S
 }
 
 /// A client connection whose writes fail with `TimedOut` once a write has been pending, with
-/// no progress, for `stall_timeout` (nginx's `send_timeout`). hyper then closes the connection
+/// no progress, for `send_timeout` (as nginx's `send_timeout`). hyper then closes the connection
 /// and drops the response body, which releases the client's place in its flight: a client
 /// that stops reading cannot pin a flight's memory, or a file descriptor, for ever.
 struct StallGuard {
@@ -210,10 +210,10 @@ impl StallGuard {
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.armed = false;
-                self.stats.record_client_stalled();
+                self.stats.record_send_timeout();
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "client read nothing for client_stall_timeout",
+                    "client read nothing for send_timeout",
                 )))
             }
             Poll::Pending => Poll::Pending,

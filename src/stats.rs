@@ -53,10 +53,10 @@ pub struct Stats {
     /// Requests that joined a flight as followers; some are later released to go upstream on
     /// their own, so this can exceed `followers`.
     joined: AtomicU64,
-    /// Readers cut off for falling too far behind their flight.
+    /// Readers cut off for holding up a full flight for `client_stall_timeout`.
     clients_cut_off: AtomicU64,
-    /// Client connections closed because they read nothing for `client_stall_timeout`.
-    clients_stalled: AtomicU64,
+    /// Client connections closed because they read nothing for `send_timeout`.
+    send_timeouts: AtomicU64,
     /// The most body bytes any one flight has held in memory at once.
     peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
@@ -75,7 +75,7 @@ pub struct StatsSnapshot {
     pub flights_cancelled: u64,
     pub joined: u64,
     pub clients_cut_off: u64,
-    pub clients_stalled: u64,
+    pub send_timeouts: u64,
     /// Since start, not per interval: the most any one flight held.
     pub peak_flight_buffer: u64,
 }
@@ -103,7 +103,7 @@ impl StatsSnapshot {
             flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
             joined: self.joined - earlier.joined,
             clients_cut_off: self.clients_cut_off - earlier.clients_cut_off,
-            clients_stalled: self.clients_stalled - earlier.clients_stalled,
+            send_timeouts: self.send_timeouts - earlier.send_timeouts,
             peak_flight_buffer: self.peak_flight_buffer,
         }
     }
@@ -120,8 +120,8 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_client_stalled(&self) {
-        self.clients_stalled.fetch_add(1, Ordering::Relaxed);
+    pub fn record_send_timeout(&self) {
+        self.send_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_join(&self) {
@@ -165,7 +165,7 @@ impl Stats {
             flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),
             joined: self.joined.load(Ordering::Relaxed),
             clients_cut_off: self.clients_cut_off.load(Ordering::Relaxed),
-            clients_stalled: self.clients_stalled.load(Ordering::Relaxed),
+            send_timeouts: self.send_timeouts.load(Ordering::Relaxed),
             peak_flight_buffer: self.peak_flight_buffer.load(Ordering::Relaxed),
         }
     }

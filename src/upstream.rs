@@ -44,12 +44,10 @@ pub enum FetchError {
     Body(String),
     #[error("every client of the flight went away")]
     Cancelled,
-    /// Not an upstream failure: this one client read so slowly that keeping its unread bytes
-    /// would have taken the flight past `max_flight_buffer`.
-    #[error(
-        "client fell more than half of max_flight_buffer ({0} bytes) behind the fastest reader"
-    )]
-    FellBehind(u64),
+    /// Not an upstream failure: this one client read nothing for `client_stall_timeout` while
+    /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
+    #[error("client read nothing for {0:?} while its flight's buffer was full")]
+    StalledClient(Duration),
 }
 
 impl FetchError {
@@ -70,7 +68,7 @@ impl FetchError {
             FetchError::IdleTimeout(_) => "idle_timeout",
             FetchError::Body(_) => "body",
             FetchError::Cancelled => "cancelled",
-            FetchError::FellBehind(_) => "fell_behind",
+            FetchError::StalledClient(_) => "stalled_client",
         }
     }
 }

@@ -2,7 +2,9 @@
 
 mod util;
 
+mod bounds;
 mod coalescing;
 mod command_line;
 mod failures;
 mod passthrough;
+mod sharing;

@@ -66,10 +66,17 @@ impl Harness {
     }
 
     pub async fn start_with(settings: OriginSettings, upstream_extra: &str, rest: &str) -> Harness {
+        Harness::start_text(settings, |origin| config_text(origin, upstream_extra, rest)).await
+    }
+
+    /// Starts with the configuration `make` writes for the origin's URL.
+    pub async fn start_text(
+        settings: OriginSettings,
+        make: impl FnOnce(&str) -> String,
+    ) -> Harness {
         raise_fd_limit();
         let origin = Origin::start(settings).await.expect("origin starts");
-        let config = Config::from_toml(&config_text(&origin.url(), upstream_extra, rest))
-            .expect("test config is valid");
+        let config = Config::from_toml(&make(&origin.url())).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.local_addrs()[0];
         let proxy = server.proxy().clone();

@@ -33,9 +33,9 @@ pub struct SharedHead {
 ///
 /// Memory: while the flight is *open* to joiners it keeps every chunk (a late joiner starts
 /// at byte 0), which `max_replay_body` bounds. Once closed, it keeps only chunks that some
-/// reader has not read yet, and `max_flight_buffer` bounds those: a reader lagging far behind
-/// the fastest one is cut off, and if every reader is slow the fetch stops reading upstream
-/// until they catch up.
+/// reader has not read yet, and `max_flight_buffer` bounds those: when the buffer is full the
+/// fetch stops reading upstream until the slowest reader frees room, and a reader that frees
+/// nothing for `client_stall_timeout` is cut off so the others can go on.
 #[derive(Debug)]
 pub struct Flight {
     /// Ties together the log lines of one flight's leader and followers.
@@ -61,9 +61,9 @@ pub struct Flight {
 struct FlightState {
     /// Set once, by the fetch task, when the upstream head arrives.
     head: Option<Arc<SharedHead>>,
-    /// Body chunks still held, each with the body offset where it ends. `Bytes` clones are
-    /// reference counts, so every client shares these allocations.
-    chunks: VecDeque<(Bytes, u64)>,
+    /// Body chunks still held. `Bytes` clones are reference counts, so every client shares
+    /// these allocations.
+    chunks: VecDeque<Bytes>,
     /// Index (in the whole body) of `chunks[0]`; grows as chunks every reader has read are
     /// dropped.
     first_chunk: usize,
@@ -92,15 +92,6 @@ struct FlightState {
 }
 
 impl FlightState {
-    /// Body offset at which chunk `index` starts (valid from `first_chunk` to one past the
-    /// last chunk).
-    fn offset_of(&self, index: usize) -> u64 {
-        match self.chunks.get(index - self.first_chunk) {
-            Some((chunk, end)) => end - chunk.len() as u64,
-            None => self.body_bytes,
-        }
-    }
-
     /// Drops chunks every reader has read. Only once the flight is closed: until then a late
     /// joiner may still need them.
     fn trim(&mut self) {
@@ -112,7 +103,7 @@ impl FlightState {
             .first()
             .map_or(usize::MAX, |(cursor, _)| *cursor);
         while self.first_chunk < slowest {
-            let Some((chunk, _)) = self.chunks.pop_front() else {
+            let Some(chunk) = self.chunks.pop_front() else {
                 break;
             };
             self.first_chunk += 1;
@@ -120,33 +111,23 @@ impl FlightState {
         }
     }
 
-    /// Keeps a closed flight within `budget`: cuts off the slowest readers while they lag the
-    /// fastest by more than half the budget. Returns how many were cut off.
-    fn enforce_budget(&mut self, budget: u64) -> usize {
-        self.trim();
-        let mut cut = 0;
-        while !self.open && self.buffered > budget && self.readers.len() > 1 {
-            let (Some(&(slowest, _)), Some(&(fastest, _))) =
-                (self.readers.first(), self.readers.last())
-            else {
-                break;
-            };
-            if self.offset_of(fastest) - self.offset_of(slowest) <= budget / 2 {
-                break;
-            }
-            let laggards: Vec<(usize, u64)> = self
-                .readers
-                .range((slowest, 0)..=(slowest, u64::MAX))
-                .copied()
-                .collect();
-            for laggard in &laggards {
-                self.readers.remove(laggard);
-            }
-            cut += laggards.len();
-            self.trim();
+    /// Cuts off the readers furthest behind: they read nothing for `client_stall_timeout`
+    /// while the buffer was full and everyone else waited. Returns how many.
+    fn cut_slowest(&mut self) -> usize {
+        let Some(&(slowest, _)) = self.readers.first() else {
+            return 0;
+        };
+        let laggards: Vec<(usize, u64)> = self
+            .readers
+            .range((slowest, 0)..=(slowest, u64::MAX))
+            .copied()
+            .collect();
+        for laggard in &laggards {
+            self.readers.remove(laggard);
         }
-        self.cut_off += cut;
-        cut
+        self.cut_off += laggards.len();
+        self.trim();
+        laggards.len()
     }
 
     /// Records a cancellation if nobody is left to read a fetch that is still running.
@@ -244,19 +225,19 @@ impl Flight {
         id: u64,
         cursor: &mut usize,
     ) -> Option<Result<Bytes, FetchError>> {
-        let budget = self.budget();
+        let stall = self.route.coalesce.client_stall_timeout;
         let (next, freed) = self
             .wait_for(|state| {
                 if !state.readers.contains(&(*cursor, id)) {
-                    return Some((Some(Err(FetchError::FellBehind(budget))), false));
+                    return Some((Some(Err(FetchError::StalledClient(stall))), false));
                 }
-                if let Some((chunk, _)) = state.chunks.get(*cursor - state.first_chunk) {
+                if let Some(chunk) = state.chunks.get(*cursor - state.first_chunk) {
                     let chunk = chunk.clone();
                     let before = state.buffered;
                     state.readers.remove(&(*cursor, id));
                     *cursor += 1;
                     state.readers.insert((*cursor, id));
-                    state.enforce_budget(budget);
+                    state.trim();
                     let freed = state.buffered < before && state.fetch_waiting;
                     return Some((Some(Ok(chunk)), freed));
                 }
@@ -318,10 +299,9 @@ impl Flight {
     pub(super) fn leave(&self, id: u64, cursor: usize) -> bool {
         let mut state = self.lock();
         state.readers.remove(&(cursor, id));
-        let budget = self.budget();
         let waiting = state.fetch_waiting;
         let before = state.buffered;
-        state.enforce_budget(budget);
+        state.trim();
         let cancelled = state.cancel_if_abandoned();
         let freed = state.buffered < before && waiting;
         drop(state);
@@ -362,13 +342,12 @@ impl Flight {
             state.body_bytes += chunk.len() as u64;
             state.buffered += chunk.len() as u64;
             state.peak_buffered = state.peak_buffered.max(state.buffered);
-            let end = state.body_bytes;
-            state.chunks.push_back((chunk, end));
+            state.chunks.push_back(chunk);
             let closed = state.open && state.body_bytes > self.route.coalesce.max_replay_body;
             if closed {
                 state.open = false;
             }
-            state.enforce_budget(budget);
+            state.trim();
             Published {
                 closed,
                 full: state.buffered > budget,
@@ -379,9 +358,12 @@ impl Flight {
     }
 
     /// Waits until the buffer is back within budget (readers caught up, left or were cut
-    /// off), so the fetch may read on.
+    /// off), so the fetch may read on. Whenever `client_stall_timeout` passes with nobody
+    /// freeing anything, the readers furthest behind are cut off: everyone else is waiting on
+    /// them.
     pub(super) async fn room(&self) {
         let budget = self.budget();
+        let stall = self.route.coalesce.client_stall_timeout;
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -394,7 +376,20 @@ impl Flight {
                 }
                 state.fetch_waiting = true;
             }
-            drained.await;
+            if tokio::time::timeout(stall, drained).await.is_err() {
+                let mut state = self.lock();
+                let cut = state.cut_slowest();
+                let cancelled = state.cancel_if_abandoned();
+                drop(state);
+                if cut > 0 || cancelled {
+                    tracing::debug!(
+                        flight = self.id,
+                        cut,
+                        "cut off readers that held a full flight for client_stall_timeout"
+                    );
+                    self.changed.notify_waiters();
+                }
+            }
         }
     }
 

@@ -1,0 +1,158 @@
+//! Bounded memory and slow clients: one client that reads nothing never holds the others
+//! back, and a flight never holds more than its budget.
+
+use coalesce_proxy::origin::{self, OriginSettings};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+/// A client that sends a GET and then reads nothing.
+async fn non_reader(h: &Harness, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxy.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
+/// Reads a body of the origin's pattern frame by frame, comparing as it goes, so that
+/// hundreds of megabytes need no buffer. Returns the bytes read, or why it stopped.
+async fn read_and_verify(h: &Harness, path: &str, size: usize) -> Result<usize, String> {
+    let mut sender = connect(h.addr).await;
+    let response = send_head(
+        &mut sender,
+        request(Method::GET, path, &[], Default::default()),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let expected = origin::body(63 * 1024); // one cycle of the pattern repeats every 63 bytes
+    let mut body = response.into_body();
+    let mut at = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            for (i, byte) in data.iter().enumerate() {
+                if *byte != expected[(at + i) % 63] {
+                    return Err(format!("wrong byte at {}", at + i));
+                }
+            }
+            at += data.len();
+        }
+    }
+    if at == size {
+        Ok(at)
+    } else {
+        Err(format!("{at} of {size} bytes"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_does_not_hold_back_the_others() {
+    let h = Harness::start().await;
+    const SIZE: usize = 16 << 20;
+    let path = format!("/big?size={SIZE}&hold_head=g");
+    // The client that never reads is the leader: the worst case.
+    let stuck = non_reader(&h, &path).await;
+    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+
+    let readers: Vec<_> = (0..100)
+        .map(|_| {
+            let h_addr = h.addr;
+            let path = path.clone();
+            tokio::spawn(async move {
+                let mut sender = connect(h_addr).await;
+                let response = send_head(
+                    &mut sender,
+                    request(Method::GET, &path, &[], Default::default()),
+                )
+                .await;
+                let reply = read_reply(response).await;
+                reply.body.map(|b| b == origin::body(SIZE))
+            })
+        })
+        .collect();
+    h.open_when_followers(100, "g").await;
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), Ok(true));
+    }
+    // The 100 finished while the stuck client was still connected and had read nothing.
+    let snapshot = h.proxy.stats().snapshot();
+    assert_eq!(snapshot.clients_cut_off, 0);
+    assert_eq!(snapshot.send_timeouts, 0);
+    assert_eq!(h.origin.hits(), 1);
+    drop(stuck);
+    h.assert_table_empties().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_disconnected_after_send_timeout() {
+    let h = Harness::start_text(OriginSettings::default(), |origin| {
+        config_text(origin, "", "").replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nsend_timeout = \"300ms\"",
+        )
+    })
+    .await;
+    const SIZE: usize = 64 << 20;
+    let mut stuck = non_reader(&h, &format!("/big?size={SIZE}")).await;
+    assert!(
+        eventually(|| h.proxy.stats().snapshot().send_timeouts == 1).await,
+        "the stalled client was never disconnected"
+    );
+    // What the client can still read is what the kernel buffered: never the whole response.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stuck.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(
+        received.len() < SIZE,
+        "the whole body arrived: {}",
+        received.len()
+    );
+    h.assert_table_empties().await;
+    // Nobody else was reading, so the fetch was cancelled.
+    assert!(h.origin.wait_until(PATIENCE, |o| o.cancelled() == 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flight_stays_within_max_flight_buffer_with_a_slow_client() {
+    const SIZE: usize = 96 << 20;
+    const BUDGET: u64 = 16 << 20;
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "",
+        "[coalesce]\nmax_replay_body = \"1MiB\"\nmax_flight_buffer = \"16MiB\"\nclient_stall_timeout = \"1s\"\n",
+    )
+    .await;
+    let path = format!("/huge?size={SIZE}&chunked=1&chunks=1536&hold_head=g");
+    let stuck = non_reader(&h, &path).await;
+    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    let readers: Vec<_> = (0..9)
+        .map(|_| {
+            let path = path.clone();
+            let h = &h;
+            async move { read_and_verify(h, &path, SIZE).await }
+        })
+        .collect();
+    let (results, ()) = tokio::join!(
+        futures_util::future::join_all(readers),
+        h.open_when_followers(9, "g")
+    );
+    let snapshot = h.proxy.stats().snapshot();
+    for result in results {
+        assert_eq!(result, Ok(SIZE));
+    }
+    assert_eq!(
+        snapshot.clients_cut_off, 1,
+        "the reader that read nothing is cut off"
+    );
+    assert!(
+        snapshot.peak_flight_buffer <= BUDGET + (1 << 20),
+        "a flight held {} bytes",
+        snapshot.peak_flight_buffer
+    );
+    assert_eq!(h.origin.hits(), 1);
+    drop(stuck);
+    h.assert_table_empties().await;
+}
