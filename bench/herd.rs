@@ -12,6 +12,16 @@ use clap::Parser;
 use coalesce_proxy::herd::{percentile, send_all};
 use coalesce_proxy::origin;
 use http::{Method, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Sends a GET and returns the connection unread.
+async fn stuck_client(addr: SocketAddr, path: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: bench.local\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
 
 #[derive(Parser)]
 struct Args {
@@ -25,6 +35,10 @@ struct Args {
     /// The origin's body size for this path; every reply must equal it byte for byte.
     #[arg(long)]
     expect_size: bytesize::ByteSize,
+    /// Extra clients that send the same request first and then read nothing until the herd
+    /// is done: the slow client every fan-out must survive.
+    #[arg(long, default_value_t = 0)]
+    stuck: usize,
     /// Abort the whole herd after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
@@ -38,6 +52,16 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let expected = origin::body(args.expect_size.as_u64() as usize);
+    let mut stuck = Vec::new();
+    for _ in 0..args.stuck {
+        match stuck_client(args.addr, &args.path).await {
+            Ok(stream) => stuck.push(stream),
+            Err(err) => {
+                eprintln!("herd: stuck client: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let paths = vec![args.path.clone(); args.clients];
     let Ok(results) =
         tokio::time::timeout(args.timeout, send_all(args.addr, Method::GET, paths)).await
@@ -60,6 +84,7 @@ async fn main() -> ExitCode {
             _ => bad += 1,
         }
     }
+    drop(stuck);
     latencies.sort();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!(
