@@ -81,6 +81,8 @@ pub struct LogConfig {
     pub level: String,
     /// Zero turns the periodic stats line off.
     pub stats_interval: Duration,
+    /// One line per request (target `coalesce_proxy::access`).
+    pub access: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +324,7 @@ impl Resolver<'_> {
             format,
             level,
             stats_interval: self.duration_or(&raw.stats_interval, Duration::from_secs(10))?,
+            access: raw.access.unwrap_or(false),
         })
     }
 
@@ -615,6 +618,7 @@ mod raw {
         pub format: Option<Spanned<String>>,
         pub level: Option<Spanned<String>>,
         pub stats_interval: Option<Spanned<String>>,
+        pub access: Option<bool>,
     }
 
     #[derive(Deserialize)]

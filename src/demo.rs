@@ -46,6 +46,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         format: LogFormat::Text,
         level: "warn".into(),
         stats_interval: Duration::ZERO,
+        access: false,
     });
     let origin = Origin::start(OriginSettings {
         delay: args.origin_delay,

@@ -14,19 +14,23 @@
 //! - [`hygiene`]: hop-by-hop removal and forwarding headers.
 //! - [`sharing`]: which requests may share, and which responses may be shared.
 //! - [`proxy`]: one request's path: route, classify, share or pass.
+//! - [`access`]: the per-request record: access log line and request metrics.
 //! - [`stats`]: outcome counters and the periodic stats line.
+//! - [`metrics`]: the Prometheus metric families and their exposition.
 //! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
 //! - [`cli`]: the command line, logging set-up, and the `demo` subcommand ([`demo`]).
 //! - [`herd`]: a barrier-released herd client, for the demo and the benchmarks.
 //! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod herd;
 pub mod hygiene;
+pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod routes;

@@ -6,10 +6,13 @@
 //! own with both bodies streamed. Every response carries the outcome header and is counted in
 //! the stats exactly once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
@@ -18,44 +21,90 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use crate::access::{ObservedBody, RequestRecord};
 use crate::coalesce::{FanoutBody, Fetched, Group, Key, PassMemory, Role};
 use crate::config::Config;
 use crate::hygiene;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::{Route, RouteTable};
 use crate::sharing;
 use crate::stats::{Outcome, Stats};
-use crate::upstream::{BoxError, FetchError, RequestBody, Upstream};
+use crate::upstream::{BoxError, FetchError, RequestBody, Upstream, UpstreamBody};
 
 /// Every response body the proxy sends: a flight's fan-out, an upstream stream, or a short
 /// message of its own.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Everything needed to serve requests under one configuration.
+/// What serving a request produced, before it is counted and observed.
+struct Reply {
+    response: Response<ProxyBody>,
+    outcome: Outcome,
+    /// The flight that served it, if any.
+    flight: Option<u64>,
+}
+
+impl Reply {
+    fn pass(response: Response<ProxyBody>) -> Reply {
+        Reply {
+            response,
+            outcome: Outcome::Pass,
+            flight: None,
+        }
+    }
+}
+
+/// The parts of the configuration a reload replaces: routes, upstreams, policies.
 #[derive(Debug)]
-pub struct Proxy {
+struct Routing {
     routes: RouteTable,
     /// The outcome header for answers given without a route (404), from `[coalesce]`.
     default_outcome_header: Option<HeaderName>,
-    group: Arc<Group>,
-    pass_memory: Arc<PassMemory>,
-    stats: Arc<Stats>,
+    access_log: bool,
 }
 
-impl Proxy {
-    pub fn new(config: &Config, stats: Arc<Stats>) -> Proxy {
-        let upstreams: std::collections::HashMap<&str, Arc<Upstream>> = config
+impl Routing {
+    fn new(config: &Config, metrics: &Metrics) -> Routing {
+        let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
             .map(|(name, upstream)| (name.as_str(), Arc::new(Upstream::new(upstream.clone()))))
             .collect();
-        let routes = RouteTable::new(config, |name| upstreams[name].clone());
-        Proxy {
-            routes,
+        Routing {
+            routes: RouteTable::new(config, |name| upstreams[name].clone(), metrics),
             default_outcome_header: config.coalesce.outcome_header.clone(),
+            access_log: config.log.access,
+        }
+    }
+}
+
+/// Everything needed to serve requests. The routing swaps whole on reload; the flight table,
+/// the pass memory and the stats outlive reloads, so flights in the air are not disturbed.
+#[derive(Debug)]
+pub struct Proxy {
+    routing: ArcSwap<Routing>,
+    group: Arc<Group>,
+    pass_memory: Arc<PassMemory>,
+    stats: Arc<Stats>,
+    /// Metrics for requests that matched no route.
+    unrouted: Arc<RouteMetrics>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, stats: Arc<Stats>) -> Proxy {
+        Proxy {
+            routing: ArcSwap::from_pointee(Routing::new(config, &stats.metrics)),
             group: Arc::new(Group::new(stats.clone())),
             pass_memory: Arc::new(PassMemory::default()),
+            unrouted: Arc::new(stats.metrics.for_route("none")),
             stats,
         }
+    }
+
+    /// Serves new requests under `config` from now on. Requests and flights already under
+    /// way keep the routes, upstreams and policies they started with.
+    pub fn reload(&self, config: &Config) {
+        self.routing
+            .store(Arc::new(Routing::new(config, &self.stats.metrics)));
     }
 
     /// The singleflight table, for inspection (tests, the stats reporter).
@@ -72,43 +121,85 @@ impl Proxy {
         &self.stats
     }
 
+    /// The Prometheus exposition, with the gauges brought up to date.
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.stats.metrics;
+        metrics.flights_in_flight.set(self.group.len() as i64);
+        metrics.pass_memory_keys.set(self.pass_memory.len() as i64);
+        metrics.render()
+    }
+
+    /// The whole life of one request: serve it, count it once, and observe its body to the end.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let routing = self.routing.load_full();
+        let method = request.method().clone();
+        let path = routing.access_log.then(|| request.uri().path().to_owned());
+        let (route, reply) = self.route_and_serve(&routing, request, client).await;
+        self.stats.record_request(reply.outcome);
+        let (head, body) = reply.response.into_parts();
+        let record = RequestRecord {
+            started,
+            method,
+            path,
+            route: route.map_or_else(|| self.unrouted.clone(), |r| r.metrics.clone()),
+            status: head.status,
+            outcome: reply.outcome,
+            flight: reply.flight,
+        };
+        Response::from_parts(
+            head,
+            ObservedBody::new(body, record, routing.access_log).boxed_unsync(),
+        )
+    }
+
+    async fn route_and_serve(
+        &self,
+        routing: &Routing,
+        request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> (Option<Arc<Route>>, Reply) {
         let (parts, body) = request.into_parts();
+        let default_header = routing.default_outcome_header.as_ref();
         if parts.method == Method::CONNECT {
-            return self.own_reply(
-                self.default_outcome_header.as_ref(),
+            let reply = text_reply(
+                default_header,
+                Outcome::Pass,
                 StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported\n",
+                "CONNECT is not supported\n".into(),
             );
+            return (None, Reply::pass(reply));
         }
         let host = hygiene::requested_host(&parts);
-        let Some(route) = self.routes.find(host, parts.uri.path()).cloned() else {
-            return self.own_reply(
-                self.default_outcome_header.as_ref(),
+        let Some(route) = routing.routes.find(host, parts.uri.path()).cloned() else {
+            let reply = text_reply(
+                default_header,
+                Outcome::Pass,
                 StatusCode::NOT_FOUND,
-                "no route for this request\n",
+                "no route for this request\n".into(),
             );
+            return (None, Reply::pass(reply));
         };
-        let target = match hygiene::upstream_request(&route, &parts, client) {
-            Ok(target) => target,
-            Err(_) => {
-                return self.own_reply(
-                    route.coalesce.outcome_header.as_ref(),
-                    StatusCode::BAD_REQUEST,
-                    "request target cannot be forwarded\n",
-                )
-            }
+        let Ok(target) = hygiene::upstream_request(&route, &parts, client) else {
+            let reply = text_reply(
+                route.coalesce.outcome_header.as_ref(),
+                Outcome::Pass,
+                StatusCode::BAD_REQUEST,
+                "request target cannot be forwarded\n".into(),
+            );
+            return (Some(route), Reply::pass(reply));
         };
-        if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
+        let reply = if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
             self.share(&route, &parts, target).await
         } else {
             let body = body.map_err(BoxError::from).boxed();
             self.pass(&route, &parts, target, body, None).await
-        }
+        };
+        (Some(route), reply)
     }
 
     /// Joins (or starts) the flight for this request's key and answers from it, unless the
@@ -120,7 +211,7 @@ impl Proxy {
         route: &Arc<Route>,
         parts: &request::Parts,
         target: (Uri, HeaderMap),
-    ) -> Response<ProxyBody> {
+    ) -> Reply {
         let policy = &route.coalesce;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
@@ -177,8 +268,11 @@ impl Proxy {
                             "shared upstream fetch failed"
                         );
                     }
-                    self.stats.record_request(outcome);
-                    return error_reply(policy.outcome_header.as_ref(), outcome, &err);
+                    return Reply {
+                        response: error_reply(policy.outcome_header.as_ref(), outcome, &err),
+                        outcome,
+                        flight: Some(flight.id),
+                    };
                 }
             };
             if role == Role::Follower {
@@ -206,7 +300,6 @@ impl Proxy {
                     continue;
                 }
             }
-            self.stats.record_request(outcome);
             let mut response = Response::new(
                 FanoutBody::new(subscription)
                     .map_err(BoxError::from)
@@ -215,7 +308,11 @@ impl Proxy {
             *response.status_mut() = head.status;
             *response.headers_mut() = head.headers.clone();
             set_outcome(&mut response, policy.outcome_header.as_ref(), outcome);
-            return response;
+            return Reply {
+                response,
+                outcome,
+                flight: Some(flight.id),
+            };
         }
     }
 
@@ -232,7 +329,7 @@ impl Proxy {
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let response = route.upstream.send(request);
+        let response = send_upstream(&self.stats, route, request);
         let route = route.clone();
         let pass_memory = self.pass_memory.clone();
         async move {
@@ -261,13 +358,12 @@ impl Proxy {
         (uri, headers): (Uri, HeaderMap),
         body: RequestBody,
         remembered: Option<&Key>,
-    ) -> Response<ProxyBody> {
-        self.stats.record_request(Outcome::Pass);
+    ) -> Reply {
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        match route.upstream.send(request).await {
+        let response = match send_upstream(&self.stats, route, request).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 hygiene::clean_response_headers(&mut head.headers, Version::HTTP_11);
@@ -288,22 +384,41 @@ impl Proxy {
                 response
             }
             Err(err) => {
-                self.stats.record_upstream_error();
                 tracing::warn!(route = %route.name, error = %err, "upstream request failed");
                 error_reply(route.coalesce.outcome_header.as_ref(), Outcome::Pass, &err)
             }
-        }
+        };
+        Reply::pass(response)
     }
+}
 
-    /// An answer from the proxy itself, counted as `pass`.
-    fn own_reply(
-        &self,
-        outcome_header: Option<&HeaderName>,
-        status: StatusCode,
-        message: &'static str,
-    ) -> Response<ProxyBody> {
-        self.stats.record_request(Outcome::Pass);
-        text_reply(outcome_header, Outcome::Pass, status, message.into())
+/// Sends a request upstream for `route`, recording the upstream metrics up to the response
+/// head: its status class (or `error`), how long the head took, and why it failed.
+fn send_upstream(
+    stats: &Arc<Stats>,
+    route: &Arc<Route>,
+    request: Request<RequestBody>,
+) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
+    let started = Instant::now();
+    let response = route.upstream.send(request);
+    let stats = stats.clone();
+    let route = route.clone();
+    async move {
+        let response = response.await;
+        let metrics = &stats.metrics;
+        route
+            .metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &response {
+            Ok(response) => metrics.upstream_response(&route.name, Some(response.status())),
+            Err(err) => {
+                metrics.upstream_response(&route.name, None);
+                metrics.upstream_error(&route.name, err.kind());
+                stats.record_upstream_error();
+            }
+        }
+        response
     }
 }
 

@@ -6,22 +6,29 @@
 //! the longest `path_prefix` wins, and for equal prefixes the route written first. This module
 //! only chooses; it does not build upstream requests (`hygiene`) or decide about coalescing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::{CoalescePolicy, Config, RouteConfig};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::Upstream;
+
+/// Route ids are never reused, even across reloads, so that a flight started under an old
+/// route table is never joined by a request routed by a new one (which may send it elsewhere).
+static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A route, ready to serve: its validated settings and the upstream it forwards to.
 #[derive(Debug)]
 pub struct Route {
-    /// Position in the file; part of the coalescing key so two routes never share a flight.
-    pub index: usize,
+    /// Unique in the process; part of the coalescing key so two routes never share a flight.
+    pub id: u64,
     pub name: String,
     pub host: Option<String>,
     pub path_prefix: String,
     pub strip_prefix: bool,
     pub coalesce: CoalescePolicy,
     pub upstream: Arc<Upstream>,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -54,10 +61,14 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds the table from a validated config. `upstream_for` yields the shared client for
     /// an upstream name, which the config guarantees exists.
-    pub fn new(config: &Config, upstream_for: impl Fn(&str) -> Arc<Upstream>) -> RouteTable {
+    pub fn new(
+        config: &Config,
+        upstream_for: impl Fn(&str) -> Arc<Upstream>,
+        metrics: &Metrics,
+    ) -> RouteTable {
         let mut with_host = Vec::new();
         let mut any_host = Vec::new();
-        for (index, route) in config.routes.iter().enumerate() {
+        for route in &config.routes {
             let RouteConfig {
                 name,
                 host,
@@ -67,7 +78,8 @@ impl RouteTable {
                 coalesce,
             } = route.clone();
             let route = Arc::new(Route {
-                index,
+                id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
+                metrics: Arc::new(metrics.for_route(&name)),
                 name,
                 host,
                 path_prefix,
@@ -148,7 +160,7 @@ upstream = "a"
         )
         .expect("valid");
         let upstream = Arc::new(Upstream::new(config.upstreams["a"].clone()));
-        RouteTable::new(&config, |_| upstream.clone())
+        RouteTable::new(&config, |_| upstream.clone(), &Metrics::new())
     }
 
     fn name(table: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {

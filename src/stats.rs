@@ -1,23 +1,29 @@
 //! Coalescing counters and the periodic stats line.
 //!
-//! Counters are plain atomics bumped on the request path; nothing here takes a lock. The
-//! reporter diffs two snapshots to describe one interval. Metrics export (Prometheus) is not
-//! this module's job.
+//! Counters are plain atomics bumped on the request path. The reporter diffs two snapshots to
+//! describe one interval. [`Stats`] also owns the Prometheus [`Metrics`], so that each event
+//! is recorded once, here, for both; the metric families themselves live in `metrics`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::HeaderValue;
 
 use crate::coalesce::Group;
+use crate::metrics::Metrics;
+
+/// Distinct keys tracked per interval for the top-5 list; past it, new keys are not tracked
+/// until the next interval (a flood of unique paths must not grow memory).
+const MAX_TRACKED_KEYS: usize = 10_000;
 
 /// What happened to a request. The same words appear in the outcome header, in logs and in
 /// metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Started a flight.
-    Leader,
+    Leader = 0,
     /// Was served from someone else's flight.
     Follower,
     /// Went upstream on its own (not eligible to share), or got an answer from the proxy
@@ -26,6 +32,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 3] = [Outcome::Leader, Outcome::Follower, Outcome::Pass];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Leader => "leader",
@@ -43,6 +51,10 @@ impl Outcome {
 /// reporting.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub metrics: Metrics,
+    /// Followers per (route, path) of flights that ended this interval, for the top-5 list.
+    /// Paths only: never the query or a header value.
+    top_keys: Mutex<HashMap<(String, String), u64>>,
     requests: AtomicU64,
     leaders: AtomicU64,
     followers: AtomicU64,
@@ -122,6 +134,7 @@ impl Stats {
 
     pub fn record_send_timeout(&self) {
         self.send_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.send_timeouts.inc();
     }
 
     pub fn record_join(&self) {
@@ -133,21 +146,42 @@ impl Stats {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_flight_done(
-        &self,
-        followers: u64,
-        failed: bool,
-        peak_buffered: u64,
-        cut_off: u64,
-    ) {
+    pub fn record_flight_done(&self, flight: FlightSummary<'_>) {
         self.flights_done.fetch_add(1, Ordering::Relaxed);
-        self.largest_fanout.fetch_max(followers, Ordering::Relaxed);
+        self.largest_fanout
+            .fetch_max(flight.followers, Ordering::Relaxed);
         self.peak_flight_buffer
-            .fetch_max(peak_buffered, Ordering::Relaxed);
-        self.clients_cut_off.fetch_add(cut_off, Ordering::Relaxed);
-        if failed {
+            .fetch_max(flight.peak_buffered, Ordering::Relaxed);
+        self.clients_cut_off
+            .fetch_add(flight.cut_off, Ordering::Relaxed);
+        self.metrics
+            .flight_followers
+            .observe(flight.followers as f64);
+        self.metrics.clients_cut_off.inc_by(flight.cut_off);
+        if let Some(kind) = flight.error {
             self.record_upstream_error();
+            self.metrics.upstream_error(flight.route, kind);
         }
+        if flight.followers > 0 {
+            let mut top = self.top_keys.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (flight.route.to_owned(), flight.path.to_owned());
+            if top.len() < MAX_TRACKED_KEYS || top.contains_key(&key) {
+                *top.entry(key).or_default() += flight.followers;
+            }
+        }
+    }
+
+    /// The interval's five keys with the most followers; starts a new interval.
+    fn take_top_keys(&self) -> Vec<(String, String, u64)> {
+        let top =
+            std::mem::take(&mut *self.top_keys.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut top: Vec<(String, String, u64)> = top
+            .into_iter()
+            .map(|((route, path), n)| (route, path, n))
+            .collect();
+        top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
+        top.truncate(5);
+        top
     }
 
     pub fn record_flight_cancelled(&self) {
@@ -176,12 +210,38 @@ impl Stats {
     }
 }
 
+/// What the group reports about a flight that ended.
+#[derive(Debug)]
+pub struct FlightSummary<'a> {
+    pub route: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub followers: u64,
+    /// The kind of upstream failure, if the fetch failed.
+    pub error: Option<&'static str>,
+    pub peak_buffered: u64,
+    pub cut_off: u64,
+}
+
 /// One interval's figures, as the stats line shows them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StatsLine {
     pub interval: StatsSnapshot,
     pub flights_in_flight: usize,
     pub largest_fanout: u64,
+    /// `(route, path, followers)` of the interval's five most-followed keys.
+    pub top_keys: Vec<(String, String, u64)>,
+}
+
+impl StatsLine {
+    /// `route:path=followers` for each top key, space-free so it stays one key=value field.
+    pub fn top_keys_text(&self) -> String {
+        self.top_keys
+            .iter()
+            .map(|(route, path, followers)| format!("{route}:{path}={followers}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl std::fmt::Display for StatsLine {
@@ -189,7 +249,7 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={}",
+            "requests={} leaders={} followers={} passed={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={}",
             d.requests,
             d.leaders,
             d.followers,
@@ -197,7 +257,8 @@ impl std::fmt::Display for StatsLine {
             d.upstream_errors,
             d.coalesce_ratio(),
             self.flights_in_flight,
-            self.largest_fanout
+            self.largest_fanout,
+            self.top_keys_text()
         )
     }
 }
@@ -228,6 +289,7 @@ impl StatsReporter {
             interval,
             flights_in_flight: self.group.len(),
             largest_fanout: self.stats.take_largest_fanout(),
+            top_keys: self.stats.take_top_keys(),
         }
     }
 
@@ -246,6 +308,7 @@ impl StatsReporter {
             coalesce_ratio = %format_args!("{:.3}", delta.coalesce_ratio()),
             flights_in_flight = line.flights_in_flight,
             largest_fanout = line.largest_fanout,
+            top_keys = %line.top_keys_text(),
             "stats"
         );
     }
@@ -276,11 +339,22 @@ mod tests {
             stats.record_request(Outcome::Follower);
         }
         stats.record_request(Outcome::Pass);
-        stats.record_flight_done(3, false, 0, 0);
+        let flight = |path, followers| FlightSummary {
+            route: "api",
+            path,
+            followers,
+            error: None,
+            peak_buffered: 0,
+            cut_off: 0,
+        };
+        stats.record_flight_done(flight("/hot", 3));
+        stats.record_flight_done(flight("/hot", 2));
+        stats.record_flight_done(flight("/warm", 1));
+        stats.record_flight_done(flight("/cold", 0));
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3"
+            "requests=5 leaders=1 followers=3 passed=1 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1"
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);
@@ -289,6 +363,6 @@ mod tests {
             line.starts_with("requests=1 leaders=0 followers=0 passed=1"),
             "{line}"
         );
-        assert!(line.ends_with("largest_fanout=0"), "{line}");
+        assert!(line.ends_with("largest_fanout=0 top_keys="), "{line}");
     }
 }

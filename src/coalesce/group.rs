@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::{Flight, Key, SharedHead};
 use crate::routes::Route;
 use crate::sharing::Sharing;
-use crate::stats::Stats;
+use crate::stats::{FlightSummary, Stats};
 use crate::upstream::{FetchError, UpstreamBody};
 
 /// What a flight's fetch produces: the upstream response (head received, body to come) and
@@ -179,17 +179,22 @@ impl Group {
         // Forget before publishing, so that a request arriving after the end always starts a
         // new flight instead of finding a finished one.
         self.forget(flight);
-        let error = end.as_ref().err().map(FetchError::kind);
+        // Failures before the head were counted when the upstream request failed; only
+        // mid-body failures are the flight's to report.
+        let failure = end.as_ref().err().map(FetchError::kind);
+        let mid_body_failure = failure.filter(|_| flight.status().is_some());
         if !flight.publish_end(end) {
             return;
         }
         let followers = flight.followers();
-        self.stats.record_flight_done(
-            followers as u64,
-            error.is_some(),
-            flight.peak_buffered(),
-            flight.cut_off() as u64,
-        );
+        self.stats.record_flight_done(FlightSummary {
+            route: &flight.route.name,
+            path: flight.key.path(),
+            followers: followers as u64,
+            error: mid_body_failure,
+            peak_buffered: flight.peak_buffered(),
+            cut_off: flight.cut_off() as u64,
+        });
         tracing::debug!(
             flight = flight.id,
             route = %flight.route.name,
@@ -201,7 +206,7 @@ impl Group {
             peak_buffered = flight.peak_buffered(),
             cut_off = flight.cut_off(),
             duration_ms = flight.started.elapsed().as_millis() as u64,
-            error,
+            error = failure,
             "flight done"
         );
     }

@@ -21,7 +21,7 @@ use crate::sharing::RANGE_AND_CONDITIONAL;
 /// route, method, path and [`Key::digest`], never the query or any header value.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    route: usize,
+    route: u64,
     method: Method,
     path_and_query: String,
     /// One entry per configured key header, in configuration order, holding all its values.
@@ -38,7 +38,7 @@ impl Key {
     pub fn new(route: &Route, method: &Method, path_and_query: &str, headers: &HeaderMap) -> Key {
         let values = |name| -> Vec<HeaderValue> { headers.get_all(name).iter().cloned().collect() };
         Key {
-            route: route.index,
+            route: route.id,
             method: method.clone(),
             path_and_query: path_and_query.to_owned(),
             varying: route.coalesce.key_headers.iter().map(values).collect(),

@@ -1,0 +1,117 @@
+//! One record per request, written when its response body ends: the access log line and the
+//! per-request metrics (bytes sent, duration, outcome).
+//!
+//! The response body is wrapped in an [`ObservedBody`] that counts the bytes that reach hyper
+//! and notices the end, an abort, or a client that went away (the body is dropped early). This
+//! module decides nothing about the request; it only writes down what happened to it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::metrics::RouteMetrics;
+use crate::proxy::ProxyBody;
+use crate::stats::Outcome;
+use crate::upstream::BoxError;
+
+/// What is known about a request when its response head is ready.
+#[derive(Debug)]
+pub struct RequestRecord {
+    pub started: Instant,
+    pub method: Method,
+    /// The path without the query, set only when the access log is on.
+    pub path: Option<String>,
+    pub route: Arc<RouteMetrics>,
+    pub status: StatusCode,
+    pub outcome: Outcome,
+    /// The flight that served it, which ties followers' lines to their leader's.
+    pub flight: Option<u64>,
+}
+
+/// A response body that records its request when it ends.
+pub struct ObservedBody {
+    inner: ProxyBody,
+    record: Option<RequestRecord>,
+    bytes: u64,
+    access_log: bool,
+}
+
+impl ObservedBody {
+    pub fn new(inner: ProxyBody, record: RequestRecord, access_log: bool) -> ObservedBody {
+        ObservedBody {
+            inner,
+            record: Some(record),
+            bytes: 0,
+            access_log,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        let Some(record) = self.record.take() else {
+            return;
+        };
+        let elapsed = record.started.elapsed();
+        record
+            .route
+            .request_done(record.outcome, self.bytes, elapsed.as_secs_f64());
+        if self.access_log {
+            tracing::info!(
+                target: "coalesce_proxy::access",
+                method = %record.method,
+                route = %record.route.route,
+                path = record.path.as_deref().unwrap_or(""),
+                status = record.status.as_u16(),
+                bytes = self.bytes,
+                duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+                outcome = record.outcome.as_str(),
+                flight = record.flight,
+                complete,
+                "access"
+            );
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away, unless there was nothing to send.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Ready(None) => self.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

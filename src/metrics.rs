@@ -1,0 +1,251 @@
+//! Prometheus metrics: the families, their names and help texts, and the text exposition.
+//!
+//! Built on `prometheus-client` (the Prometheus project's Rust client) with one registry per
+//! proxy, so that tests can run many proxies in one process. The hot path never hashes a
+//! label set: each route gets its own handles ([`RouteMetrics`]) when the route table is
+//! built. Counting itself happens in `stats`, which owns a [`Metrics`].
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::stats::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    route: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    route: String,
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Every metric the proxy exports, under the `coalesce_proxy_` prefix.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OutcomeLabels, Counter>,
+    response_bytes: Family<OutcomeLabels, Counter>,
+    request_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    upstream_requests: Family<StatusLabels, Counter>,
+    upstream_errors: Family<ErrorLabels, Counter>,
+    upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub flight_followers: Histogram,
+    pub flights_in_flight: Gauge,
+    pub followers_waiting: Gauge,
+    pub clients_cut_off: Counter,
+    pub send_timeouts: Counter,
+    pub pass_memory_keys: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("coalesce_proxy");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Client requests answered, by route and outcome (leader, follower, pass)",
+            requests.clone(),
+        );
+        let response_bytes = Family::default();
+        registry.register(
+            "response_bytes",
+            "Response body bytes sent to clients, by route and outcome",
+            response_bytes.clone(),
+        );
+        let request_duration =
+            Family::<OutcomeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "From a request's arrival to the last byte of its response, by route and outcome",
+            request_duration.clone(),
+        );
+        let upstream_requests = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Requests sent upstream, by route and response status class (error: no response)",
+            upstream_requests.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream fetches that failed, by route and kind (connect, response_timeout, before_head, idle_timeout, body)",
+            upstream_errors.clone(),
+        );
+        let upstream_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "upstream_duration_seconds",
+            "From sending a request upstream to its response head, by route",
+            upstream_duration.clone(),
+        );
+        let flight_followers = Histogram::new([
+            0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
+        ]);
+        registry.register(
+            "flight_followers",
+            "Followers per completed flight: upstream requests each flight saved",
+            flight_followers.clone(),
+        );
+        let flights_in_flight = Gauge::default();
+        registry.register(
+            "flights_in_flight",
+            "Flights in the singleflight table now",
+            flights_in_flight.clone(),
+        );
+        let followers_waiting = Gauge::default();
+        registry.register(
+            "followers_waiting",
+            "Followers waiting for their flight's response head now",
+            followers_waiting.clone(),
+        );
+        let clients_cut_off = Counter::default();
+        registry.register(
+            "clients_cut_off",
+            "Clients cut off for holding up a full flight for client_stall_timeout",
+            clients_cut_off.clone(),
+        );
+        let send_timeouts = Counter::default();
+        registry.register(
+            "send_timeouts",
+            "Client connections closed because writes to them made no progress for send_timeout",
+            send_timeouts.clone(),
+        );
+        let pass_memory_keys = Gauge::default();
+        registry.register(
+            "pass_memory_keys",
+            "Keys currently sent straight upstream because their last response was not shareable",
+            pass_memory_keys.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            response_bytes,
+            request_duration,
+            upstream_requests,
+            upstream_errors,
+            upstream_duration,
+            flight_followers,
+            flights_in_flight,
+            followers_waiting,
+            clients_cut_off,
+            send_timeouts,
+            pass_memory_keys,
+        }
+    }
+
+    /// The handles one route counts into.
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        let outcome = |family: &Family<OutcomeLabels, Counter>, outcome: Outcome| {
+            family.get_or_create_owned(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: outcome.as_str(),
+            })
+        };
+        let duration = |outcome: Outcome| {
+            self.request_duration.get_or_create_owned(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: outcome.as_str(),
+            })
+        };
+        RouteMetrics {
+            route: route.to_owned(),
+            requests: Outcome::ALL.map(|o| outcome(&self.requests, o)),
+            response_bytes: Outcome::ALL.map(|o| outcome(&self.response_bytes, o)),
+            request_duration: Outcome::ALL.map(duration),
+            upstream_duration: self.upstream_duration.get_or_create_owned(&RouteLabels {
+                route: route.to_owned(),
+            }),
+        }
+    }
+
+    pub fn upstream_response(&self, route: &str, status: Option<http::StatusCode>) {
+        let status_class = match status.map(|s| s.as_u16() / 100) {
+            Some(1) => "1xx",
+            Some(2) => "2xx",
+            Some(3) => "3xx",
+            Some(4) => "4xx",
+            Some(5) => "5xx",
+            _ => "error",
+        };
+        self.upstream_requests
+            .get_or_create(&StatusLabels {
+                route: route.to_owned(),
+                status_class,
+            })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, route: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&ErrorLabels {
+                route: route.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// One route's metric handles, created once per route table.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    pub route: String,
+    requests: [Counter; 3],
+    response_bytes: [Counter; 3],
+    request_duration: [Histogram; 3],
+    pub upstream_duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn request_done(&self, outcome: Outcome, bytes: u64, seconds: f64) {
+        let i = outcome as usize;
+        self.requests[i].inc();
+        self.response_bytes[i].inc_by(bytes);
+        self.request_duration[i].observe(seconds);
+    }
+}
