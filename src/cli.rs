@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::demo::DemoArgs;
-use crate::server::Server;
+use crate::server::{Server, ServerHandle};
 
 /// A reverse proxy that coalesces identical in-flight requests into one upstream fetch.
 #[derive(Debug, Parser)]
@@ -37,6 +37,16 @@ struct Cli {
 enum Command {
     /// Start a slow built-in origin and the proxy on loopback, send a herd through, and report.
     Demo(DemoArgs),
+    /// GET a health URL (the admin listener's /healthz): exit 0 on a 2xx answer, 1 otherwise.
+    /// For Docker's HEALTHCHECK, since the runtime image has no shell and no curl.
+    Healthcheck {
+        /// e.g. http://127.0.0.1:9901/healthz
+        #[arg(long)]
+        url: http::Uri,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Exit code for a configuration that cannot be used.
@@ -44,8 +54,12 @@ const EXIT_BAD_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo(args)) = cli.command {
-        return run_with_runtime(|| crate::demo::run(args));
+    match cli.command {
+        Some(Command::Demo(args)) => return run_with_runtime(|| crate::demo::run(args)),
+        Some(Command::Healthcheck { url, timeout }) => {
+            return run_with_runtime(|| crate::health::check(url, timeout))
+        }
+        None => {}
     }
     let Some(path) = cli.config else {
         eprintln!("error: --config PATH is required (or try `coalesce-proxy demo`)");
@@ -69,7 +83,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log);
-    run_with_runtime(|| serve(config))
+    run_with_runtime(|| serve(config, path))
 }
 
 fn run_with_runtime<F, Fut>(body: F) -> ExitCode
@@ -97,10 +111,37 @@ where
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
+    let reloads = tokio::spawn(reload_on_sighup(path, server.handle()));
     server.run(shutdown_signal()).await;
+    reloads.abort();
     Ok(())
+}
+
+/// Re-reads the configuration on every SIGHUP. A configuration that does not validate is
+/// logged and ignored: the old one keeps serving.
+async fn reload_on_sighup(path: PathBuf, server: ServerHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(config) => server.reload(config),
+                Err(err) => {
+                    tracing::error!(error = %err, "reload rejected; still serving the previous config")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, server);
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes and Docker send it to start a graceful shutdown) or SIGINT.

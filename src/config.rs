@@ -48,6 +48,8 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); none without `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub log: LogConfig,
     /// Upstreams by name, in name order.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -218,6 +220,25 @@ impl Resolver<'_> {
 
     fn resolve(&self, raw: raw::File) -> Result<Config, ConfigError> {
         let server = self.server(raw.server.unwrap_or_default())?;
+        let admin = match &raw.admin {
+            None => None,
+            Some(admin) => {
+                let listen = &admin.listen;
+                let address: SocketAddr = listen.get_ref().parse().map_err(|_| {
+                    self.error_at(
+                        listen.span(),
+                        format!("invalid admin listen address {:?}: write an IP address and port, e.g. \"127.0.0.1:9901\"", listen.get_ref()),
+                    )
+                })?;
+                if address.port() != 0 && server.listen.contains(&address) {
+                    return Err(self.error_at(
+                        listen.span(),
+                        format!("admin listen address {address} is also a [server] listen address"),
+                    ));
+                }
+                Some(address)
+            }
+        };
         let log = self.log(raw.log.unwrap_or_default())?;
 
         let mut upstreams = BTreeMap::new();
@@ -247,6 +268,7 @@ impl Resolver<'_> {
         }
         Ok(Config {
             server,
+            admin,
             log,
             upstreams,
             coalesce: defaults,
@@ -588,6 +610,7 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct File {
         pub server: Option<Server>,
+        pub admin: Option<Admin>,
         pub log: Option<Log>,
         #[serde(default)]
         pub upstreams: BTreeMap<String, Upstream>,
@@ -610,6 +633,12 @@ mod raw {
         pub listen: Option<Spanned<OneOrMany>>,
         pub shutdown_grace: Option<Spanned<String>>,
         pub send_timeout: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub listen: Spanned<String>,
     }
 
     #[derive(Deserialize, Default)]

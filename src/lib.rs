@@ -17,17 +17,21 @@
 //! - [`access`]: the per-request record: access log line and request metrics.
 //! - [`stats`]: outcome counters and the periodic stats line.
 //! - [`metrics`]: the Prometheus metric families and their exposition.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
-//! - [`cli`]: the command line, logging set-up, and the `demo` subcommand ([`demo`]).
+//! - [`cli`]: the command line, logging set-up, SIGHUP reload, and the `demo` ([`demo`]) and
+//!   `healthcheck` ([`health`]) subcommands.
 //! - [`herd`]: a barrier-released herd client, for the demo and the benchmarks.
 //! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod herd;
 pub mod hygiene;
 pub mod metrics;

@@ -228,6 +228,7 @@ impl Proxy {
             // Without `max_wait`, a follower waits as long as the flight may take, which the
             // upstream's `response_timeout` bounds; a timer of the same length would only race
             // the flight's own 504.
+            let waiting = (role == Role::Follower).then(|| Waiting::new(&self.stats));
             let head = match (role, policy.max_wait) {
                 (Role::Leader, _) | (Role::Follower, None) => flight.head().await,
                 (Role::Follower, Some(max_wait)) => {
@@ -246,6 +247,7 @@ impl Proxy {
                     }
                 }
             };
+            drop(waiting);
             let outcome = match role {
                 Role::Leader => Outcome::Leader,
                 Role::Follower => Outcome::Follower,
@@ -389,6 +391,22 @@ impl Proxy {
             }
         };
         Reply::pass(response)
+    }
+}
+
+/// Counts a follower in `followers_waiting` until its flight's head arrives or it gives up.
+struct Waiting<'a>(&'a Stats);
+
+impl<'a> Waiting<'a> {
+    fn new(stats: &'a Stats) -> Waiting<'a> {
+        stats.metrics.followers_waiting.inc();
+        Waiting(stats)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.followers_waiting.dec();
     }
 }
 

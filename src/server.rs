@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
+use crate::admin::{self, Readiness};
 use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::stats::{Stats, StatsReporter};
@@ -31,30 +32,100 @@ use crate::stats::{Stats, StatsReporter};
 /// A proxy bound to its listeners, ready to run.
 pub struct Server {
     listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
     proxy: Arc<Proxy>,
     config: Config,
+    readiness: Arc<Readiness>,
+}
+
+/// What outlives `Server::run`'s start: reloading the configuration, and readiness.
+#[derive(Clone)]
+pub struct ServerHandle {
+    proxy: Arc<Proxy>,
+    /// The configuration being served, to tell what a reload cannot change.
+    current: Arc<std::sync::Mutex<Config>>,
+    readiness: Arc<Readiness>,
+}
+
+impl ServerHandle {
+    /// Serves new requests under `config`. Routes, upstreams and policies change at once for
+    /// new requests; connections, flights and requests under way are not disturbed. Listen
+    /// addresses, the admin address, logging and the stats interval need a restart, which is
+    /// logged.
+    pub fn reload(&self, config: Config) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.server.listen != config.server.listen || current.admin != config.admin {
+            tracing::warn!(
+                "listen and admin addresses only change on restart; still serving the old ones"
+            );
+        }
+        if current.log.format != config.log.format
+            || current.log.level != config.log.level
+            || current.log.stats_interval != config.log.stats_interval
+        {
+            tracing::warn!("log format, level and stats_interval only change on restart");
+        }
+        self.proxy.reload(&config);
+        tracing::info!(
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "config reloaded"
+        );
+        *current = config;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
 }
 
 impl Server {
-    /// Binds every `[server] listen` address.
+    /// Binds every `[server] listen` address and the admin address.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))
+        };
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for address in &config.server.listen {
-            let listener = TcpListener::bind(address)
-                .await
-                .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))?;
-            listeners.push(listener);
+            listeners.push(bind(*address).await?);
         }
-        Ok(Server::with_listeners(listeners, config))
+        let admin = match config.admin {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        Ok(Server::with_listeners(listeners, admin, config))
     }
 
     /// Serves on listeners the caller bound (tests bind `127.0.0.1:0`).
-    pub fn with_listeners(listeners: Vec<TcpListener>, config: Config) -> Server {
+    pub fn with_listeners(
+        listeners: Vec<TcpListener>,
+        admin: Option<TcpListener>,
+        config: Config,
+    ) -> Server {
         let proxy = Arc::new(Proxy::new(&config, Arc::new(Stats::default())));
         Server {
             listeners,
+            admin,
             proxy,
             config,
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            proxy: self.proxy.clone(),
+            current: Arc::new(std::sync::Mutex::new(self.config.clone())),
+            readiness: self.readiness.clone(),
         }
     }
 
@@ -73,12 +144,21 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listeners,
+            admin,
             proxy,
             config,
+            readiness,
         } = self;
         for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
             tracing::info!(%address, "listening on {address}");
         }
+        // The admin listener outlives the drain, so `/readyz` can say so.
+        let admin = admin.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "admin listening on {address}");
+            }
+            tokio::spawn(admin::serve(listener, proxy.clone(), readiness.clone()))
+        });
 
         let mut background = JoinSet::new();
         if !config.log.stats_interval.is_zero() {
@@ -101,6 +181,7 @@ impl Server {
         builder.http2().timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
 
+        readiness.set(true);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -130,6 +211,7 @@ impl Server {
             }
         }
 
+        readiness.set(false);
         background.abort_all();
         drop(accepted);
         let open = graceful.count();
@@ -149,6 +231,9 @@ impl Server {
             );
         } else {
             tracing::info!("all connections drained");
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
     }
 }

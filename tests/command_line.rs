@@ -8,14 +8,14 @@ use coalesce_proxy::origin::{self, Origin, OriginSettings};
 
 use crate::util::*;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_coalesce-proxy");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_coalesce-proxy");
 
-fn write_config(text: &str) -> tempfile_path::TempConfig {
+pub fn write_config(text: &str) -> tempfile_path::TempConfig {
     tempfile_path::TempConfig::new(text)
 }
 
 /// A config file that removes itself.
-mod tempfile_path {
+pub mod tempfile_path {
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -6,5 +6,6 @@ mod bounds;
 mod coalescing;
 mod command_line;
 mod failures;
+mod operations;
 mod passthrough;
 mod sharing;

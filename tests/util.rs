@@ -22,6 +22,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Harness {
     pub origin: Origin,
     pub addr: SocketAddr,
+    /// The admin listener, when the configuration has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -79,6 +81,7 @@ impl Harness {
         let config = Config::from_toml(&make(&origin.url())).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.local_addrs()[0];
+        let admin = server.admin_addr();
         let proxy = server.proxy().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async {
@@ -87,8 +90,16 @@ impl Harness {
         Harness {
             origin,
             addr,
+            admin,
             proxy,
             stop: Some(stop),
+        }
+    }
+
+    /// Starts the proxy's shutdown (what SIGTERM does in the binary).
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
     }
 

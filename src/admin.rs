@@ -1,0 +1,98 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (serving).
+//!
+//! It runs on its own address (`[admin] listen`), separate from client traffic, so probes and
+//! scrapes never queue behind a herd. It keeps answering while the proxy drains, which is when
+//! `/readyz` matters: it says 503 so load balancers stop sending new work. It serves nothing
+//! else and changes nothing.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+
+/// Whether the proxy takes new work: false before the listeners are up and while draining.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves the admin endpoints until the task is dropped.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, readiness: Arc<Readiness>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, most likely; the proxy's own accept loop logs it.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let proxy = proxy.clone();
+        let readiness = readiness.clone();
+        let service = service_fn(move |request| {
+            let response = answer(&request, &proxy, &readiness);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(connection);
+    }
+}
+
+fn answer(
+    request: &Request<Incoming>,
+    proxy: &Proxy,
+    readiness: &Readiness,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(proxy.render_metrics())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin endpoints: /metrics /healthz /readyz\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

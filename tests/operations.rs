@@ -1,0 +1,312 @@
+//! Operating the proxy: metrics and health endpoints, reload, JSON logs, the healthcheck.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use http::{Method, StatusCode};
+
+use crate::command_line::{write_config, BINARY};
+use crate::util::*;
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_herd_show_one_leader_and_999_followers() {
+    let h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
+    let replies = h
+        .gated_herd(1000, Method::GET, "/hot?size=1000&hold_head=g", &[], "g")
+        .await;
+    assert_eq!(outcomes(&replies), (1, 999, 0));
+    let admin = h.admin.expect("admin listener");
+    let metrics = get(admin, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = String::from_utf8(metrics.body().to_vec()).expect("utf-8");
+    for line in [
+        r#"coalesce_proxy_requests_total{route="all",outcome="leader"} 1"#,
+        r#"coalesce_proxy_requests_total{route="all",outcome="follower"} 999"#,
+        r#"coalesce_proxy_requests_total{route="all",outcome="pass"} 0"#,
+        r#"coalesce_proxy_upstream_requests_total{route="all",status_class="2xx"} 1"#,
+        "coalesce_proxy_flight_followers_count 1",
+        "coalesce_proxy_flight_followers_sum 999.0",
+        "coalesce_proxy_flights_in_flight 0",
+        "coalesce_proxy_followers_waiting 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    // Bytes are counted as each body ends, just after the client has it.
+    assert!(
+        eventually(|| {
+            let bytes = h.proxy.render_metrics();
+            bytes.contains(
+                r#"coalesce_proxy_response_bytes_total{route="all",outcome="follower"} 999000"#,
+            )
+        })
+        .await,
+        "{}",
+        h.proxy.render_metrics()
+    );
+}
+
+/// Scrapes `/metrics` until it has the line `want`, bounded by [`PATIENCE`].
+async fn metric_reaches(admin: SocketAddr, want: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        let text = get(admin, "/metrics").await;
+        if String::from_utf8_lossy(text.body())
+            .lines()
+            .any(|l| l == want)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// GETs `/readyz` until it answers `want`, bounded by [`PATIENCE`].
+async fn readyz_becomes(admin: SocketAddr, want: StatusCode) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if get(admin, "/readyz").await.status == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_while_draining_and_the_drain_finishes_the_flight() {
+    let mut h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
+    let admin = h.admin.expect("admin listener");
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+
+    let in_flight = tokio::spawn({
+        let addr = h.addr;
+        async move { get(addr, "/draining?size=5000&hold_head=g").await }
+    });
+    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    h.shut_down();
+    assert!(readyz_becomes(admin, StatusCode::SERVICE_UNAVAILABLE).await);
+    assert_eq!(get(admin, "/healthz").await.status, StatusCode::OK);
+    h.origin.open_gate("g");
+    let reply = in_flight.await.expect("client");
+    assert_eq!(reply.body(), &origin::body(5000));
+}
+
+/// The proxy binary, its stderr as lines, and the addresses it logged.
+struct Running {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    log: Vec<serde_json::Value>,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        let mut child = Command::new(BINARY)
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Reads log lines (each must be JSON) until one has `message` starting with `prefix`.
+    async fn wait_for(&mut self, prefix: &str) -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no log line starting {prefix:?}"))
+                .expect("proxy alive");
+            let value: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("log line is not JSON ({err}): {line}"));
+            self.log.push(value.clone());
+            if value["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(prefix))
+            {
+                return value;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+}
+
+fn address(value: &serde_json::Value) -> SocketAddr {
+    value["address"]
+        .as_str()
+        .expect("address field")
+        .parse()
+        .expect("address")
+}
+
+fn reload_config(origin: &Origin, routes: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+format = "json"
+access = true
+stats_interval = "0s"
+[upstreams.origin]
+url = "{}"
+{routes}
+"#,
+        origin.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_keeps_flights_and_rejects_bad_configs() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route_a = "[[routes]]\nname = \"a\"\npath_prefix = \"/a/\"\nupstream = \"origin\"\n";
+    let route_b = "[[routes]]\nname = \"b\"\npath_prefix = \"/b/\"\nupstream = \"origin\"\n";
+    let file = write_config(&reload_config(&origin, route_a));
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    let admin = address(&proxy.wait_for("admin listening on").await);
+
+    // A flight in the air across both reloads.
+    let in_flight = tokio::spawn(async move { get(addr, "/a/long?size=7000&hold_head=g").await });
+    assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    assert_eq!(get(addr, "/b/new").await.status, StatusCode::NOT_FOUND);
+
+    std::fs::write(
+        &file.0,
+        reload_config(&origin, &format!("{route_a}{route_b}")),
+    )
+    .expect("write");
+    proxy.signal("HUP");
+    proxy.wait_for("config reloaded").await;
+    let reply = get(addr, "/b/new?size=10").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body(), &origin::body(10));
+
+    std::fs::write(&file.0, "[server]\nlisten = 5\n").expect("write");
+    proxy.signal("HUP");
+    let rejected = proxy.wait_for("reload rejected").await;
+    assert!(
+        rejected["error"].as_str().unwrap().contains("line 2"),
+        "{rejected}"
+    );
+    assert_eq!(get(addr, "/b/again?size=10").await.status, StatusCode::OK);
+
+    origin.open_gate("g");
+    let reply = in_flight.await.expect("client");
+    assert_eq!(reply.body(), &origin::body(7000));
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+
+    proxy.signal("TERM");
+    proxy.wait_for("all connections drained").await;
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_are_json_and_tie_followers_to_their_leader() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let file = write_config(&reload_config(&origin, route));
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    let admin = address(&proxy.wait_for("admin listening on").await);
+    let herd = tokio::spawn(async move {
+        herd(
+            addr,
+            5,
+            Method::GET,
+            "/logged?size=100&hold_head=g&secret=1",
+            &[],
+        )
+        .await
+    });
+    // Open the origin's gate once the four followers wait on the leader's flight.
+    assert!(metric_reaches(admin, "coalesce_proxy_followers_waiting 4").await);
+    origin.open_gate("g");
+    assert_eq!(outcomes(&herd.await.expect("herd")), (1, 4, 0));
+    let mut flights = std::collections::HashSet::new();
+    let mut lines = 0;
+    while lines < 5 {
+        let line = proxy.wait_for("access").await;
+        assert_eq!(
+            line["path"], "/logged",
+            "the query stays out of the log: {line}"
+        );
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["bytes"], 100);
+        flights.insert(line["flight"].clone());
+        lines += 1;
+    }
+    assert_eq!(flights.len(), 1, "every line names the same flight");
+    proxy.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_reports_a_live_admin_listener() {
+    let h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
+    let admin = h.admin.expect("admin listener");
+    let healthy = Command::new(BINARY)
+        .args(["healthcheck", "--url", &format!("http://{admin}/healthz")])
+        .status()
+        .expect("run");
+    assert_eq!(healthy.code(), Some(0));
+    let missing = Command::new(BINARY)
+        .args(["healthcheck", "--url", &format!("http://{admin}/nope")])
+        .status()
+        .expect("run");
+    assert_eq!(missing.code(), Some(1));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = Command::new(BINARY)
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("http://{closed}/healthz"),
+            "--timeout",
+            "1s",
+        ])
+        .status()
+        .expect("run");
+    assert_eq!(down.code(), Some(1));
+}
