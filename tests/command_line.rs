@@ -42,21 +42,16 @@ pub mod tempfile_path {
 }
 
 #[test]
-fn check_accepts_the_example_config() {
-    let output = Command::new(BINARY)
-        .args([
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/proxy.toml"),
-            "--check",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+fn check_accepts_the_shipped_configs() {
+    for file in ["proxy.toml", "docker.toml"] {
+        let path = format!("{}/config/{file}", env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new(BINARY)
+            .args(["--config", &path, "--check"])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{file}: {stderr}");
+    }
 }
 
 #[test]

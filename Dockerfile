@@ -1,0 +1,28 @@
+# coalesce-proxy as a sidecar image: a static-ish Rust binary on distroless, non-root.
+#   docker build -t coalesce-proxy .
+#   docker run --rm -p 8080:8080 -p 9901:9901 -v "$PWD/proxy.toml:/etc/coalesce-proxy/proxy.toml:ro" coalesce-proxy
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Manifests first, so the dependency layer is cached across source changes.
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+# Cargo.toml names the benchmark tools and the test binary; their sources must exist.
+COPY bench ./bench
+COPY tests ./tests
+RUN cargo build --release --locked --bin coalesce-proxy
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/coalesce-proxy /usr/local/bin/coalesce-proxy
+COPY config/docker.toml /etc/coalesce-proxy/proxy.toml
+# distroless's "nonroot" user, by number so that runAsNonRoot policies can verify it.
+USER 65532
+# 8080: client traffic; 9901: admin (/metrics, /healthz, /readyz).
+EXPOSE 8080 9901
+# Kubernetes and Docker send SIGTERM to stop a container: the proxy drains on it.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/coalesce-proxy", "healthcheck", "--url", "http://127.0.0.1:9901/healthz"]
+ENTRYPOINT ["/usr/local/bin/coalesce-proxy"]
+CMD ["--config", "/etc/coalesce-proxy/proxy.toml"]
