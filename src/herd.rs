@@ -14,7 +14,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, Semaphore};
 
 /// What one client saw.
 #[derive(Debug)]
@@ -44,13 +44,20 @@ pub async fn send_all(
     paths: Vec<String>,
 ) -> Vec<Result<ClientResult, anyhow::Error>> {
     let barrier = Arc::new(Barrier::new(paths.len() + 1));
+    // Connecting thousands at once overflows the listener's accept backlog, and the kernel
+    // then retries SYNs a second later; a few hundred at a time keeps set-up quick. The
+    // requests themselves are still released all at once.
+    let connecting = Arc::new(Semaphore::new(256));
     let tasks: Vec<_> = paths
         .into_iter()
         .map(|path| {
             let barrier = barrier.clone();
+            let connecting = connecting.clone();
             let method = method.clone();
             tokio::spawn(async move {
+                let permit = connecting.acquire_owned().await;
                 let sender = connect(addr).await;
+                drop(permit);
                 barrier.wait().await;
                 send(sender?, method, &path, Bytes::new()).await
             })
