@@ -4,6 +4,7 @@
 #
 #   bench/run.sh            the full run (a few minutes)
 #   bench/run.sh --quick    smaller herds and shorter load, to check the harness works
+#   ONLY="1 4" bench/run.sh only those scenarios
 #
 # Loopback only. Each proxy is started fresh per scenario, so peak RSS and CPU time belong to
 # that scenario; everything started is stopped by pid on exit. Installs nginx and wrk with
@@ -114,10 +115,25 @@ herd() { # addr path clients size
   timeout 300 "$bin/examples/herd" --addr "$1" --path "$2" --clients "$3" --expect-size "$4" || true
 }
 
+wrk_run() { # url script prefix → "req/s p99_ms requests"
+  PREFIX=$3 timeout 120 wrk -t2 -c128 -d"${wrk_seconds}s" --latency -s "$2" "$1" 2>/dev/null | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+total = re.search(r"(\d+) requests in", text)
+p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+print(rps.group(1) if rps else 0, f"{float(p99.group(1)) * scale[p99.group(2)]:.2f}" if p99 else 0, total.group(1) if total else 0)'
+}
+cpu_us() { python3 -c "print(f'{$1 / $ticks_per_second / max($2, 1) * 1e6:.1f} µs')"; }
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+proxy_cpu1=0; nginx_cpu1=0; proxy_cpu5=0; nginx_cpu5=0; p_total=0; n_total=0
+
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
 
 # --- 1 and 7a: herd of herd1, origin 200 ms, 16 KiB --------------------------------------
+if want 1; then
 echo "scenario 1: herd of $herd1" >&2
 path="/s1-$run_id?delay=200&size=16384"
 direct=$(herd "127.0.0.1:$origin_port" "$path" "$herd1" 16KiB)
@@ -136,8 +152,10 @@ row 1 "herd: $herd1 identical GETs, origin 200 ms, 16 KiB" \
   "p99 $(field p99_ms "$proxy") ms, $proxy_up upstream, ok $(field ok "$proxy")/$herd1" \
   "p99 $(field p99_ms "$ngx") ms, $nginx_up upstream, ok $(field ok "$ngx")/$herd1" \
   "proxy/direct p99 $(ratio "$(field p99_ms "$proxy")" "$(field p99_ms "$direct")") (target ≤ 1.10); nginx/direct $(ratio "$(field p99_ms "$ngx")" "$(field p99_ms "$direct")")"
+fi
 
 # --- 2: herd of herd2, origin 200 ms ------------------------------------------------------
+if want 2; then
 echo "scenario 2: herd of $herd2" >&2
 path="/s2-$run_id?delay=200&size=1024"
 direct=$(herd "127.0.0.1:$origin_port" "$path" "$herd2" 1KiB)
@@ -156,8 +174,10 @@ row 2 "herd: $herd2 identical GETs, origin 200 ms, 1 KiB" \
   "p99 $(field p99_ms "$proxy") ms, $proxy_up upstream, ok $(field ok "$proxy")/$herd2" \
   "p99 $(field p99_ms "$ngx") ms, $nginx_up upstream, ok $(field ok "$ngx")/$herd2" \
   "target: 1 upstream, every client ok"
+fi
 
 # --- 3: large fan-out, 4 MiB chunked ------------------------------------------------------
+if want 3; then
 echo "scenario 3: $fan clients of a 4 MiB chunked body" >&2
 path="/s3-$run_id?delay=100&size=4194304&chunked=1&chunks=256"
 direct=$(herd "127.0.0.1:$origin_port" "$path" "$fan" 4MiB)
@@ -176,8 +196,10 @@ row 3 "fan-out: $fan clients, 4 MiB chunked, origin 100 ms" \
   "p99 $(field p99_ms "$proxy") ms, $proxy_up upstream, peak RSS $(mib "$proxy_rss")" \
   "p99 $(field p99_ms "$ngx") ms, $nginx_up upstream, peak RSS $(mib "$nginx_rss")" \
   "proxy/direct p99 $(ratio "$(field p99_ms "$proxy")" "$(field p99_ms "$direct")") (target ≤ 1.10, RSS ≤ 24 MiB); nginx/direct $(ratio "$(field p99_ms "$ngx")" "$(field p99_ms "$direct")")"
+fi
 
 # --- 4: memory per waiting client ---------------------------------------------------------
+if want 4; then
 echo "scenario 4: $waiting followers on a 2 s origin" >&2
 path="/s4-$run_id?delay=2000&size=1024"
 start_proxy
@@ -197,18 +219,10 @@ per_client_total=$(python3 -c "print(f'{$busy*1024/$waiting/1024:.1f} KiB')")
 row 4 "memory: $waiting followers waiting on a 2 s origin" "" \
   "RSS $(mib "$busy") while waiting (idle $(mib "$idle")): $per_client_total per client, $per_client above idle; ok $(field ok "$(cat "$work/s4.out")")/$waiting" \
   "" "target: RSS ÷ clients ≤ 8 KiB"
+fi
 
 # --- 5 and 7b: pass-through overhead with wrk ---------------------------------------------
-wrk_run() { # url script prefix → "req/s p99_ms requests"
-  PREFIX=$3 timeout 120 wrk -t2 -c128 -d"${wrk_seconds}s" --latency -s "$2" "$1" 2>/dev/null | python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-total = re.search(r"(\d+) requests in", text)
-p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-print(rps.group(1) if rps else 0, f"{float(p99.group(1)) * scale[p99.group(2)]:.2f}" if p99 else 0, total.group(1) if total else 0)'
-}
+if want 5; then
 echo "scenario 5: pass-through overhead, wrk -c128, ${wrk_seconds}s each" >&2
 read -r d_rps d_p99 _ <<<"$(wrk_run "http://127.0.0.1:$origin_port" bench/distinct.lua /)"
 start_proxy
@@ -226,8 +240,10 @@ row 5 "pass-through: wrk -c128, distinct keys, 1 KiB, origin 0 ms" \
   "$p_rps req/s, p99 $p_p99 ms" \
   "$n_rps req/s, p99 $n_p99 ms (no cache)" \
   "proxy/nginx req/s $(ratio "$p_rps" "$n_rps") (target ≥ 1), p99 $(ratio "$p_p99" "$n_p99") (target ≤ 1)"
+fi
 
 # --- 6: hot keys with wrk ------------------------------------------------------------------
+if want 6; then
 echo "scenario 6: 16 hot keys, origin 20 ms" >&2
 before=$(origin_hits)
 read -r d_rps d_p99 _ <<<"$(wrk_run "http://127.0.0.1:$origin_port" bench/hot.lua /)"
@@ -247,13 +263,15 @@ row 6 "hot keys: 16 keys, origin 20 ms, wrk -c128" \
   "$p_rps req/s, p99 $p_p99 ms, $p_up upstream" \
   "$n_rps req/s, p99 $n_p99 ms, $n_up upstream (1 s cache)" \
   "report"
+fi
 
 # --- 7: CPU per request --------------------------------------------------------------------
-cpu_us() { python3 -c "print(f'{$1 / $ticks_per_second / max($2, 1) * 1e6:.1f} µs')"; }
+if want 7; then
 row 7 "CPU per request (scenario 1 / scenario 5)" "" \
   "$(cpu_us "$proxy_cpu1" "$herd1") / $(cpu_us "$proxy_cpu5" "$p_total")" \
   "$(cpu_us "$nginx_cpu1" "$herd1") / $(cpu_us "$nginx_cpu5" "$n_total")" \
   "report (CPU ticks are $((1000 / ticks_per_second)) ms each)"
+fi
 
 mode=full; [ $quick = 1 ] && mode=quick
 echo
