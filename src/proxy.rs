@@ -480,26 +480,3 @@ fn text_reply(
     response
 }
 
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn print_future_sizes() {
-        let config = crate::config::Config::from_toml(
-            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\n",
-        )
-        .unwrap();
-        let proxy = super::Proxy::new(&config, Default::default());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (tx, rx) = tokio::sync::oneshot::channel::<hyper::Request<hyper::body::Incoming>>();
-            drop(tx);
-            let _ = rx;
-        });
-        let routing = proxy.routing.load_full();
-        let route = routing.routes.find(None, "/").unwrap().clone();
-        let parts = http::Request::get("/").body(()).unwrap().into_parts().0;
-        let target = (http::Uri::from_static("http://a/"), http::HeaderMap::new());
-        eprintln!("SIZE share {}", std::mem::size_of_val(&proxy.share(&route, &parts, target.clone())));
-        eprintln!("SIZE pass {}", std::mem::size_of_val(&proxy.pass(&route, &parts, target, super::empty_request_body(), None)));
-    }
-}
