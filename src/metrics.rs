@@ -185,8 +185,15 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
         };
+        let status = |status_class: &'static str| {
+            self.upstream_requests.get_or_create_owned(&StatusLabels {
+                route: route.to_owned(),
+                status_class,
+            })
+        };
         RouteMetrics {
             route: route.to_owned(),
+            upstream_requests: STATUS_CLASSES.map(status),
             requests: Outcome::ALL.map(|o| outcome(&self.requests, o)),
             response_bytes: Outcome::ALL.map(|o| outcome(&self.response_bytes, o)),
             request_duration: Outcome::ALL.map(duration),
@@ -194,23 +201,6 @@ impl Metrics {
                 route: route.to_owned(),
             }),
         }
-    }
-
-    pub fn upstream_response(&self, route: &str, status: Option<http::StatusCode>) {
-        let status_class = match status.map(|s| s.as_u16() / 100) {
-            Some(1) => "1xx",
-            Some(2) => "2xx",
-            Some(3) => "3xx",
-            Some(4) => "4xx",
-            Some(5) => "5xx",
-            _ => "error",
-        };
-        self.upstream_requests
-            .get_or_create(&StatusLabels {
-                route: route.to_owned(),
-                status_class,
-            })
-            .inc();
     }
 
     pub fn upstream_error(&self, route: &str, kind: &'static str) {
@@ -231,10 +221,15 @@ impl Metrics {
     }
 }
 
+/// Upstream status classes, in the order of `RouteMetrics::upstream_requests`.
+const STATUS_CLASSES: [&str; 6] = ["error", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// One route's metric handles, created once per route table.
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     pub route: String,
+    /// By status class: error (no response), then 1xx to 5xx.
+    upstream_requests: [Counter; 6],
     requests: [Counter; 3],
     response_bytes: [Counter; 3],
     request_duration: [Histogram; 3],
@@ -242,6 +237,12 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts an upstream request by the class of its status, or as `error` without one.
+    pub fn upstream_response(&self, status: Option<http::StatusCode>) {
+        let class = status.map_or(0, |s| usize::from(s.as_u16() / 100));
+        self.upstream_requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
+    }
+
     pub fn request_done(&self, outcome: Outcome, bytes: u64, seconds: f64) {
         let i = outcome as usize;
         self.requests[i].inc();

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -134,7 +134,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
-    ) -> Response<ProxyBody> {
+    ) -> Response<ObservedBody> {
         let started = Instant::now();
         let routing = self.routing.load_full();
         let method = request.method().clone();
@@ -151,10 +151,7 @@ impl Proxy {
             outcome: reply.outcome,
             flight: reply.flight,
         };
-        Response::from_parts(
-            head,
-            ObservedBody::new(body, record, routing.access_log).boxed_unsync(),
-        )
+        Response::from_parts(head, ObservedBody::new(body, record, routing.access_log))
     }
 
     async fn route_and_serve(
@@ -184,20 +181,11 @@ impl Proxy {
             );
             return (None, Reply::pass(reply));
         };
-        let Ok(target) = hygiene::upstream_request(&route, &parts, client) else {
-            let reply = text_reply(
-                route.coalesce.outcome_header.as_ref(),
-                Outcome::Pass,
-                StatusCode::BAD_REQUEST,
-                "request target cannot be forwarded\n".into(),
-            );
-            return (Some(route), Reply::pass(reply));
-        };
         let reply = if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
-            self.share(&route, &parts, target).await
+            self.share(&route, &parts, client).await
         } else {
             let body = body.map_err(BoxError::from).boxed();
-            self.pass(&route, &parts, target, body, None).await
+            self.pass(&route, &parts, client, body, None).await
         };
         (Some(route), reply)
     }
@@ -206,23 +194,18 @@ impl Proxy {
     /// request has to go upstream on its own after all: its key is remembered as not
     /// shareable, it waited longer than `max_wait`, or the response turned out not to be for
     /// it (not shareable, a `Vary` mismatch, an error under `share_errors = false`).
-    async fn share(
-        &self,
-        route: &Arc<Route>,
-        parts: &request::Parts,
-        target: (Uri, HeaderMap),
-    ) -> Reply {
+    async fn share(&self, route: &Arc<Route>, parts: &request::Parts, client: SocketAddr) -> Reply {
         let policy = &route.coalesce;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
         if self.pass_memory.should_pass(&key) {
             return self
-                .pass(route, parts, target, empty_request_body(), Some(&key))
+                .pass(route, parts, client, empty_request_body(), Some(&key))
                 .await;
         }
         loop {
             let (role, subscription) = self.group.join(key.clone(), route, &parts.headers, || {
-                self.fetch(route, parts, target.clone(), key.clone())
+                self.fetch(route, parts, client, key.clone())
             });
             let flight = subscription.flight().clone();
             // Without `max_wait`, a follower waits as long as the flight may take, which the
@@ -241,7 +224,7 @@ impl Proxy {
                                 "follower waited past max_wait; going upstream alone"
                             );
                             return self
-                                .pass(route, parts, target, empty_request_body(), None)
+                                .pass(route, parts, client, empty_request_body(), None)
                                 .await;
                         }
                     }
@@ -257,7 +240,7 @@ impl Proxy {
                 Err(_) if role == Role::Follower && !policy.share_errors => {
                     drop(subscription);
                     return self
-                        .pass(route, parts, target, empty_request_body(), None)
+                        .pass(route, parts, client, empty_request_body(), None)
                         .await;
                 }
                 Err(err) => {
@@ -283,7 +266,7 @@ impl Proxy {
                     // only its leader may have.
                     drop(subscription);
                     return self
-                        .pass(route, parts, target, empty_request_body(), None)
+                        .pass(route, parts, client, empty_request_body(), None)
                         .await;
                 }
                 if !sharing::vary_matches(
@@ -294,7 +277,7 @@ impl Proxy {
                     drop(subscription);
                     if key.is_variant() {
                         return self
-                            .pass(route, parts, target, empty_request_body(), None)
+                            .pass(route, parts, client, empty_request_body(), None)
                             .await;
                     }
                     // Share with the clients that sent the same values, in a flight of their own.
@@ -319,23 +302,22 @@ impl Proxy {
     }
 
     /// The upstream fetch of a flight: the leader's request with an empty body, judged for
-    /// sharing when its head arrives.
+    /// sharing when its head arrives. Built only for leaders: followers never pay for an
+    /// upstream request they do not send.
     fn fetch(
         &self,
         route: &Arc<Route>,
         parts: &request::Parts,
-        (uri, headers): (Uri, HeaderMap),
+        client: SocketAddr,
         key: Key,
     ) -> impl Future<Output = Result<Fetched, FetchError>> + Send + 'static {
-        let mut request = Request::new(empty_request_body());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        let response = send_upstream(&self.stats, route, request);
+        let response = upstream_request(route, parts, client, empty_request_body())
+            .map(|request| send_upstream(&self.stats, route, request));
         let route = route.clone();
         let pass_memory = self.pass_memory.clone();
         async move {
-            let mut response = response.await?;
+            let mut response = response?.await?;
+
             hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
             let sharing =
                 sharing::judge_response(&route.coalesce, response.status(), response.headers());
@@ -357,14 +339,22 @@ impl Proxy {
         &self,
         route: &Arc<Route>,
         parts: &request::Parts,
-        (uri, headers): (Uri, HeaderMap),
+        client: SocketAddr,
         body: RequestBody,
         remembered: Option<&Key>,
     ) -> Reply {
-        let mut request = Request::new(body);
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
+        let request = match upstream_request(route, parts, client, body) {
+            Ok(request) => request,
+            Err(err) => {
+                let response = text_reply(
+                    route.coalesce.outcome_header.as_ref(),
+                    Outcome::Pass,
+                    err.status(),
+                    "request target cannot be forwarded\n".into(),
+                );
+                return Reply::pass(response);
+            }
+        };
         let response = match send_upstream(&self.stats, route, request).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
@@ -392,6 +382,22 @@ impl Proxy {
         };
         Reply::pass(response)
     }
+}
+
+/// The request to send upstream for a client's request on `route`.
+fn upstream_request(
+    route: &Route,
+    parts: &request::Parts,
+    client: SocketAddr,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, FetchError> {
+    let (uri, headers) = hygiene::upstream_request(route, parts, client)
+        .map_err(|err| FetchError::BadRequest(err.to_string()))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
 }
 
 /// Counts a follower in `followers_waiting` until its flight's head arrives or it gives up.
@@ -429,9 +435,9 @@ fn send_upstream(
             .upstream_duration
             .observe(started.elapsed().as_secs_f64());
         match &response {
-            Ok(response) => metrics.upstream_response(&route.name, Some(response.status())),
+            Ok(response) => route.metrics.upstream_response(Some(response.status())),
             Err(err) => {
-                metrics.upstream_response(&route.name, None);
+                route.metrics.upstream_response(None);
                 metrics.upstream_error(&route.name, err.kind());
                 stats.record_upstream_error();
             }
@@ -479,4 +485,3 @@ fn text_reply(
     set_outcome(&mut response, header, outcome);
     response
 }
-

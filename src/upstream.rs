@@ -44,6 +44,9 @@ pub enum FetchError {
     Body(String),
     #[error("every client of the flight went away")]
     Cancelled,
+    /// The client's request cannot be turned into an upstream request (its target).
+    #[error("request cannot be forwarded: {0}")]
+    BadRequest(String),
     /// Not an upstream failure: this one client read nothing for `client_stall_timeout` while
     /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
     #[error("client read nothing for {0:?} while its flight's buffer was full")]
@@ -55,6 +58,7 @@ impl FetchError {
     pub fn status(&self) -> StatusCode {
         match self {
             FetchError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            FetchError::BadRequest(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -68,6 +72,7 @@ impl FetchError {
             FetchError::IdleTimeout(_) => "idle_timeout",
             FetchError::Body(_) => "body",
             FetchError::Cancelled => "cancelled",
+            FetchError::BadRequest(_) => "bad_request",
             FetchError::StalledClient(_) => "stalled_client",
         }
     }
@@ -149,8 +154,9 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// full flight buffer) does not count: that is not the upstream's fault.
 pub struct UpstreamBody {
     inner: Incoming,
-    /// Boxed so the body is `Unpin` and can be read with `BodyExt` anywhere.
-    idle: Pin<Box<Sleep>>,
+    /// Armed when a wait for the upstream begins. Created on the first wait only: a small
+    /// body that arrives with its head never needs a timer. Boxed so the body is `Unpin`.
+    idle: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
     /// True while the last poll returned `Pending`, i.e. the timer measures a real wait.
     waiting: bool,
@@ -160,7 +166,7 @@ impl UpstreamBody {
     fn new(inner: Incoming, idle_timeout: Duration) -> UpstreamBody {
         UpstreamBody {
             inner,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             idle_timeout,
             waiting: false,
         }
@@ -176,14 +182,19 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
         let this = self.get_mut();
-        if !this.waiting {
-            // A new wait starts now; the time since the last frame was ours, not upstream's.
-            this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                this.waiting = true;
-                ready!(this.idle.as_mut().poll(cx));
+                let deadline = Instant::now() + this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    // A new wait starts now; the time since the last frame was ours (a slow
+                    // client, a full flight), not the upstream's.
+                    idle.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                ready!(idle.as_mut().poll(cx));
                 Poll::Ready(Some(Err(FetchError::IdleTimeout(this.idle_timeout))))
             }
             ready => {
