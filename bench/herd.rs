@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coalesce_proxy::herd::{percentile, send_all};
+use coalesce_proxy::herd::{send_all, HerdSummary};
 use coalesce_proxy::origin;
-use http::{Method, StatusCode};
+use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -69,32 +69,25 @@ async fn main() -> ExitCode {
         eprintln!("herd: timed out after {:?}", args.timeout);
         return ExitCode::FAILURE;
     };
-    let mut latencies = Vec::new();
-    let (mut leader, mut follower, mut pass, mut bad) = (0, 0, 0, 0);
-    for result in &results {
-        match result {
-            Ok(r) if r.status == StatusCode::OK && r.body == expected => {
-                latencies.push(r.latency);
-                match r.outcome.as_str() {
-                    "leader" => leader += 1,
-                    "follower" => follower += 1,
-                    _ => pass += 1,
-                }
-            }
-            _ => bad += 1,
-        }
-    }
     drop(stuck);
-    latencies.sort();
+    let summary = HerdSummary::new(&results, &expected);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "clients={} ok={} bad={bad} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} leader={leader} follower={follower} pass={pass}",
+        "clients={} ok={} bad={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} leader={} follower={} pass={}",
         results.len(),
-        latencies.len(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(latencies.last().copied().unwrap_or_default()),
+        summary.latencies.len(),
+        summary.bad,
+        ms(summary.percentile(50.0)),
+        ms(summary.percentile(99.0)),
+        ms(summary.max()),
+        summary.leaders,
+        summary.followers,
+        summary.passed,
     );
+    if let Some(problem) = &summary.first_problem {
+        eprintln!("herd: first problem: {problem}");
+    }
+    let bad = summary.bad;
     if bad > 0 {
         ExitCode::FAILURE
     } else {

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::herd::{percentile, send_all, send_one, ClientResult};
+use crate::herd::{send_all, send_one, ClientResult, HerdSummary};
 use crate::origin::{self, Origin, OriginSettings};
 use crate::server::Server;
 use crate::stats::StatsReporter;
@@ -150,49 +150,31 @@ fn section(
     origin_delay: Duration,
     problems: &mut Vec<String>,
 ) {
-    let mut latencies = Vec::with_capacity(results.len());
-    let (mut leaders, mut followers, mut passed, mut bad) = (0, 0, 0, 0);
-    for result in results {
-        match result {
-            Ok(r) if r.status == StatusCode::OK && r.body == *expected => {
-                latencies.push(r.latency);
-                match r.outcome.as_str() {
-                    "leader" => leaders += 1,
-                    "follower" => followers += 1,
-                    _ => passed += 1,
-                }
-            }
-            _ => bad += 1,
-        }
-    }
-    latencies.sort();
+    let summary = HerdSummary::new(results, expected);
     println!("{title}");
     println!("  upstream requests: {upstream}");
-    println!("  outcomes: leader={leaders} follower={followers} pass={passed}");
+    println!(
+        "  outcomes: leader={} follower={} pass={}",
+        summary.leaders, summary.followers, summary.passed
+    );
     println!(
         "  client latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (origin delay {} ms)",
-        millis(percentile(&latencies, 50.0)),
-        millis(percentile(&latencies, 99.0)),
-        millis(latencies.last().copied().unwrap_or_default()),
+        millis(summary.percentile(50.0)),
+        millis(summary.percentile(99.0)),
+        millis(summary.max()),
         origin_delay.as_millis()
     );
     println!(
         "  bodies: {} of {} identical to the origin's ({} bytes each)",
-        results.len() - bad,
+        results.len() - summary.bad,
         results.len(),
         expected.len()
     );
-    if bad > 0 {
-        let first = results.iter().find_map(|r| match r {
-            Err(err) => Some(format!("{err:#}")),
-            Ok(r) if r.status != StatusCode::OK || r.body != *expected => {
-                Some(format!("status {}, {} body bytes", r.status, r.body.len()))
-            }
-            Ok(_) => None,
-        });
+    if summary.bad > 0 {
         problems.push(format!(
-            "{title}: {bad} clients did not get the exact response (e.g. {})",
-            first.unwrap_or_default()
+            "{title}: {} clients did not get the exact response (e.g. {})",
+            summary.bad,
+            summary.first_problem.unwrap_or_default()
         ));
     }
 }

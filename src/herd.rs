@@ -121,3 +121,50 @@ async fn send(
         latency: started.elapsed(),
     })
 }
+
+/// What a herd saw, against the body every client should have received.
+#[derive(Debug, Default)]
+pub struct HerdSummary {
+    /// Latencies of the clients that got a 200 with exactly the expected body, sorted.
+    pub latencies: Vec<Duration>,
+    pub leaders: usize,
+    pub followers: usize,
+    pub passed: usize,
+    /// Clients that failed or got anything else.
+    pub bad: usize,
+    /// What the first bad client got, for the report.
+    pub first_problem: Option<String>,
+}
+
+impl HerdSummary {
+    pub fn new(results: &[Result<ClientResult, anyhow::Error>], expected: &Bytes) -> HerdSummary {
+        let mut summary = HerdSummary::default();
+        for result in results {
+            let problem = match result {
+                Ok(r) if r.status == StatusCode::OK && r.body == *expected => {
+                    summary.latencies.push(r.latency);
+                    match r.outcome.as_str() {
+                        "leader" => summary.leaders += 1,
+                        "follower" => summary.followers += 1,
+                        _ => summary.passed += 1,
+                    }
+                    continue;
+                }
+                Ok(r) => format!("status {}, {} body bytes", r.status, r.body.len()),
+                Err(err) => format!("{err:#}"),
+            };
+            summary.bad += 1;
+            summary.first_problem.get_or_insert(problem);
+        }
+        summary.latencies.sort();
+        summary
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    pub fn max(&self) -> Duration {
+        self.latencies.last().copied().unwrap_or_default()
+    }
+}
