@@ -171,7 +171,7 @@ impl Config {
         let raw: raw::File = toml::from_str(text).map_err(|err| ConfigError {
             path: None,
             position: err.span().map(|span| line_column(text, span.start)),
-            message: err.message().trim_end().to_owned(),
+            message: err.message().trim_end().replace('\n', "; "),
         })?;
         Resolver { text }.resolve(raw)
     }

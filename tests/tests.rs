@@ -5,6 +5,7 @@ mod util;
 mod bounds;
 mod coalescing;
 mod command_line;
+mod config_errors;
 mod failures;
 mod operations;
 mod passthrough;

@@ -1,0 +1,75 @@
+//! Every kind of bad configuration gets one clear message naming its line and column, and
+//! exit code 2, before anything is bound.
+
+use std::process::Command;
+
+use crate::command_line::{write_config, BINARY};
+
+const UPSTREAM: &str = "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n";
+const ROUTE: &str = "[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n";
+
+/// (config text, "line L, column C", a phrase the message must contain)
+fn cases() -> Vec<(String, &'static str, &'static str)> {
+    let ok = format!("{UPSTREAM}{ROUTE}");
+    vec![
+        (format!("{ok}bogus = 1\n"), "line 6, column 1", "unknown field `bogus`"),
+        (format!("[server]\nlisen = \"127.0.0.1:1\"\n{ok}"), "line 2, column 1", "unknown field `lisen`"),
+        (format!("[server]\nlisten = \"localhost\"\n{ok}"), "line 2, column 10", "invalid listen address"),
+        (format!("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n{ok}"), "line 2, column 10", "duplicate listen address"),
+        (format!("[server]\nlisten = 8080\n{ok}"), "line 2, column 10", "did not match"),
+        (format!("[server]\nshutdown_grace = \"soon\"\n{ok}"), "line 2, column 18", "invalid duration"),
+        (format!("[server]\nsend_timeout = \"-1s\"\n{ok}"), "line 2, column 16", "invalid duration"),
+        (format!("[admin]\nlisten = \"nowhere\"\n{ok}"), "line 2, column 10", "invalid admin listen address"),
+        (format!("[server]\nlisten = \"127.0.0.1:9000\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n{ok}"), "line 4, column 10", "also a [server] listen address"),
+        (format!("[log]\nformat = \"xml\"\n{ok}"), "line 2, column 10", "unknown log format"),
+        (format!("[log]\nlevel = \"loud=[\"\n{ok}"), "line 2, column 9", "invalid log level"),
+        (format!("[log]\nstats_interval = 10\n{ok}"), "line 2, column 18", "invalid type"),
+        ("[upstreams.app]\nurl = \"ftp://x\"\n".to_string() + ROUTE, "line 2, column 7", "not supported"),
+        ("[upstreams.app]\nurl = \"127.0.0.1:3000\"\n".to_string() + ROUTE, "line 2, column 7", "invalid url"),
+        ("[upstreams.app]\nurl = \"http://x/?q=1\"\n".to_string() + ROUTE, "line 2, column 7", "query string"),
+        ("[upstreams.app]\n".to_string() + ROUTE, "line 1, column 1", "missing field `url`"),
+        (format!("{UPSTREAM}connect_timeout = \"fast\"\n{ROUTE}"), "line 3, column 19", "invalid duration"),
+        (format!("{UPSTREAM}pool_max_idle = -1\n{ROUTE}"), "line 3, column 17", "invalid value"),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"nope\"\n"), "line 5, column 12", "unknown upstream \"nope\""),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"api\"\nupstream = \"app\"\n"), "line 4, column 15", "must start with \"/\""),
+        (format!("{UPSTREAM}[[routes]]\nupstream = \"app\"\n"), "line 3, column 1", "missing field `path_prefix`"),
+        (format!("{UPSTREAM}[[routes]]\nname = \"x\"\npath_prefix = \"/\"\nupstream = \"app\"\n[[routes]]\nname = \"x\"\npath_prefix = \"/a/\"\nupstream = \"app\"\n"), "line 8, column 8", "duplicate route name"),
+        (format!("{UPSTREAM}[[routes]]\nhost = \"a b\"\npath_prefix = \"/\"\nupstream = \"app\"\n"), "line 4, column 8", "invalid host"),
+        (format!("{ok}[coalesce]\nmethods = [\"G ET\"]\n"), "line 7, column 12", "invalid method"),
+        (format!("{ok}[coalesce]\nkey_headers = [\"bad header\"]\n"), "line 7, column 16", "invalid header name"),
+        (format!("{ok}[coalesce]\ncredentials = \"share\"\n"), "line 7, column 15", "unknown credentials policy"),
+        (format!("{ok}[coalesce]\nnot_shareable = [\"cache-control:\"]\n"), "line 7, column 18", "needs one token"),
+        (format!("{ok}[coalesce]\nmax_replay_body = \"lots\"\n"), "line 7, column 19", "invalid size"),
+        (format!("{ok}[coalesce]\nmax_replay_body = \"64MiB\"\n"), "line 7, column 19", "must be at least max_replay_body"),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncoalesce = {{ enabeld = true }}\n"), "line 6, column 14", "unknown field `enabeld`"),
+        ("[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "", "no [[routes]]"),
+        ("[server\nlisten = 1\n".to_string(), "line 1, column 8", "expected"),
+    ]
+}
+
+#[test]
+fn bad_configs_get_one_clear_message_with_position_and_exit_2() {
+    let cases = cases();
+    assert!(cases.len() >= 20);
+    for (text, position, phrase) in cases {
+        let file = write_config(&text);
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .arg("--check")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{text}\n{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&file.0.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(position),
+            "{text}\nwant {position:?}: {stderr}"
+        );
+        assert!(stderr.contains(phrase), "{text}\nwant {phrase:?}: {stderr}");
+    }
+}
