@@ -68,6 +68,11 @@ pub struct ServerConfig {
     /// (nginx's `send_timeout`), so a client that stops reading cannot hold a connection and
     /// its response's memory forever.
     pub send_timeout: Duration,
+    /// A client that has not sent a whole request head this long after connecting (or after
+    /// its previous response) is disconnected: slowloris protection.
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; past it, new connections get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,6 +321,9 @@ impl Resolver<'_> {
             listen,
             shutdown_grace: self.duration_or(&raw.shutdown_grace, Duration::from_secs(30))?,
             send_timeout: self.duration_or(&raw.send_timeout, Duration::from_secs(60))?,
+            header_read_timeout: self
+                .duration_or(&raw.header_read_timeout, Duration::from_secs(30))?,
+            max_connections: raw.max_connections.unwrap_or(10_000).max(1),
         })
     }
 
@@ -633,6 +641,8 @@ mod raw {
         pub listen: Option<Spanned<OneOrMany>>,
         pub shutdown_grace: Option<Spanned<String>>,
         pub send_timeout: Option<Spanned<String>>,
+        pub header_read_timeout: Option<Spanned<String>>,
+        pub max_connections: Option<usize>,
     }
 
     #[derive(Deserialize)]

@@ -14,7 +14,10 @@
 //! | `chunks=N`, `gap=MS` | write the body in N pieces, MS apart |
 //! | `hold_head=NAME` | before the head (and before any `fail`), wait until [`Origin::open_gate`]`(NAME)` |
 //! | `hold=NAME` | after the first body piece, wait until [`Origin::open_gate`]`(NAME)` |
-//! | `fail=WHAT` | `close_before_head`, `reset_before_head`, `stall_before_head`, `close_mid_body`, `reset_mid_body`, `stall_mid_body` |
+//! | `fail=WHAT` | `close_before_head`, `reset_before_head`, `stall_before_head`, `garbage_head`, `huge_head`, `close_mid_body`, `reset_mid_body`, `stall_mid_body` |
+//! | `informational=1` | send a `103 Early Hints` before the final head |
+//! | `trailers=1` | with `chunked=1`, end the body with a trailer field |
+//! | `body_anyway=1` | send the body even on a 204 or 304 (a broken upstream) |
 //! | `header=NAME:VALUE` | add a response header (repeatable) |
 //! | `hold_rest=NAME` | like `hold_head`, but the first request naming NAME passes without waiting |
 //! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |
@@ -382,6 +385,9 @@ struct Script {
     headers: Vec<(String, String)>,
     cookie: bool,
     echo_header: Option<String>,
+    informational: bool,
+    trailers: bool,
+    body_anyway: bool,
 }
 
 impl Script {
@@ -405,6 +411,9 @@ impl Script {
                 "hold_head" => script.hold_head = Some(value.to_owned()),
                 "hold_rest" => script.hold_rest = Some(value.to_owned()),
                 "cookie" => script.cookie = value == "1",
+                "informational" => script.informational = value == "1",
+                "trailers" => script.trailers = value == "1",
+                "body_anyway" => script.body_anyway = value == "1",
                 "echo_header" => script.echo_header = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
@@ -531,6 +540,24 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
     if !delay.is_zero() {
         wait_or_hangup(stream, delay, shared).await?;
     }
+    if script.fails("garbage_head") {
+        let _ = stream.write_all(b"HELLO THERE, NOT HTTP\r\n\r\n").await;
+        return None;
+    }
+    if script.fails("huge_head") {
+        let filler = "x".repeat(1 << 20);
+        let head = format!("HTTP/1.1 200 OK\r\nx-filler: {filler}\r\ncontent-length: 0\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        return None;
+    }
+    if script.informational {
+        send(
+            stream,
+            b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n",
+            shared,
+        )
+        .await?;
+    }
 
     let mut body = echo.unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
     let mut status = script.status.unwrap_or(200);
@@ -576,7 +603,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
     }
     send(stream, head.as_bytes(), shared).await?;
-    if bodiless {
+    if bodiless && !(script.body_anyway && !head_only) {
         return Some(());
     }
 
@@ -618,7 +645,9 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
             }
         }
     }
-    if script.chunked {
+    if script.chunked && script.trailers {
+        send(stream, b"0\r\nx-checksum: 42\r\n\r\n", shared).await?;
+    } else if script.chunked {
         send(stream, b"0\r\n\r\n", shared).await?;
     }
     Some(())

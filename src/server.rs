@@ -20,7 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
@@ -177,9 +177,11 @@ impl Server {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(config.server.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
         let graceful = GracefulShutdown::new();
+        // One permit per open client connection.
+        let connections = Arc::new(Semaphore::new(config.server.max_connections));
 
         readiness.set(true);
         tokio::pin!(shutdown);
@@ -188,6 +190,10 @@ impl Server {
                 () = &mut shutdown => break,
                 next = accepted.recv() => {
                     let Some((stream, peer)) = next else { break };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
                     let stream = StallGuard::new(
                         stream,
                         config.server.send_timeout,
@@ -206,6 +212,7 @@ impl Server {
                         if let Err(err) = connection.await {
                             tracing::debug!(%peer, error = %err, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
             }
@@ -236,6 +243,15 @@ impl Server {
             admin.abort();
         }
     }
+}
+
+/// Answers a connection over `max_connections` with a 503 and closes it, without reading its
+/// request: cheap, and clear to an HTTP/1 client. Bounded, so a client that never reads
+/// cannot keep it alive.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nconnection: close\r\nretry-after: 1\r\n\r\ntoo many connections; try again soon\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
 }
 
 /// Accepts until the channel closes. Accept errors (out of file descriptors, above all) are

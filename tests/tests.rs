@@ -7,6 +7,7 @@ mod coalescing;
 mod command_line;
 mod config_errors;
 mod failures;
+mod faults;
 mod operations;
 mod passthrough;
 mod sharing;

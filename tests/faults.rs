@@ -1,0 +1,317 @@
+//! Faults injected for real, upstream and client side. Each case checks the affected clients'
+//! status (or an aborted connection), that other clients are untouched, and that the flight
+//! table, the gauges, the proxy's tasks and its file descriptors return to where they were.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use coalesce_proxy::origin::{self, OriginSettings};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+/// Open file descriptors of this (test) process, which hosts the proxy.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// What must come back after every fault: no flights, no waiting followers, and the tasks and
+/// descriptors the harness had before (client connections closed, upstream connections back
+/// in the pool or closed).
+struct Baseline {
+    fds: usize,
+    tasks: usize,
+}
+
+impl Baseline {
+    /// Counts once the harness is fully up: one request through it first, so that every
+    /// long-lived task (accept loops, pool housekeeping) already exists.
+    async fn take(h: &Harness) -> Baseline {
+        assert_eq!(get(h.addr, "/warm-up?size=1").await.status, StatusCode::OK);
+        h.assert_table_empties().await;
+        Baseline {
+            fds: open_fds(),
+            tasks: alive_tasks(),
+        }
+    }
+
+    async fn assert_restored(&self, h: &Harness) {
+        h.assert_table_empties().await;
+        assert!(
+            eventually(|| alive_tasks() <= self.tasks && open_fds() <= self.fds).await,
+            "tasks {} (were {}), fds {} (were {})",
+            alive_tasks(),
+            self.tasks,
+            open_fds(),
+            self.fds
+        );
+        let metrics = h.proxy.render_metrics();
+        assert!(metrics
+            .lines()
+            .any(|l| l == "coalesce_proxy_followers_waiting 0"));
+        assert!(metrics
+            .lines()
+            .any(|l| l == "coalesce_proxy_flights_in_flight 0"));
+    }
+}
+
+/// A harness whose idle upstream connections are not kept, so descriptor counts settle.
+async fn harness() -> Harness {
+    Harness::start_with(OriginSettings::default(), "pool_max_idle = 0", "").await
+}
+
+/// Sends raw bytes on a new connection and returns everything the proxy sends back until it
+/// closes the connection.
+async fn raw_exchange(h: &Harness, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_upstream_heads_give_502_to_the_whole_flight() {
+    let h = harness().await;
+    let baseline = Baseline::take(&h).await;
+    for fail in ["close_before_head", "garbage_head", "huge_head"] {
+        let path = format!("/broken/{fail}?fail={fail}&hold_head={fail}");
+        let (replies, ()) = tokio::join!(
+            herd(h.addr, 10, Method::GET, &path, &[]),
+            h.open_when_followers(h.proxy.stats().snapshot().joined + 9, fail)
+        );
+        for reply in &replies {
+            assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{fail}");
+        }
+        assert_eq!(outcomes(&replies), (1, 9, 0), "{fail}");
+    }
+    // Another key is untouched.
+    assert_eq!(get(h.addr, "/fine?size=10").await.body(), &origin::body(10));
+    baseline.assert_restored(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_and_trailers_pass_cleanly() {
+    let h = harness().await;
+    let baseline = Baseline::take(&h).await;
+    let reply = get(h.addr, "/early?informational=1&size=100").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body(), &origin::body(100));
+    let replies = h
+        .gated_herd(
+            5,
+            Method::GET,
+            "/trailing?chunked=1&chunks=3&trailers=1&size=3000&hold_head=g",
+            &[],
+            "g",
+        )
+        .await;
+    for reply in &replies {
+        assert_eq!(reply.body(), &origin::body(3000));
+    }
+    baseline.assert_restored(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_204_that_carries_a_body_reaches_clients_empty_and_spoils_nothing() {
+    let h = Harness::start().await;
+    let reply = get(h.addr, "/nothing?status=204&body_anyway=1&size=50").await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(reply.body().is_empty());
+    // The stray bytes must not be read as the next response on a pooled connection.
+    for i in 0..5 {
+        let reply = get(h.addr, &format!("/after/{i}?size=20")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body(), &origin::body(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_headers_are_cut_off_by_header_read_timeout() {
+    let h = Harness::start_text(OriginSettings::default(), |origin| {
+        config_text(origin, "", "").replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nheader_read_timeout = \"300ms\"",
+        )
+    })
+    .await;
+    let mut slow = TcpStream::connect(h.addr).await.expect("connect");
+    slow.write_all(b"GET /slow HTTP/1.1\r\nhost: proxy.test\r\nx-one: 1\r\n")
+        .await
+        .expect("send");
+    // Meanwhile other clients are served.
+    assert_eq!(get(h.addr, "/other?size=5").await.body(), &origin::body(5));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client was never disconnected");
+    assert_eq!(h.origin.hits_for("/slow"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_hostile_requests_get_the_right_status() {
+    let h = harness().await;
+    let baseline = Baseline::take(&h).await;
+
+    let answer = raw_exchange(&h, b"THIS IS NOT HTTP\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let huge = format!(
+        "GET /big HTTP/1.1\r\nhost: proxy.test\r\nx-big: {}\r\n\r\n",
+        "y".repeat(600 * 1024)
+    );
+    let answer = raw_exchange(&h, huge.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let answer = raw_exchange(
+        &h,
+        b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+
+    // Both Content-Length and Transfer-Encoding (RFC 9112 §6.3): hyper frames the body by
+    // Transfer-Encoding, drops Content-Length and closes the connection after answering, so
+    // the request hidden behind the body is never read, and the upstream sees one consistent
+    // framing. Nothing can be smuggled.
+    let smuggle = b"POST /smuggle HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\nhost: proxy.test\r\n\r\n";
+    let answer = raw_exchange(&h, smuggle).await;
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(h.origin.hits_for("/hidden"), 0);
+    let forwarded = h
+        .origin
+        .requests()
+        .into_iter()
+        .find(|r| r.target.starts_with("/smuggle"));
+    let forwarded = forwarded.expect("the POST itself went upstream");
+    assert_eq!(forwarded.header("content-length"), None);
+    assert!(forwarded.body.is_empty());
+
+    // Absolute-form targets are routed like origin-form ones.
+    let answer = raw_exchange(
+        &h,
+        b"GET http://proxy.test/absolute?size=3 HTTP/1.1\r\nhost: proxy.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("012"), "{answer}");
+    assert_eq!(h.origin.hits_for("/absolute"), 1);
+
+    baseline.assert_restored(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_leaving_before_the_head_and_mid_body_leave_nothing_behind() {
+    let h = harness().await;
+    let baseline = Baseline::take(&h).await;
+    // Leader and followers all leave before the head: the fetch is cancelled.
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            let addr = h.addr;
+            tokio::spawn(async move { get(addr, "/gone?hold_head=never").await })
+        })
+        .collect();
+    assert!(eventually(|| h.proxy.stats().snapshot().joined >= 4).await);
+    for client in clients {
+        client.abort();
+    }
+    assert!(h.origin.wait_until(PATIENCE, |o| o.cancelled() == 1).await);
+
+    // Everyone leaves mid-body: the fetch is cancelled too.
+    let mut sender = connect(h.addr).await;
+    let response = send_head(
+        &mut sender,
+        request(
+            Method::GET,
+            "/half?hold=half&size=100000",
+            &[],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    let mut body = response.into_body();
+    let _ = body.frame().await;
+    drop(body);
+    drop(sender);
+    assert!(h.origin.wait_until(PATIENCE, |o| o.cancelled() == 2).await);
+    baseline.assert_restored(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_mid_flight_leaves_the_other_streams_alone() {
+    let h = Harness::start().await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let fetch = |sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>| async move {
+        let mut sender = sender;
+        let request = Request::get("http://proxy.test/h2reset?hold=r&size=50000")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        response.into_body().collect().await.map(|b| b.to_bytes())
+    };
+    let doomed = tokio::spawn(fetch(sender.clone()));
+    let survivor = tokio::spawn(fetch(sender.clone()));
+    assert!(h.origin.wait_until(PATIENCE, |o| o.reached("r")).await);
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 1).await);
+    doomed.abort(); // drops the stream: RST_STREAM
+    let _ = doomed.await;
+    h.origin.open_gate("r");
+    let body = survivor.await.expect("task").expect("body");
+    assert_eq!(body, origin::body(50_000));
+    assert_eq!(h.origin.hits(), 1);
+    h.assert_table_empties().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_get_503_and_room_comes_back() {
+    let h = Harness::start_text(OriginSettings::default(), |origin| {
+        config_text(origin, "", "").replace(
+            "shutdown_grace = \"2s\"",
+            "shutdown_grace = \"2s\"\nmax_connections = 2",
+        )
+    })
+    .await;
+    let first = connect(h.addr).await;
+    let mut second = connect(h.addr).await;
+    let answer = raw_exchange(&h, b"GET /third HTTP/1.1\r\nhost: proxy.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The connections inside the limit still work.
+    let response = send_head(
+        &mut second,
+        request(Method::GET, "/inside?size=4", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!(read_reply(response).await.body(), &origin::body(4));
+    drop(first);
+    let reply = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let answer = raw_exchange(
+                &h,
+                b"GET /later?size=2 HTTP/1.1\r\nhost: proxy.test\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a slot came back");
+    assert!(reply.ends_with("01"), "{reply}");
+}
