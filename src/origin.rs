@@ -603,7 +603,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
     }
     send(stream, head.as_bytes(), shared).await?;
-    if bodiless && !(script.body_anyway && !head_only) {
+    if bodiless && (head_only || !script.body_anyway) {
         return Some(());
     }
 
