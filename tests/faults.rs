@@ -315,3 +315,92 @@ async fn connections_past_max_connections_get_503_and_room_comes_back() {
     .expect("a slot came back");
     assert!(reply.ends_with("01"), "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let origin = coalesce_proxy::origin::Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let file = crate::command_line::write_config(&config_text(&origin.url(), "", ""));
+    // 64 descriptors in all: the proxy runs out well before the 100 connections below.
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} --config {}",
+            crate::command_line::BINARY,
+            file.0.display()
+        ))
+        .env("RUST_LOG", "warn,coalesce_proxy::server=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .expect("log")
+            .expect("alive");
+        if let Some(at) = line.find("listening on ") {
+            break line[at + 13..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            held.push(stream);
+        }
+    }
+    let warned = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.recv().await {
+            if line.contains("accept failed") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(warned, Ok(true), "the proxy never hit its descriptor limit");
+    // Backing off, not spinning: well under a core while the limit holds.
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    let before = ticks(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = ticks(child.id()) - before;
+    assert!(spent < 25, "the accept loop spun: {spent} ticks in 0.5 s");
+
+    // Once the held connections close, the proxy accepts again.
+    drop(held);
+    let reply = get(addr, "/after?size=6").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body(), &origin::body(6));
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the proxy died"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
