@@ -22,6 +22,7 @@
 //! - [`cli`]: the command line, logging set-up, SIGHUP reload, and the `demo` ([`demo`]) and
 //!   `healthcheck` ([`health`]) subcommands.
 //! - [`herd`]: a barrier-released herd client, for the demo and the benchmarks.
+//! - [`fuzzing`]: the fuzz targets' entry points, shared with their regression tests.
 //! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod demo;
+pub mod fuzzing;
 pub mod health;
 pub mod herd;
 pub mod hygiene;

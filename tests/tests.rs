@@ -8,6 +8,7 @@ mod command_line;
 mod config_errors;
 mod failures;
 mod faults;
+mod fuzz_regressions;
 mod operations;
 mod passthrough;
 mod sharing;
