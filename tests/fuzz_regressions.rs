@@ -3,10 +3,13 @@
 
 use std::path::Path;
 
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
 #[test]
 fn every_kept_fuzz_input_runs_without_panicking() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let targets: [(&str, fn(&[u8])); 3] = [
+    let targets: [(&str, Target); 3] = [
         ("config", coalesce_proxy::fuzzing::config),
         ("key", coalesce_proxy::fuzzing::key),
         ("sharing", coalesce_proxy::fuzzing::sharing),
