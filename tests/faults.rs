@@ -55,6 +55,7 @@ impl Baseline {
             open_fds(),
             self.fds
         );
+        assert_eq!(panics(), 0, "something panicked");
         let metrics = h.proxy.render_metrics();
         assert!(metrics
             .lines()

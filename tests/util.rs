@@ -77,6 +77,7 @@ impl Harness {
         make: impl FnOnce(&str) -> String,
     ) -> Harness {
         raise_fd_limit();
+        count_panics();
         let origin = Origin::start(settings).await.expect("origin starts");
         let config = Config::from_toml(&make(&origin.url())).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
@@ -129,6 +130,26 @@ pub async fn eventually(condition: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     condition()
+}
+
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic in this test process (nextest runs each test in its own), so a test can
+/// tell that no proxy task panicked, even where tokio caught the panic and carried on.
+fn count_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            default(info);
+        }));
+    });
+}
+
+/// Panics so far in this process.
+pub fn panics() -> usize {
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 pub fn raise_fd_limit() {
