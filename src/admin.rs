@@ -1,9 +1,10 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (serving).
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (serving), and
+//! `POST /purge` for the response caches.
 //!
 //! It runs on its own address (`[admin] listen`), separate from client traffic, so probes and
 //! scrapes never queue behind a herd. It keeps answering while the proxy drains, which is when
-//! `/readyz` matters: it says 503 so load balancers stop sending new work. It serves nothing
-//! else and changes nothing.
+//! `/readyz` matters: it says 503 so load balancers stop sending new work. Purging cached
+//! responses is the only thing it changes.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +64,9 @@ fn answer(
     proxy: &Proxy,
     readiness: &Readiness,
 ) -> Response<Full<Bytes>> {
+    if request.uri().path() == "/purge" {
+        return purge(request, proxy);
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
@@ -85,6 +89,35 @@ fn answer(
             "admin endpoints: /metrics /healthz /readyz\n",
         ),
     }
+}
+
+/// `POST /purge?prefix=/path` removes every cached response under a path; `?key=/path` the
+/// ones exactly at it. Answers how many were purged.
+fn purge(request: &Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+    }
+    let query = request.uri().query().unwrap_or("");
+    let target = query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some(("prefix", path)) => Some((path, false)),
+            Some(("key", path)) => Some((path, true)),
+            _ => None,
+        });
+    let Some((path, exact)) = target.filter(|(path, _)| path.starts_with('/')) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "use /purge?prefix=/path or /purge?key=/path\n",
+        );
+    };
+    let purged = proxy.purge(path, exact);
+    let mut response = Response::new(Full::new(Bytes::from(format!("purged {purged}\n"))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -145,6 +145,17 @@ pub struct CoalescePolicy {
     pub share_errors: bool,
 }
 
+/// A route's response cache (`cache = { enabled = true, ... }`).
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// Bytes of responses (bodies, headers and bookkeeping) the route's cache may hold.
+    pub max_size: u64,
+    /// Freshness for responses that state none.
+    pub default_ttl: Duration,
+    /// How long past freshness a stale response may still be served (not used yet).
+    pub grace: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     /// From the file, or the route's index when the file gives none.
@@ -155,6 +166,8 @@ pub struct RouteConfig {
     pub upstream: String,
     pub strip_prefix: bool,
     pub coalesce: CoalescePolicy,
+    /// `None` unless the route turns its cache on.
+    pub cache: Option<CachePolicy>,
 }
 
 impl Config {
@@ -593,6 +606,17 @@ impl Resolver<'_> {
             Some(overrides) => self.coalesce_overrides(defaults, overrides)?,
             None => defaults.clone(),
         };
+        let cache = match raw.cache {
+            Some(cache) if cache.enabled.unwrap_or(false) => Some(CachePolicy {
+                max_size: cache
+                    .max_size
+                    .as_ref()
+                    .map_or(Ok(256 << 20), |s| self.size(s))?,
+                default_ttl: self.duration_or(&cache.default_ttl, Duration::ZERO)?,
+                grace: self.duration_or(&cache.grace, Duration::from_secs(10))?,
+            }),
+            _ => None,
+        };
         Ok((
             RouteConfig {
                 name,
@@ -601,6 +625,7 @@ impl Resolver<'_> {
                 upstream: raw.upstream.into_inner(),
                 strip_prefix: raw.strip_prefix.unwrap_or(false),
                 coalesce,
+                cache,
             },
             name_span,
         ))
@@ -697,6 +722,16 @@ mod raw {
         pub upstream: Spanned<String>,
         pub strip_prefix: Option<bool>,
         pub coalesce: Option<Coalesce>,
+        pub cache: Option<Cache>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cache {
+        pub enabled: Option<bool>,
+        pub max_size: Option<Spanned<String>>,
+        pub default_ttl: Option<Spanned<String>>,
+        pub grace: Option<Spanned<String>>,
     }
 }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
 //! - [`routes`]: host and longest-prefix matching to a [`routes::Route`].
+//! - [`cache`]: the opt-in response cache in front of the singleflight table.
 //! - [`coalesce`]: the singleflight table ([`coalesce::Group`]), the in-flight fetch
 //!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
 //! - [`upstream`]: the pooled upstream client and its timeouts.
@@ -28,6 +29,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod coalesce;
 pub mod config;

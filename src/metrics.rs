@@ -57,6 +57,11 @@ pub struct Metrics {
     pub clients_cut_off: Counter,
     pub send_timeouts: Counter,
     pub pass_memory_keys: Gauge,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_evictions: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,8 +159,43 @@ impl Metrics {
             "Keys currently sent straight upstream because their last response was not shareable",
             pass_memory_keys.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Requests answered from a route's response cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Cache lookups that found nothing fresh (the request went on to a flight)",
+            cache_misses.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "cache_evictions",
+            "Responses evicted from a cache to stay within its max_size",
+            cache_evictions.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "cache_entries",
+            "Responses stored in the caches now",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the caches now (bodies, headers and bookkeeping)",
+            cache_bytes.clone(),
+        );
         Metrics {
             registry,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_entries,
+            cache_bytes,
             requests,
             response_bytes,
             request_duration,
@@ -230,9 +270,9 @@ pub struct RouteMetrics {
     pub route: String,
     /// By status class: error (no response), then 1xx to 5xx.
     upstream_requests: [Counter; 6],
-    requests: [Counter; 3],
-    response_bytes: [Counter; 3],
-    request_duration: [Histogram; 3],
+    requests: [Counter; 4],
+    response_bytes: [Counter; 4],
+    request_duration: [Histogram; 4],
     pub upstream_duration: Histogram,
 }
 

@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::access::{ObservedBody, RequestRecord};
+use crate::cache::{self, StoredResponse};
 use crate::coalesce::{FanoutBody, Fetched, Group, Key, PassMemory, Role};
 use crate::config::Config;
 use crate::hygiene;
@@ -126,7 +127,27 @@ impl Proxy {
         let metrics = &self.stats.metrics;
         metrics.flights_in_flight.set(self.group.len() as i64);
         metrics.pass_memory_keys.set(self.pass_memory.len() as i64);
+        let routing = self.routing.load();
+        let caches = || routing.routes.iter().filter_map(|r| r.cache.as_ref());
+        metrics
+            .cache_entries
+            .set(caches().map(|c| c.entry_count()).sum::<u64>() as i64);
+        metrics
+            .cache_bytes
+            .set(caches().map(|c| c.weighted_size()).sum::<u64>() as i64);
         metrics.render()
+    }
+
+    /// Purges cached responses by path, on every route: those under `path`, or exactly at
+    /// it. Returns how many were removed.
+    pub fn purge(&self, path: &str, exact: bool) -> u64 {
+        let routing = self.routing.load();
+        routing
+            .routes
+            .iter()
+            .filter_map(|r| r.cache.as_ref())
+            .map(|cache| cache.purge(path, exact))
+            .sum()
     }
 
     /// The whole life of one request: serve it, count it once, and observe its body to the end.
@@ -197,6 +218,18 @@ impl Proxy {
     async fn share(&self, route: &Arc<Route>, parts: &request::Parts, client: SocketAddr) -> Reply {
         let policy = &route.coalesce;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if let Some(cache) = route.cache.as_ref().filter(|_| cacheable_request(parts)) {
+            // HEAD is answered from a stored GET.
+            let cache_key = Key::new(route, &Method::GET, path_and_query, &parts.headers);
+            if let Some(entry) = cache.lookup(&cache_key, &parts.headers) {
+                let head_only = parts.method == Method::HEAD;
+                return Reply {
+                    response: cached_reply(&entry, head_only, policy.outcome_header.as_ref()),
+                    outcome: Outcome::Hit,
+                    flight: None,
+                };
+            }
+        }
         let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
         if self.pass_memory.should_pass(&key) {
             return self
@@ -315,6 +348,17 @@ impl Proxy {
             .map(|request| send_upstream(&self.stats, route, request));
         let route = route.clone();
         let pass_memory = self.pass_memory.clone();
+        // What the cache needs to store this response, when the route has one and the request
+        // asked for the plain resource.
+        let storing = route
+            .cache
+            .clone()
+            .filter(|_| parts.method == Method::GET && cacheable_request(parts))
+            .map(|cache| {
+                let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let cache_key = Key::new(&route, &Method::GET, path_and_query, &parts.headers);
+                (cache, cache_key, parts.headers.clone())
+            });
         async move {
             let mut response = response?.await?;
 
@@ -329,7 +373,30 @@ impl Proxy {
             } else if sharing.shareable() {
                 pass_memory.forget(&key);
             }
-            Ok(Fetched { response, sharing })
+            let store = storing.and_then(|(cache, cache_key, request_headers)| {
+                let policy = route.cache_policy.as_ref()?;
+                if !sharing.shareable() {
+                    return None;
+                }
+                let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
+                let fresh = cache::freshness(
+                    policy,
+                    response.status(),
+                    response.headers(),
+                    has_authorization,
+                )?;
+                let status = response.status();
+                let headers = response.headers().clone();
+                let store: Box<dyn FnOnce(Bytes) + Send> = Box::new(move |body| {
+                    cache.store(cache_key, &request_headers, status, headers, body, fresh);
+                });
+                Some(store)
+            });
+            Ok(Fetched {
+                response,
+                sharing,
+                store,
+            })
         }
     }
 
@@ -382,6 +449,35 @@ impl Proxy {
         };
         Reply::pass(response)
     }
+}
+
+/// Whether a request asks for the plain resource, so that the cache may answer it: no Range
+/// and no conditional headers (those go through flights keyed by their values).
+fn cacheable_request(parts: &request::Parts) -> bool {
+    !sharing::RANGE_AND_CONDITIONAL
+        .iter()
+        .any(|name| parts.headers.contains_key(name))
+}
+
+/// A response served from the cache, with its current `Age`.
+fn cached_reply(
+    entry: &StoredResponse,
+    head_only: bool,
+    outcome_header: Option<&HeaderName>,
+) -> Response<ProxyBody> {
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        entry.body.clone()
+    };
+    let mut response = Response::new(Full::new(body).map_err(BoxError::from).boxed_unsync());
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response
+        .headers_mut()
+        .insert(header::AGE, entry.age_header(std::time::Instant::now()));
+    set_outcome(&mut response, outcome_header, Outcome::Hit);
+    response
 }
 
 /// The request to send upstream for a client's request on `route`.

@@ -9,7 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::config::{CoalescePolicy, Config, RouteConfig};
+use crate::cache::ResponseCache;
+use crate::config::{CachePolicy, CoalescePolicy, Config, RouteConfig};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::Upstream;
 
@@ -29,6 +30,9 @@ pub struct Route {
     pub coalesce: CoalescePolicy,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<RouteMetrics>,
+    /// The route's response cache, when it has one. A reload starts it empty.
+    pub cache: Option<Arc<ResponseCache>>,
+    pub cache_policy: Option<CachePolicy>,
 }
 
 impl Route {
@@ -76,6 +80,7 @@ impl RouteTable {
                 upstream,
                 strip_prefix,
                 coalesce,
+                cache,
             } = route.clone();
             let route = Arc::new(Route {
                 id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
@@ -85,6 +90,10 @@ impl RouteTable {
                 path_prefix,
                 strip_prefix,
                 coalesce,
+                cache: cache
+                    .as_ref()
+                    .map(|policy| Arc::new(ResponseCache::new(policy, metrics))),
+                cache_policy: cache,
                 upstream: upstream_for(&upstream),
             });
             if route.host.is_some() {
@@ -100,6 +109,11 @@ impl RouteTable {
             with_host,
             any_host,
         }
+    }
+
+    /// Every route, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.with_host.iter().chain(self.any_host.iter())
     }
 
     /// The route for a request, or `None` (the proxy answers 404).

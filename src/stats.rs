@@ -29,16 +29,24 @@ pub enum Outcome {
     /// Went upstream on its own (not eligible to share), or got an answer from the proxy
     /// itself (no route).
     Pass,
+    /// Served from the route's response cache.
+    Hit,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 3] = [Outcome::Leader, Outcome::Follower, Outcome::Pass];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Leader,
+        Outcome::Follower,
+        Outcome::Pass,
+        Outcome::Hit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Leader => "leader",
             Outcome::Follower => "follower",
             Outcome::Pass => "pass",
+            Outcome::Hit => "hit",
         }
     }
 
@@ -59,6 +67,7 @@ pub struct Stats {
     leaders: AtomicU64,
     followers: AtomicU64,
     passed: AtomicU64,
+    hits: AtomicU64,
     upstream_errors: AtomicU64,
     flights_done: AtomicU64,
     flights_cancelled: AtomicU64,
@@ -82,6 +91,7 @@ pub struct StatsSnapshot {
     pub leaders: u64,
     pub followers: u64,
     pub passed: u64,
+    pub hits: u64,
     pub upstream_errors: u64,
     pub flights_done: u64,
     pub flights_cancelled: u64,
@@ -110,6 +120,7 @@ impl StatsSnapshot {
             leaders: self.leaders - earlier.leaders,
             followers: self.followers - earlier.followers,
             passed: self.passed - earlier.passed,
+            hits: self.hits - earlier.hits,
             upstream_errors: self.upstream_errors - earlier.upstream_errors,
             flights_done: self.flights_done - earlier.flights_done,
             flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
@@ -128,6 +139,7 @@ impl Stats {
             Outcome::Leader => &self.leaders,
             Outcome::Follower => &self.followers,
             Outcome::Pass => &self.passed,
+            Outcome::Hit => &self.hits,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -194,6 +206,7 @@ impl Stats {
             leaders: self.leaders.load(Ordering::Relaxed),
             followers: self.followers.load(Ordering::Relaxed),
             passed: self.passed.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed),
             upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
             flights_done: self.flights_done.load(Ordering::Relaxed),
             flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),

@@ -267,6 +267,26 @@ impl Flight {
         self.lock().body_bytes
     }
 
+    /// The whole body as one buffer, if the flight still holds all of it (it never passed
+    /// `max_replay_body`). For storing a completed response.
+    pub fn whole_body(&self) -> Option<Bytes> {
+        let state = self.lock();
+        if state.first_chunk != 0 {
+            return None;
+        }
+        match state.chunks.len() {
+            0 => Some(Bytes::new()),
+            1 => state.chunks.front().cloned(),
+            _ => {
+                let mut body = bytes::BytesMut::with_capacity(state.body_bytes as usize);
+                for chunk in &state.chunks {
+                    body.extend_from_slice(chunk);
+                }
+                Some(body.freeze())
+            }
+        }
+    }
+
     /// The most body bytes this flight held at once.
     pub fn peak_buffered(&self) -> u64 {
         self.lock().peak_buffered

@@ -20,6 +20,9 @@ use crate::upstream::{FetchError, UpstreamBody};
 pub struct Fetched {
     pub response: Response<UpstreamBody>,
     pub sharing: Sharing,
+    /// Called with the whole body when the fetch completes, if the flight still holds all of
+    /// it: how a cache stores what a flight fetched.
+    pub store: Option<Box<dyn FnOnce(Bytes) + Send>>,
 }
 
 /// Whether a client started its flight or joined one already in the air.
@@ -218,7 +221,11 @@ async fn drive<Fut>(group: &Group, flight: &Arc<Flight>, fetch: Fut) -> Result<(
 where
     Fut: Future<Output = Result<Fetched, FetchError>>,
 {
-    let Fetched { response, sharing } = fetch.await?;
+    let Fetched {
+        response,
+        sharing,
+        store,
+    } = fetch.await?;
     let (parts, mut body) = response.into_parts();
     let shareable = sharing.shareable();
     flight.publish_head(SharedHead {
@@ -245,6 +252,11 @@ where
         }
         if published.full {
             flight.room().await;
+        }
+    }
+    if let Some(store) = store {
+        if let Some(body) = flight.whole_body() {
+            store(body);
         }
     }
     Ok(())

@@ -1,0 +1,336 @@
+//! The response cache in front of the singleflight table, opt-in per route.
+//!
+//! A request looks here first; a fresh entry is served from memory (outcome `hit`) with an
+//! `Age` header. A miss goes through the singleflight as usual, and the flight stores its
+//! response when it completes, if the response may be stored: shareable, not `no-store`, not
+//! `no-cache` (revalidation is not built yet), a cacheable status, fresh for a while (from
+//! `s-maxage`, `max-age`, `Expires` and `Age`, else the route's `default_ttl`), and small
+//! enough that the flight still held all of it (`max_replay_body`). `Vary` is honoured by
+//! storing each variant under its own key. Memory is bounded by size with moka's eviction.
+//!
+//! This module decides what is fresh and stores and finds entries; the proxy decides when to
+//! look and serves what it finds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::coalesce::Key;
+use crate::config::CachePolicy;
+use crate::metrics::Metrics;
+use crate::sharing;
+use prometheus_client::metrics::counter::Counter;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    stored_at: Instant,
+    /// The response's age when it was stored (its `Age` header).
+    initial_age: Duration,
+    /// How long after `stored_at` it stays fresh.
+    fresh_for: Duration,
+}
+
+impl StoredResponse {
+    fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored_at) < self.fresh_for
+    }
+
+    /// The value of the `Age` header to send now, in whole seconds.
+    pub fn age_header(&self, now: Instant) -> HeaderValue {
+        HeaderValue::from(self.age(now).as_secs())
+    }
+}
+
+/// How long a response may be served from the cache, or `None` if it must not be stored.
+pub fn freshness(
+    policy: &CachePolicy,
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_has_authorization: bool,
+) -> Option<(Duration, Duration)> {
+    // RFC 9111 §3: statuses a shared cache may store, with explicit or default freshness.
+    if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 404 | 410) {
+        return None;
+    }
+    let directives: Vec<(String, Option<u64>)> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| {
+            let (name, value) = d.split_once('=').unwrap_or((d, ""));
+            let value = value.trim().trim_matches('"').parse().ok();
+            (name.trim().to_ascii_lowercase(), value)
+        })
+        .collect();
+    let has = |name: &str| directives.iter().any(|(n, _)| n == name);
+    let seconds = |name: &str| {
+        directives
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| *v)
+    };
+    if has("no-store") || has("private") || has("no-cache") {
+        return None;
+    }
+    // A response to a request with credentials is stored only when it says it may be
+    // (RFC 9111 §3.5).
+    if request_has_authorization && !(has("public") || has("s-maxage") || has("must-revalidate")) {
+        return None;
+    }
+    let lifetime = if let Some(s) = seconds("s-maxage").or_else(|| seconds("max-age")) {
+        Duration::from_secs(s)
+    } else if let Some(expires) = header_date(headers, &header::EXPIRES) {
+        let date = header_date(headers, &header::DATE).unwrap_or_else(SystemTime::now);
+        expires.duration_since(date).unwrap_or(Duration::ZERO)
+    } else if headers.contains_key(header::EXPIRES) {
+        // An Expires that does not parse means "already expired" (RFC 9111 §5.3).
+        Duration::ZERO
+    } else {
+        policy.default_ttl
+    };
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let fresh_for = lifetime.checked_sub(age)?;
+    (!fresh_for.is_zero()).then_some((fresh_for, age))
+}
+
+fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    httpdate::parse_http_date(headers.get(name)?.to_str().ok()?).ok()
+}
+
+/// One route's cache.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<Key, Arc<StoredResponse>>,
+    /// Keys whose last stored response had `Vary`, with the header names it varied on.
+    varies: moka::sync::Cache<Key, Arc<Vec<HeaderName>>>,
+    hits: Counter,
+    misses: Counter,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+/// Roughly what an entry costs: its body, its headers, and the bookkeeping around them.
+fn weight(key: &Key, response: &Arc<StoredResponse>) -> u32 {
+    let headers: usize = response
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let total = response.body.len() + headers + key.path().len() + 256;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+impl ResponseCache {
+    pub fn new(policy: &CachePolicy, metrics: &Metrics) -> ResponseCache {
+        let evictions = metrics.cache_evictions.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(policy.max_size)
+            .weigher(weight)
+            .support_invalidation_closures()
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
+        ResponseCache {
+            entries,
+            varies: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .support_invalidation_closures()
+                .build(),
+            hits: metrics.cache_hits.clone(),
+            misses: metrics.cache_misses.clone(),
+        }
+    }
+
+    /// A fresh response for a request with `key` (built as for a GET) and `headers`.
+    pub fn lookup(&self, key: &Key, headers: &HeaderMap) -> Option<Arc<StoredResponse>> {
+        let found = match self.varies.get(key) {
+            Some(vary) => self.entries.get(&key.variant(&vary, headers)),
+            None => self.entries.get(key),
+        }
+        .filter(|entry| entry.is_fresh(Instant::now()));
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.inc();
+        found
+    }
+
+    /// Stores a complete response fetched for a request with `key` and `request_headers`.
+    pub fn store(
+        &self,
+        key: Key,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        (fresh_for, initial_age): (Duration, Duration),
+    ) {
+        let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        let entry = Arc::new(StoredResponse {
+            status,
+            headers,
+            body,
+            stored_at: Instant::now(),
+            initial_age,
+            fresh_for,
+        });
+        if vary.is_empty() {
+            self.varies.invalidate(&key);
+            self.entries.insert(key, entry);
+        } else {
+            let variant = key.variant(&vary, request_headers);
+            self.varies.insert(key, Arc::new(vary));
+            self.entries.insert(variant, entry);
+        }
+    }
+
+    /// Removes every entry whose path matches (starts with `path`, or equals it when
+    /// `exact`); returns how many.
+    pub fn purge(&self, path: &str, exact: bool) -> u64 {
+        let matches = move |key: &Key, path: &str| {
+            if exact {
+                key.path() == path
+            } else {
+                key.path().starts_with(path)
+            }
+        };
+        let doomed: Vec<Arc<Key>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| matches(key, path))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key.as_ref());
+        }
+        let path = path.to_owned();
+        let _ = self
+            .varies
+            .invalidate_entries_if(move |key, _| matches(key, &path));
+        doomed.len() as u64
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> CachePolicy {
+        CachePolicy {
+            max_size: 1 << 20,
+            default_ttl: Duration::ZERO,
+            grace: Duration::ZERO,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn fresh(pairs: &[(&str, &str)]) -> Option<u64> {
+        freshness(&policy(), StatusCode::OK, &headers(pairs), false).map(|(f, _)| f.as_secs())
+    }
+
+    #[test]
+    fn freshness_comes_from_each_header_in_order() {
+        assert_eq!(fresh(&[("cache-control", "max-age=60")]), Some(60));
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60, s-maxage=5")]),
+            Some(5)
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "50")]),
+            Some(10)
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60"), ("age", "70")]),
+            None
+        );
+        assert_eq!(
+            fresh(&[
+                ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
+                ("expires", "Thu, 26 Nov 2026 10:00:30 GMT")
+            ]),
+            Some(30)
+        );
+        assert_eq!(fresh(&[("expires", "0")]), None);
+        assert_eq!(
+            fresh(&[]),
+            None,
+            "default_ttl 0: nothing stored without freshness"
+        );
+        for never in ["no-store", "private", "no-cache", "max-age=60, private"] {
+            assert_eq!(fresh(&[("cache-control", never)]), None, "{never}");
+        }
+        let mut with_default = policy();
+        with_default.default_ttl = Duration::from_secs(7);
+        let found = freshness(&with_default, StatusCode::OK, &HeaderMap::new(), false);
+        assert_eq!(found.map(|(f, _)| f.as_secs()), Some(7));
+        assert!(freshness(
+            &policy(),
+            StatusCode::PARTIAL_CONTENT,
+            &headers(&[("cache-control", "max-age=9")]),
+            false
+        )
+        .is_none());
+        assert!(freshness(
+            &policy(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=9")]),
+            true
+        )
+        .is_none());
+        assert!(freshness(
+            &policy(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "public, max-age=9")]),
+            true
+        )
+        .is_some());
+    }
+}
