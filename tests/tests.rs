@@ -3,6 +3,7 @@
 mod util;
 
 mod bounds;
+mod cache;
 mod coalescing;
 mod command_line;
 mod config_errors;

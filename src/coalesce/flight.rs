@@ -270,21 +270,24 @@ impl Flight {
     /// The whole body as one buffer, if the flight still holds all of it (it never passed
     /// `max_replay_body`). For storing a completed response.
     pub fn whole_body(&self) -> Option<Bytes> {
+        self.whole_body_with(&Bytes::new())
+    }
+
+    /// The body held so far followed by `last`, the chunk about to be published.
+    pub fn whole_body_with(&self, last: &Bytes) -> Option<Bytes> {
         let state = self.lock();
         if state.first_chunk != 0 {
             return None;
         }
-        match state.chunks.len() {
-            0 => Some(Bytes::new()),
-            1 => state.chunks.front().cloned(),
-            _ => {
-                let mut body = bytes::BytesMut::with_capacity(state.body_bytes as usize);
-                for chunk in &state.chunks {
-                    body.extend_from_slice(chunk);
-                }
-                Some(body.freeze())
-            }
+        if state.chunks.is_empty() {
+            return Some(last.clone());
         }
+        let mut body = bytes::BytesMut::with_capacity(state.body_bytes as usize + last.len());
+        for chunk in &state.chunks {
+            body.extend_from_slice(chunk);
+        }
+        body.extend_from_slice(last);
+        Some(body.freeze())
     }
 
     /// The most body bytes this flight held at once.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
+use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::{Flight, Key, SharedHead};
@@ -224,7 +225,7 @@ where
     let Fetched {
         response,
         sharing,
-        store,
+        mut store,
     } = fetch.await?;
     let (parts, mut body) = response.into_parts();
     let shareable = sharing.shareable();
@@ -245,6 +246,16 @@ where
         };
         if data.is_empty() {
             continue;
+        }
+        if body.is_end_stream() {
+            // The last chunk of a Content-Length body: clients will see a complete response as
+            // soon as it is published, so store it first, or a client's next request could
+            // miss the cache.
+            if let Some(store) = store.take() {
+                if let Some(whole) = flight.whole_body_with(&data) {
+                    store(whole);
+                }
+            }
         }
         let published = flight.publish_chunk(data);
         if published.closed {

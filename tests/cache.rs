@@ -1,0 +1,183 @@
+//! The response cache in front of the singleflight table.
+
+use coalesce_proxy::origin::{self, OriginSettings};
+use http::{Method, StatusCode};
+
+use crate::util::*;
+
+const CACHED_ROUTE: &str = r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "cached"
+path_prefix = "/c/"
+upstream = "origin"
+cache = { enabled = true, max_size = "64KiB" }
+
+[[routes]]
+name = "defaulted"
+path_prefix = "/d/"
+upstream = "origin"
+cache = { enabled = true, default_ttl = "60s" }
+"#;
+
+async fn harness() -> Harness {
+    Harness::start_with(OriginSettings::default(), "", CACHED_ROUTE).await
+}
+
+const FRESH: &str = "header=cache-control:max-age=60";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_responses_are_served_from_memory_with_an_age() {
+    let h = harness().await;
+    let path = format!("/c/doc?size=300&{FRESH}");
+    let first = get(h.addr, &path).await;
+    assert_eq!(first.outcome(), "leader");
+    let second = get(h.addr, &path).await;
+    assert_eq!(second.outcome(), "hit");
+    assert_eq!(second.body(), &origin::body(300));
+    assert_eq!(second.headers["age"], "0");
+    assert_eq!(second.headers["x-origin-hit"], "1");
+    let head = fetch(h.addr, Method::HEAD, &path, &[], Default::default()).await;
+    assert_eq!(head.outcome(), "hit");
+    assert_eq!(head.headers["content-length"], "300");
+    assert!(head.body().is_empty());
+    assert_eq!(h.origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_comes_from_expires_age_and_default_ttl() {
+    let h = harness().await;
+    let far = "Thu, 01 Jan 2099 00:00:00 GMT";
+    let expires = format!("/c/expires?header=expires:{}", far.replace(' ', "%20"));
+    get(h.addr, &expires).await;
+    assert_eq!(get(h.addr, &expires).await.outcome(), "hit");
+
+    // Older than its max-age when it arrives: not stored.
+    let stale = format!("/c/stale?{FRESH}&header=age:90");
+    get(h.addr, &stale).await;
+    assert_eq!(get(h.addr, &stale).await.outcome(), "leader");
+
+    // No freshness at all: stored only on a route with a default_ttl.
+    get(h.addr, "/c/plain").await;
+    assert_eq!(get(h.addr, "/c/plain").await.outcome(), "leader");
+    get(h.addr, "/d/plain").await;
+    assert_eq!(get(h.addr, "/d/plain").await.outcome(), "hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_and_private_responses_are_never_stored() {
+    let h = harness().await;
+    for header in [
+        "cache-control:no-store",
+        "cache-control:private,%20max-age=60",
+        "set-cookie:a=1",
+    ] {
+        let path = format!("/c/never?header={header}&header=cache-control:max-age=60");
+        get(h.addr, &path).await;
+        let again = get(h.addr, &path).await;
+        assert_ne!(again.outcome(), "hit", "{header}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_variants_are_stored_and_served_separately() {
+    let h = harness().await;
+    let path = format!("/c/hello?header=vary:accept-language&echo_header=accept-language&{FRESH}");
+    for language in ["en", "fr"] {
+        let miss = fetch(
+            h.addr,
+            Method::GET,
+            &path,
+            &[("accept-language", language)],
+            Default::default(),
+        )
+        .await;
+        assert_eq!(miss.outcome(), "leader");
+    }
+    for language in ["fr", "en"] {
+        let hit = fetch(
+            h.addr,
+            Method::GET,
+            &path,
+            &[("accept-language", language)],
+            Default::default(),
+        )
+        .await;
+        assert_eq!(hit.outcome(), "hit");
+        assert_eq!(hit.body(), format!("accept-language={language}").as_bytes());
+    }
+    assert_eq!(h.origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_herd_costs_one_flight_and_fills_the_cache() {
+    let h = harness().await;
+    let path = format!("/c/herd?size=2000&hold_head=g&{FRESH}");
+    let replies = h.gated_herd(50, Method::GET, &path, &[], "g").await;
+    assert_eq!(outcomes(&replies), (1, 49, 0));
+    assert!(replies.iter().all(|r| r.body() == &origin::body(2000)));
+    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
+    assert_eq!(h.origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_entries_by_prefix_or_exact_path() {
+    let h = harness().await;
+    for path in ["/c/p/a", "/c/p/b", "/c/q"] {
+        get(h.addr, &format!("{path}?{FRESH}")).await;
+    }
+    let admin = h.admin.expect("admin");
+    let purged = fetch(
+        admin,
+        Method::POST,
+        "/purge?prefix=/c/p/",
+        &[],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(purged.status, StatusCode::OK);
+    assert_eq!(purged.body(), "purged 2\n".as_bytes());
+    assert_eq!(
+        get(h.addr, &format!("/c/p/a?{FRESH}")).await.outcome(),
+        "leader"
+    );
+    assert_eq!(get(h.addr, &format!("/c/q?{FRESH}")).await.outcome(), "hit");
+    let exact = fetch(
+        admin,
+        Method::POST,
+        "/purge?key=/c/q",
+        &[],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(exact.body(), "purged 1\n".as_bytes());
+    assert_eq!(
+        get(h.addr, &format!("/c/q?{FRESH}")).await.outcome(),
+        "leader"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_keeps_the_cache_under_max_size() {
+    let h = harness().await;
+    for i in 0..30 {
+        get(h.addr, &format!("/c/big/{i}?size=10000&{FRESH}")).await;
+    }
+    let metrics = h.proxy.render_metrics();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(
+        value("coalesce_proxy_cache_bytes ") <= 64 * 1024,
+        "{metrics}"
+    );
+    assert!(
+        value("coalesce_proxy_cache_evictions_total ") > 0,
+        "{metrics}"
+    );
+}
