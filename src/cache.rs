@@ -35,6 +35,12 @@ pub struct StoredResponse {
     initial_age: Duration,
     /// How long after `stored_at` it stays fresh.
     fresh_for: Duration,
+    /// How long past freshness it may be served while one refresh runs (RFC 5861
+    /// `stale-while-revalidate`, else the route's `grace`).
+    stale_while_revalidate: Duration,
+    /// How long past freshness it may be served when the upstream fails (`stale-if-error`,
+    /// else `grace`).
+    stale_if_error: Duration,
 }
 
 impl StoredResponse {
@@ -46,10 +52,29 @@ impl StoredResponse {
         now.saturating_duration_since(self.stored_at) < self.fresh_for
     }
 
+    fn stale_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+            .saturating_sub(self.fresh_for)
+    }
+
+    /// Whether it may stand in for an upstream failure now.
+    pub fn may_serve_on_error(&self, now: Instant) -> bool {
+        self.stale_for(now) <= self.stale_if_error
+    }
+
     /// The value of the `Age` header to send now, in whole seconds.
     pub fn age_header(&self, now: Instant) -> HeaderValue {
         HeaderValue::from(self.age(now).as_secs())
     }
+}
+
+/// How long a stored response may be served, fresh and stale.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub fresh_for: Duration,
+    pub initial_age: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
 }
 
 /// How long a response may be served from the cache, or `None` if it must not be stored.
@@ -58,7 +83,7 @@ pub fn freshness(
     status: StatusCode,
     headers: &HeaderMap,
     request_has_authorization: bool,
-) -> Option<(Duration, Duration)> {
+) -> Option<Freshness> {
     // RFC 9111 §3: statuses a shared cache may store, with explicit or default freshness.
     if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 404 | 410) {
         return None;
@@ -106,7 +131,23 @@ pub fn freshness(
         .and_then(|v| v.trim().parse().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     let fresh_for = lifetime.checked_sub(age)?;
-    (!fresh_for.is_zero()).then_some((fresh_for, age))
+    let window = |name: &str| seconds(name).map_or(policy.grace, Duration::from_secs);
+    (!fresh_for.is_zero()).then_some(Freshness {
+        fresh_for,
+        initial_age: age,
+        stale_while_revalidate: window("stale-while-revalidate"),
+        stale_if_error: window("stale-if-error"),
+    })
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Found {
+    Fresh(Arc<StoredResponse>),
+    /// Past freshness but within its stale-while-revalidate window: serve it, refresh it.
+    Stale(Arc<StoredResponse>),
+    /// Past that too: a miss, though it may still stand in for an upstream failure.
+    Expired(Arc<StoredResponse>),
 }
 
 fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
@@ -118,6 +159,8 @@ pub struct ResponseCache {
     entries: moka::sync::Cache<Key, Arc<StoredResponse>>,
     /// Keys whose last stored response had `Vary`, with the header names it varied on.
     varies: moka::sync::Cache<Key, Arc<Vec<HeaderName>>>,
+    /// Keys being refreshed in the background now: at most one refresh per key.
+    refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
     hits: Counter,
     misses: Counter,
 }
@@ -160,25 +203,49 @@ impl ResponseCache {
                 .max_capacity(100_000)
                 .support_invalidation_closures()
                 .build(),
+            refreshing: Default::default(),
             hits: metrics.cache_hits.clone(),
             misses: metrics.cache_misses.clone(),
         }
     }
 
-    /// A fresh response for a request with `key` (built as for a GET) and `headers`.
-    pub fn lookup(&self, key: &Key, headers: &HeaderMap) -> Option<Arc<StoredResponse>> {
-        let found = match self.varies.get(key) {
+    /// The stored response for a request with `key` (built as for a GET) and `headers`.
+    pub fn lookup(&self, key: &Key, headers: &HeaderMap) -> Option<Found> {
+        let entry = match self.varies.get(key) {
             Some(vary) => self.entries.get(&key.variant(&vary, headers)),
             None => self.entries.get(key),
-        }
-        .filter(|entry| entry.is_fresh(Instant::now()));
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
+        };
+        let now = Instant::now();
+        let found = entry.map(|entry| {
+            if entry.is_fresh(now) {
+                Found::Fresh(entry)
+            } else if entry.stale_for(now) <= entry.stale_while_revalidate {
+                Found::Stale(entry)
+            } else {
+                Found::Expired(entry)
+            }
+        });
+        let counter = match found {
+            Some(Found::Fresh(_)) | Some(Found::Stale(_)) => &self.hits,
+            _ => &self.misses,
         };
         counter.inc();
         found
+    }
+
+    /// Claims the one background refresh of `key`; false if one is running.
+    pub fn begin_refresh(&self, key: &Key) -> bool {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone())
+    }
+
+    pub fn end_refresh(&self, key: &Key) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
     }
 
     /// Stores a complete response fetched for a request with `key` and `request_headers`.
@@ -189,7 +256,7 @@ impl ResponseCache {
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
-        (fresh_for, initial_age): (Duration, Duration),
+        freshness: Freshness,
     ) {
         let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -199,8 +266,10 @@ impl ResponseCache {
             headers,
             body,
             stored_at: Instant::now(),
-            initial_age,
-            fresh_for,
+            initial_age: freshness.initial_age,
+            fresh_for: freshness.fresh_for,
+            stale_while_revalidate: freshness.stale_while_revalidate,
+            stale_if_error: freshness.stale_if_error,
         });
         if vary.is_empty() {
             self.varies.invalidate(&key);
@@ -273,7 +342,7 @@ mod tests {
     }
 
     fn fresh(pairs: &[(&str, &str)]) -> Option<u64> {
-        freshness(&policy(), StatusCode::OK, &headers(pairs), false).map(|(f, _)| f.as_secs())
+        freshness(&policy(), StatusCode::OK, &headers(pairs), false).map(|f| f.fresh_for.as_secs())
     }
 
     #[test]
@@ -310,7 +379,7 @@ mod tests {
         let mut with_default = policy();
         with_default.default_ttl = Duration::from_secs(7);
         let found = freshness(&with_default, StatusCode::OK, &HeaderMap::new(), false);
-        assert_eq!(found.map(|(f, _)| f.as_secs()), Some(7));
+        assert_eq!(found.map(|f| f.fresh_for.as_secs()), Some(7));
         assert!(freshness(
             &policy(),
             StatusCode::PARTIAL_CONTENT,

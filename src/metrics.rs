@@ -60,6 +60,8 @@ pub struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub cache_evictions: Counter,
+    pub cache_stale_served: Counter,
+    pub cache_revalidations: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
 }
@@ -177,6 +179,18 @@ impl Metrics {
             "Responses evicted from a cache to stay within its max_size",
             cache_evictions.clone(),
         );
+        let cache_stale_served = Counter::default();
+        registry.register(
+            "cache_stale_served",
+            "Stale responses served while being refreshed, or because the upstream failed",
+            cache_stale_served.clone(),
+        );
+        let cache_revalidations = Counter::default();
+        registry.register(
+            "cache_revalidations",
+            "Background refreshes of stale responses (conditional when the response had validators)",
+            cache_revalidations.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register(
             "cache_entries",
@@ -194,6 +208,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_evictions,
+            cache_stale_served,
+            cache_revalidations,
             cache_entries,
             cache_bytes,
             requests,
@@ -270,9 +286,9 @@ pub struct RouteMetrics {
     pub route: String,
     /// By status class: error (no response), then 1xx to 5xx.
     upstream_requests: [Counter; 6],
-    requests: [Counter; 4],
-    response_bytes: [Counter; 4],
-    request_duration: [Histogram; 4],
+    requests: [Counter; 5],
+    response_bytes: [Counter; 5],
+    request_duration: [Histogram; 5],
     pub upstream_duration: Histogram,
 }
 

@@ -18,6 +18,7 @@
 //! | `informational=1` | send a `103 Early Hints` before the final head |
 //! | `trailers=1` | with `chunked=1`, end the body with a trailer field |
 //! | `body_anyway=1` | send the body even on a 204 or 304 (a broken upstream) |
+//! | `fail_after=N` | answer 503 once the origin has served more than N requests |
 //! | `header=NAME:VALUE` | add a response header (repeatable) |
 //! | `hold_rest=NAME` | like `hold_head`, but the first request naming NAME passes without waiting |
 //! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |
@@ -388,6 +389,7 @@ struct Script {
     informational: bool,
     trailers: bool,
     body_anyway: bool,
+    fail_after: Option<u64>,
 }
 
 impl Script {
@@ -414,6 +416,7 @@ impl Script {
                 "informational" => script.informational = value == "1",
                 "trailers" => script.trailers = value == "1",
                 "body_anyway" => script.body_anyway = value == "1",
+                "fail_after" => script.fail_after = value.parse().ok(),
                 "echo_header" => script.echo_header = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
@@ -561,6 +564,9 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
 
     let mut body = echo.unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
     let mut status = script.status.unwrap_or(200);
+    if script.fail_after.is_some_and(|n| hit > n) {
+        status = 503;
+    }
     let full_length = body.len();
     let mut content_range = None;
     if status == 200 && not_modified {

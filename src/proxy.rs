@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::access::{ObservedBody, RequestRecord};
-use crate::cache::{self, StoredResponse};
+use crate::cache::{self, Found, ResponseCache, StoredResponse};
 use crate::coalesce::{FanoutBody, Fetched, Group, Key, PassMemory, Role};
 use crate::config::Config;
 use crate::hygiene;
@@ -218,16 +218,20 @@ impl Proxy {
     async fn share(&self, route: &Arc<Route>, parts: &request::Parts, client: SocketAddr) -> Reply {
         let policy = &route.coalesce;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // A stale response that may stand in if the upstream fails (stale-if-error).
+        let mut fallback = None;
         if let Some(cache) = route.cache.as_ref().filter(|_| cacheable_request(parts)) {
             // HEAD is answered from a stored GET.
             let cache_key = Key::new(route, &Method::GET, path_and_query, &parts.headers);
-            if let Some(entry) = cache.lookup(&cache_key, &parts.headers) {
-                let head_only = parts.method == Method::HEAD;
-                return Reply {
-                    response: cached_reply(&entry, head_only, policy.outcome_header.as_ref()),
-                    outcome: Outcome::Hit,
-                    flight: None,
-                };
+            match cache.lookup(&cache_key, &parts.headers) {
+                Some(Found::Fresh(entry)) => return cached(&entry, parts, route, Outcome::Hit),
+                Some(Found::Stale(entry)) => {
+                    self.refresh(route, parts, client, cache, cache_key, &entry);
+                    self.stats.metrics.cache_stale_served.inc();
+                    return cached(&entry, parts, route, Outcome::Stale);
+                }
+                Some(Found::Expired(entry)) => fallback = Some(entry),
+                None => {}
             }
         }
         let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
@@ -268,6 +272,20 @@ impl Proxy {
                 Role::Leader => Outcome::Leader,
                 Role::Follower => Outcome::Follower,
             };
+            if let Some(entry) = fallback
+                .as_ref()
+                .filter(|entry| entry.may_serve_on_error(std::time::Instant::now()))
+            {
+                let failed = match &head {
+                    Err(_) => true,
+                    Ok(head) => head.status.is_server_error(),
+                };
+                if failed {
+                    drop(subscription);
+                    self.stats.metrics.cache_stale_served.inc();
+                    return cached(entry, parts, route, Outcome::Stale);
+                }
+            }
             let head = match head {
                 Ok(head) => head,
                 Err(_) if role == Role::Follower && !policy.share_errors => {
@@ -400,6 +418,56 @@ impl Proxy {
         }
     }
 
+    /// Refreshes a stale cached response in the background, at most once at a time per key:
+    /// conditionally when it has validators (a 304 renews the stored one), otherwise by
+    /// fetching it again. A failure keeps the stale response.
+    fn refresh(
+        &self,
+        route: &Arc<Route>,
+        parts: &request::Parts,
+        client: SocketAddr,
+        cache: &Arc<ResponseCache>,
+        cache_key: Key,
+        stale: &Arc<StoredResponse>,
+    ) {
+        if !cache.begin_refresh(&cache_key) {
+            return;
+        }
+        let Ok(mut request) = upstream_request(route, parts, client, empty_request_body()) else {
+            cache.end_refresh(&cache_key);
+            return;
+        };
+        *request.method_mut() = Method::GET;
+        if let Some(etag) = stale.headers.get(header::ETAG) {
+            request
+                .headers_mut()
+                .insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+            request
+                .headers_mut()
+                .insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        self.stats.metrics.cache_revalidations.inc();
+        let response = send_upstream(&self.stats, route, request);
+        let (route, cache, stale) = (route.clone(), cache.clone(), stale.clone());
+        let request_headers = parts.headers.clone();
+        tokio::spawn(async move {
+            let refreshed = revalidate(&route, &stale, &request_headers, response.await).await;
+            if let Some((status, headers, body, freshness)) = refreshed {
+                cache.store(
+                    cache_key.clone(),
+                    &request_headers,
+                    status,
+                    headers,
+                    body,
+                    freshness,
+                );
+            }
+            cache.end_refresh(&cache_key);
+        });
+    }
+
     /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a
     /// request sent here by the pass memory: a shareable answer ends that memory.
     async fn pass(
@@ -451,6 +519,55 @@ impl Proxy {
     }
 }
 
+/// What a refresh of `stale` produced that should be stored: the renewed stale response after
+/// a 304, or the new response after a 200 (read whole, up to `max_replay_body`). `None` keeps
+/// the stale one.
+async fn revalidate(
+    route: &Route,
+    stale: &StoredResponse,
+    request_headers: &HeaderMap,
+    response: Result<Response<UpstreamBody>, FetchError>,
+) -> Option<(StatusCode, HeaderMap, Bytes, cache::Freshness)> {
+    let policy = route.cache_policy.as_ref()?;
+    let mut response = response.ok()?;
+    hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
+    let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
+    if response.status() == StatusCode::NOT_MODIFIED {
+        // RFC 9111 §4.3.4: the stored response, with the 304's header fields replacing its own.
+        let mut headers = stale.headers.clone();
+        for name in response.headers().keys() {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                headers.remove(name);
+            }
+        }
+        for (name, value) in response.headers() {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let freshness = cache::freshness(policy, stale.status, &headers, has_authorization)?;
+        return Some((stale.status, headers, stale.body.clone(), freshness));
+    }
+    let sharing = sharing::judge_response(&route.coalesce, response.status(), response.headers());
+    if !sharing.shareable() {
+        return None;
+    }
+    let freshness = cache::freshness(
+        policy,
+        response.status(),
+        response.headers(),
+        has_authorization,
+    )?;
+    let (head, body) = response.into_parts();
+    let limit = usize::try_from(route.coalesce.max_replay_body).unwrap_or(usize::MAX);
+    let body = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some((head.status, head.headers, body, freshness))
+}
+
 /// Whether a request asks for the plain resource, so that the cache may answer it: no Range
 /// and no conditional headers (those go through flights keyed by their values).
 fn cacheable_request(parts: &request::Parts) -> bool {
@@ -459,13 +576,14 @@ fn cacheable_request(parts: &request::Parts) -> bool {
         .any(|name| parts.headers.contains_key(name))
 }
 
-/// A response served from the cache, with its current `Age`.
-fn cached_reply(
+/// A response served from the cache, with its current `Age` (HEAD gets the head only).
+fn cached(
     entry: &StoredResponse,
-    head_only: bool,
-    outcome_header: Option<&HeaderName>,
-) -> Response<ProxyBody> {
-    let body = if head_only {
+    parts: &request::Parts,
+    route: &Route,
+    outcome: Outcome,
+) -> Reply {
+    let body = if parts.method == Method::HEAD {
         Bytes::new()
     } else {
         entry.body.clone()
@@ -476,8 +594,16 @@ fn cached_reply(
     response
         .headers_mut()
         .insert(header::AGE, entry.age_header(std::time::Instant::now()));
-    set_outcome(&mut response, outcome_header, Outcome::Hit);
-    response
+    set_outcome(
+        &mut response,
+        route.coalesce.outcome_header.as_ref(),
+        outcome,
+    );
+    Reply {
+        response,
+        outcome,
+        flight: None,
+    }
 }
 
 /// The request to send upstream for a client's request on `route`.

@@ -31,14 +31,18 @@ pub enum Outcome {
     Pass,
     /// Served from the route's response cache.
     Hit,
+    /// Served a stale cached response: while it is refreshed in the background, or because
+    /// the upstream failed.
+    Stale,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Leader,
         Outcome::Follower,
         Outcome::Pass,
         Outcome::Hit,
+        Outcome::Stale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Outcome {
             Outcome::Follower => "follower",
             Outcome::Pass => "pass",
             Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
         }
     }
 
@@ -139,7 +144,7 @@ impl Stats {
             Outcome::Leader => &self.leaders,
             Outcome::Follower => &self.followers,
             Outcome::Pass => &self.passed,
-            Outcome::Hit => &self.hits,
+            Outcome::Hit | Outcome::Stale => &self.hits,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -181,3 +181,69 @@ async fn eviction_keeps_the_cache_under_max_size() {
         "{metrics}"
     );
 }
+
+/// Freshness is wall-clock time: the only way to get a stale entry is to let it age.
+async fn let_it_go_stale() {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
+    let h = harness().await;
+    let path = "/c/swr?size=100&header=cache-control:max-age=1,%20stale-while-revalidate=30";
+    assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    let_it_go_stale().await;
+    let replies = herd(h.addr, 20, Method::GET, path, &[]).await;
+    // Served at once from the stale entry; late ones may already see it renewed.
+    for reply in &replies {
+        assert!(matches!(reply.outcome(), "stale" | "hit"), "{}", reply.outcome());
+        assert_eq!(reply.body(), &origin::body(100));
+    }
+    assert!(replies.iter().any(|r| r.outcome() == "stale"));
+    // One conditional refresh; the origin's 304 renews the stored response.
+    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 2).await);
+    let refresh = h.origin.requests().pop().expect("refresh");
+    assert_eq!(refresh.header("if-none-match"), Some("\"v1\""));
+    assert!(
+        eventually(|| h
+            .proxy
+            .render_metrics()
+            .contains("coalesce_proxy_cache_revalidations_total 1"))
+        .await
+    );
+    let renewed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let reply = get(h.addr, path).await;
+            if reply.outcome() == "hit" {
+                return reply;
+            }
+        }
+    })
+    .await
+    .expect("the refresh renewed the entry");
+    // The stored body, with the 304's header fields replacing the stored ones.
+    assert_eq!(renewed.body(), &origin::body(100));
+    assert_eq!(renewed.headers["x-origin-hit"], "2");
+    assert_eq!(h.origin.hits(), 2, "exactly one refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_the_stale_response_when_the_upstream_fails() {
+    let h = harness().await;
+    let path = "/c/sie?size=100&fail_after=1&header=cache-control:max-age=1,%20stale-while-revalidate=0,%20stale-if-error=60";
+    assert_eq!(get(h.addr, path).await.status, StatusCode::OK);
+    let_it_go_stale().await;
+    let reply = get(h.addr, path).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.outcome(), "stale");
+    assert_eq!(reply.body(), &origin::body(100));
+    assert_eq!(h.origin.hits(), 2, "the upstream was asked, and failed");
+    // Without stale-if-error the failure reaches the client.
+    let plain = "/c/plain-sie?fail_after=3&header=cache-control:max-age=1,%20stale-while-revalidate=0,%20stale-if-error=0";
+    assert_eq!(get(h.addr, plain).await.status, StatusCode::OK);
+    let_it_go_stale().await;
+    assert_eq!(
+        get(h.addr, plain).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
