@@ -41,6 +41,8 @@ pub struct StoredResponse {
     /// How long past freshness it may be served when the upstream fails (`stale-if-error`,
     /// else `grace`).
     stale_if_error: Duration,
+    /// `Cache-Control: no-cache`: never served without a successful revalidation.
+    always_revalidate: bool,
 }
 
 impl StoredResponse {
@@ -49,7 +51,41 @@ impl StoredResponse {
     }
 
     pub fn is_fresh(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.stored_at) < self.fresh_for
+        !self.always_revalidate && now.saturating_duration_since(self.stored_at) < self.fresh_for
+    }
+
+    /// The conditional headers that revalidate it: `If-None-Match` from its `ETag`,
+    /// `If-Modified-Since` from its `Last-Modified`. Empty when it has neither.
+    pub fn validators(&self) -> HeaderMap {
+        let mut validators = HeaderMap::new();
+        if let Some(etag) = self.headers.get(header::ETAG) {
+            validators.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = self.headers.get(header::LAST_MODIFIED) {
+            validators.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        validators
+    }
+
+    /// The stored response renewed by a 304's header fields (RFC 9111 §4.3.4), with the
+    /// freshness they give it; `None` if it may no longer be stored.
+    pub fn renewed_by(
+        &self,
+        not_modified: &HeaderMap,
+        policy: &CachePolicy,
+        request_has_authorization: bool,
+    ) -> Option<(HeaderMap, Freshness)> {
+        let mut headers = self.headers.clone();
+        let replaced =
+            |name: &HeaderName| name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING;
+        for name in not_modified.keys().filter(|n| replaced(n)) {
+            headers.remove(name);
+        }
+        for (name, value) in not_modified.iter().filter(|(n, _)| replaced(n)) {
+            headers.append(name.clone(), value.clone());
+        }
+        let freshness = freshness(policy, self.status, &headers, request_has_authorization)?;
+        Some((headers, freshness))
     }
 
     fn stale_for(&self, now: Instant) -> Duration {
@@ -71,10 +107,12 @@ impl StoredResponse {
 /// How long a stored response may be served, fresh and stale.
 #[derive(Debug, Clone, Copy)]
 pub struct Freshness {
+    /// Zero for a `no-cache` response, which is stored only to be revalidated.
     pub fresh_for: Duration,
     pub initial_age: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    pub always_revalidate: bool,
 }
 
 /// How long a response may be served from the cache, or `None` if it must not be stored.
@@ -106,7 +144,15 @@ pub fn freshness(
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| *v)
     };
-    if has("no-store") || has("private") || has("no-cache") {
+    if has("no-store") || has("private") {
+        return None;
+    }
+    // no-cache: stored, but only ever served after the upstream confirms it with a 304,
+    // which needs a validator to ask with.
+    let no_cache = has("no-cache");
+    if no_cache
+        && !(headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED))
+    {
         return None;
     }
     // A response to a request with credentials is stored only when it says it may be
@@ -130,13 +176,23 @@ pub fn freshness(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    let fresh_for = lifetime.checked_sub(age)?;
     let window = |name: &str| seconds(name).map_or(policy.grace, Duration::from_secs);
+    if no_cache {
+        return Some(Freshness {
+            fresh_for: Duration::ZERO,
+            initial_age: age,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            always_revalidate: true,
+        });
+    }
+    let fresh_for = lifetime.checked_sub(age)?;
     (!fresh_for.is_zero()).then_some(Freshness {
         fresh_for,
         initial_age: age,
         stale_while_revalidate: window("stale-while-revalidate"),
         stale_if_error: window("stale-if-error"),
+        always_revalidate: false,
     })
 }
 
@@ -148,6 +204,8 @@ pub enum Found {
     Stale(Arc<StoredResponse>),
     /// Past that too: a miss, though it may still stand in for an upstream failure.
     Expired(Arc<StoredResponse>),
+    /// A `no-cache` response: served only after the upstream answers 304 to its validators.
+    Revalidate(Arc<StoredResponse>),
 }
 
 fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
@@ -217,7 +275,9 @@ impl ResponseCache {
         };
         let now = Instant::now();
         let found = entry.map(|entry| {
-            if entry.is_fresh(now) {
+            if entry.always_revalidate {
+                Found::Revalidate(entry)
+            } else if entry.is_fresh(now) {
                 Found::Fresh(entry)
             } else if entry.stale_for(now) <= entry.stale_while_revalidate {
                 Found::Stale(entry)
@@ -270,6 +330,7 @@ impl ResponseCache {
             fresh_for: freshness.fresh_for,
             stale_while_revalidate: freshness.stale_while_revalidate,
             stale_if_error: freshness.stale_if_error,
+            always_revalidate: freshness.always_revalidate,
         });
         if vary.is_empty() {
             self.varies.invalidate(&key);
@@ -374,6 +435,7 @@ mod tests {
             "default_ttl 0: nothing stored without freshness"
         );
         for never in ["no-store", "private", "no-cache", "max-age=60, private"] {
+            // (no-cache without a validator: nothing to revalidate with)
             assert_eq!(fresh(&[("cache-control", never)]), None, "{never}");
         }
         let mut with_default = policy();

@@ -220,6 +220,9 @@ impl Proxy {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // A stale response that may stand in if the upstream fails (stale-if-error).
         let mut fallback = None;
+        // A no-cache response to revalidate: the flight asks with its validators, and a 304
+        // means clients get it.
+        let mut revalidating: Option<Arc<StoredResponse>> = None;
         if let Some(cache) = route.cache.as_ref().filter(|_| cacheable_request(parts)) {
             // HEAD is answered from a stored GET.
             let cache_key = Key::new(route, &Method::GET, path_and_query, &parts.headers);
@@ -231,10 +234,24 @@ impl Proxy {
                     return cached(&entry, parts, route, Outcome::Stale);
                 }
                 Some(Found::Expired(entry)) => fallback = Some(entry),
+                Some(Found::Revalidate(entry)) => revalidating = Some(entry),
                 None => {}
             }
         }
-        let mut key = Key::new(route, &parts.method, path_and_query, &parts.headers);
+        let validators = revalidating
+            .as_ref()
+            .map(|entry| entry.validators())
+            .unwrap_or_default();
+        let mut key = if validators.is_empty() {
+            Key::new(route, &parts.method, path_and_query, &parts.headers)
+        } else {
+            // Keyed with the validators, as a conditional request would be: only clients that
+            // found the same stored response share this flight, so its 304 means something to
+            // every one of them.
+            let mut headers = parts.headers.clone();
+            headers.extend(validators.clone());
+            Key::new(route, &parts.method, path_and_query, &headers)
+        };
         if self.pass_memory.should_pass(&key) {
             return self
                 .pass(route, parts, client, empty_request_body(), Some(&key))
@@ -242,7 +259,14 @@ impl Proxy {
         }
         loop {
             let (role, subscription) = self.group.join(key.clone(), route, &parts.headers, || {
-                self.fetch(route, parts, client, key.clone())
+                self.fetch(
+                    route,
+                    parts,
+                    client,
+                    key.clone(),
+                    &validators,
+                    revalidating.clone(),
+                )
             });
             let flight = subscription.flight().clone();
             // Without `max_wait`, a follower waits as long as the flight may take, which the
@@ -284,6 +308,21 @@ impl Proxy {
                     drop(subscription);
                     self.stats.metrics.cache_stale_served.inc();
                     return cached(entry, parts, route, Outcome::Stale);
+                }
+            }
+            if let Some(entry) = revalidating.as_ref() {
+                if head
+                    .as_ref()
+                    .is_ok_and(|h| h.status == StatusCode::NOT_MODIFIED)
+                {
+                    // Confirmed: the stored response it is (renewed by the fetch).
+                    let outcome = match role {
+                        Role::Leader => Outcome::Leader,
+                        Role::Follower => Outcome::Follower,
+                    };
+                    let mut reply = cached(entry, parts, route, outcome);
+                    reply.flight = Some(flight.id);
+                    return reply;
                 }
             }
             let head = match head {
@@ -361,9 +400,14 @@ impl Proxy {
         parts: &request::Parts,
         client: SocketAddr,
         key: Key,
+        validators: &HeaderMap,
+        revalidating: Option<Arc<StoredResponse>>,
     ) -> impl Future<Output = Result<Fetched, FetchError>> + Send + 'static {
-        let response = upstream_request(route, parts, client, empty_request_body())
-            .map(|request| send_upstream(&self.stats, route, request));
+        let response =
+            upstream_request(route, parts, client, empty_request_body()).map(|mut request| {
+                request.headers_mut().extend(validators.clone());
+                send_upstream(&self.stats, route, request)
+            });
         let route = route.clone();
         let pass_memory = self.pass_memory.clone();
         // What the cache needs to store this response, when the route has one and the request
@@ -390,6 +434,31 @@ impl Proxy {
                 pass_memory.remember(key, route.coalesce.pass_ttl);
             } else if sharing.shareable() {
                 pass_memory.forget(&key);
+            }
+            if response.status() == StatusCode::NOT_MODIFIED {
+                // A revalidation confirmed: renew the stored response; nothing else to store.
+                if let (Some(entry), Some((cache, cache_key, request_headers)), Some(policy)) =
+                    (revalidating, storing, route.cache_policy.as_ref())
+                {
+                    let auth = request_headers.contains_key(header::AUTHORIZATION);
+                    if let Some((headers, fresh)) =
+                        entry.renewed_by(response.headers(), policy, auth)
+                    {
+                        cache.store(
+                            cache_key,
+                            &request_headers,
+                            entry.status,
+                            headers,
+                            entry.body.clone(),
+                            fresh,
+                        );
+                    }
+                }
+                return Ok(Fetched {
+                    response,
+                    sharing,
+                    store: None,
+                });
             }
             let store = storing.and_then(|(cache, cache_key, request_headers)| {
                 let policy = route.cache_policy.as_ref()?;
@@ -533,19 +602,8 @@ async fn revalidate(
     hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
     let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
     if response.status() == StatusCode::NOT_MODIFIED {
-        // RFC 9111 §4.3.4: the stored response, with the 304's header fields replacing its own.
-        let mut headers = stale.headers.clone();
-        for name in response.headers().keys() {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-                headers.remove(name);
-            }
-        }
-        for (name, value) in response.headers() {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        let freshness = cache::freshness(policy, stale.status, &headers, has_authorization)?;
+        let (headers, freshness) =
+            stale.renewed_by(response.headers(), policy, has_authorization)?;
         return Some((stale.status, headers, stale.body.clone(), freshness));
     }
     let sharing = sharing::judge_response(&route.coalesce, response.status(), response.headers());

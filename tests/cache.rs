@@ -196,7 +196,11 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
     let replies = herd(h.addr, 20, Method::GET, path, &[]).await;
     // Served at once from the stale entry; late ones may already see it renewed.
     for reply in &replies {
-        assert!(matches!(reply.outcome(), "stale" | "hit"), "{}", reply.outcome());
+        assert!(
+            matches!(reply.outcome(), "stale" | "hit"),
+            "{}",
+            reply.outcome()
+        );
         assert_eq!(reply.body(), &origin::body(100));
     }
     assert!(replies.iter().any(|r| r.outcome() == "stale"));
@@ -246,4 +250,24 @@ async fn stale_if_error_serves_the_stale_response_when_the_upstream_fails() {
         get(h.addr, plain).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cache_responses_are_stored_but_served_only_after_a_304() {
+    let h = harness().await;
+    // The first request passes; later ones hold at gate r until the herd has joined.
+    let path = "/c/nocache?size=50&header=cache-control:no-cache&hold_rest=r";
+    let first = get(h.addr, path).await;
+    assert_eq!(first.outcome(), "leader");
+    assert_eq!(first.body(), &origin::body(50));
+    // Every later request is revalidated upstream; a herd shares one revalidation.
+    let replies = h.gated_herd(10, Method::GET, path, &[], "r").await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK, "a 304 never reaches a client that did not ask");
+        assert_eq!(reply.body(), &origin::body(50));
+    }
+    assert_eq!(outcomes(&replies), (1, 9, 0));
+    assert_eq!(h.origin.hits(), 2);
+    let revalidation = h.origin.requests().pop().expect("revalidation");
+    assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
 }
