@@ -29,7 +29,8 @@ pub enum Outcome {
     /// Went upstream on its own (not eligible to share), or got an answer from the proxy
     /// itself (no route).
     Pass,
-    /// Served from the route's response cache.
+    /// Served from the route's response cache (counted with `Stale` as `cache_hits` in the
+    /// stats line).
     Hit,
     /// Served a stale cached response: while it is refreshed in the background, or because
     /// the upstream failed.
@@ -267,11 +268,12 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={}",
             d.requests,
             d.leaders,
             d.followers,
             d.passed,
+            d.hits,
             d.upstream_errors,
             d.coalesce_ratio(),
             self.flights_in_flight,
@@ -322,6 +324,7 @@ impl StatsReporter {
             leaders = delta.leaders,
             followers = delta.followers,
             passed = delta.passed,
+            cache_hits = delta.hits,
             upstream_errors = delta.upstream_errors,
             coalesce_ratio = %format_args!("{:.3}", delta.coalesce_ratio()),
             flights_in_flight = line.flights_in_flight,
@@ -372,7 +375,7 @@ mod tests {
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1"
+            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1"
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);
