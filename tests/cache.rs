@@ -263,7 +263,11 @@ async fn no_cache_responses_are_stored_but_served_only_after_a_304() {
     // Every later request is revalidated upstream; a herd shares one revalidation.
     let replies = h.gated_herd(10, Method::GET, path, &[], "r").await;
     for reply in &replies {
-        assert_eq!(reply.status, StatusCode::OK, "a 304 never reaches a client that did not ask");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "a 304 never reaches a client that did not ask"
+        );
         assert_eq!(reply.body(), &origin::body(50));
     }
     assert_eq!(outcomes(&replies), (1, 9, 0));
