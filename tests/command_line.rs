@@ -55,40 +55,6 @@ fn check_accepts_the_shipped_configs() {
 }
 
 #[test]
-fn check_rejects_bad_configs_with_line_and_column() {
-    let cases = [
-        ("[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n", "line 3, column 1", "unknown field `lisen`"),
-        (
-            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"b\"\n",
-            "line 5, column 12",
-            "unknown upstream \"b\"",
-        ),
-        ("[upstreams.a]\nurl = \"not a url\"\n", "line 2, column 7", "invalid url"),
-        (
-            "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
-            "line 2, column 10",
-            "duplicate listen address",
-        ),
-        ("[server]\nshutdown_grace = \"soon\"\n", "line 2, column 18", "invalid duration"),
-    ];
-    for (text, position, message) in cases {
-        let file = write_config(text);
-        let output = Command::new(BINARY)
-            .arg("--config")
-            .arg(&file.0)
-            .arg("--check")
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
-        assert!(stderr.contains(position), "{text}: {stderr}");
-        assert!(stderr.contains(message), "{text}: {stderr}");
-        assert!(stderr.contains(&file.0.display().to_string()), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
-    }
-}
-
-#[test]
 fn a_bad_config_stops_start_up_before_binding() {
     let file =
         write_config("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nurl = \"ftp://x\"\n");

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use coalesce_proxy::origin::{self, OriginSettings};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -251,13 +250,8 @@ async fn clients_leaving_before_the_head_and_mid_body_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_reset_mid_flight_leaves_the_other_streams_alone() {
     let h = Harness::start().await;
-    let stream = TcpStream::connect(h.addr).await.expect("connect");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
-    let fetch = |sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>| async move {
+    let sender = connect_h2(h.addr).await;
+    let fetch = |sender: H2Sender| async move {
         let mut sender = sender;
         let request = Request::get("http://proxy.test/h2reset?hold=r&size=50000")
             .body(Full::new(Bytes::new()))

@@ -6,8 +6,6 @@ use bytes::Bytes;
 use coalesce_proxy::origin::{self, OriginSettings};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::util::*;
 
@@ -174,12 +172,7 @@ async fn h2c_clients_are_served_and_coalesced() {
         "",
     )
     .await;
-    let stream = TcpStream::connect(h.addr).await.expect("connect");
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(connection);
+    let sender = connect_h2(h.addr).await;
     let mut streams = Vec::new();
     for _ in 0..50 {
         let mut sender = sender.clone();

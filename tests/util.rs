@@ -191,6 +191,21 @@ pub async fn connect(addr: SocketAddr) -> Sender {
     sender
 }
 
+pub type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// One HTTP/2 (prior knowledge) connection to the proxy; clone the sender for more streams.
+pub async fn connect_h2(addr: SocketAddr) -> H2Sender {
+    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
 pub fn request(
     method: Method,
     path: &str,
