@@ -66,6 +66,18 @@ fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, entry: &str) {
     }
 }
 
+/// Whether a request asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
+pub fn is_upgrade(parts: &request::Parts) -> bool {
+    parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// The host the client asked for: `Host`, or the URI's authority (HTTP/2 `:authority`).
 pub fn requested_host(parts: &request::Parts) -> Option<&str> {
     parts

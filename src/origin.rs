@@ -24,7 +24,8 @@
 //! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |
 //! | `echo_header=NAME` | the body is `NAME=VALUE` with the request's value of that header |
 //!
-//! A request with a body gets its body echoed back. Every response carries `x-origin-hit`,
+//! A request with an `Upgrade` header is switched (101) and everything sent on the connection
+//! afterwards is echoed back, byte for byte. A request with a body gets its body echoed back. Every response carries `x-origin-hit`,
 //! the origin's running request count, so a test can tell which fetch produced it, and
 //! `ETag: "v1"`: a request with `If-None-Match: "v1"` gets 304, and one with a single
 //! `Range: bytes=A-B` gets 206 with that slice.
@@ -514,10 +515,24 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         (!request.body.is_empty()).then(|| Bytes::from(request.body.clone()))
     };
     let not_modified = request.header("if-none-match") == Some("\"v1\"");
+    let upgrade = request.header("upgrade").map(str::to_owned);
     let range = request.header("range").and_then(parse_range);
     lock(&shared.requests).push(request);
     shared.changed();
 
+    if let Some(protocol) = &upgrade {
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n\r\n"
+        );
+        send(stream, head.as_bytes(), shared).await?;
+        let mut buffer = [0u8; 8192];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => send(stream, &buffer[..n], shared).await?,
+            }
+        }
+    }
     let settings = lock(&shared.settings).clone();
     let delay = script.delay.unwrap_or(settings.delay);
     if let Some(gate) = &script.hold_head {

@@ -202,6 +202,10 @@ impl Proxy {
             );
             return (None, Reply::pass(reply));
         };
+        if hygiene::is_upgrade(&parts) {
+            let reply = self.tunnel(&route, parts, body, client).await;
+            return (Some(route), reply);
+        }
         let reply = if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
             self.share(&route, &parts, client).await
         } else {
@@ -535,6 +539,76 @@ impl Proxy {
             }
             cache.end_refresh(&cache_key);
         });
+    }
+
+    /// Forwards an `Upgrade` request (WebSocket above all). When the upstream switches
+    /// protocols, the client gets the 101 and both upgraded connections are joined, bytes
+    /// untouched, until either side closes. Never coalesced; counted as `pass`.
+    async fn tunnel(
+        &self,
+        route: &Arc<Route>,
+        mut parts: request::Parts,
+        body: Incoming,
+        client: SocketAddr,
+    ) -> Reply {
+        let client_side = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        let body = body.map_err(BoxError::from).boxed();
+        let mut request = match upstream_request(route, &parts, client, body) {
+            Ok(request) => request,
+            Err(err) => {
+                return Reply::pass(error_reply(
+                    route.coalesce.outcome_header.as_ref(),
+                    Outcome::Pass,
+                    &err,
+                ))
+            }
+        };
+        // The one place hop-by-hop Upgrade and Connection must cross the proxy.
+        if let Some(protocol) = protocol {
+            request.headers_mut().insert(header::UPGRADE, protocol);
+            request
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let mut response = match send_upstream(&self.stats, route, request).await {
+            Ok(response) => response,
+            Err(err) => {
+                return Reply::pass(error_reply(
+                    route.coalesce.outcome_header.as_ref(),
+                    Outcome::Pass,
+                    &err,
+                ))
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_side = switching.then(|| hyper::upgrade::on(&mut response));
+        let upgraded_to = response.headers().get(header::UPGRADE).cloned();
+        let (mut head, body) = response.into_parts();
+        hygiene::clean_response_headers(&mut head.headers, Version::HTTP_11);
+        if let (Some(client_side), Some(upstream_side), Some(protocol)) =
+            (client_side, upstream_side, upgraded_to)
+        {
+            head.headers.insert(header::UPGRADE, protocol);
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            tokio::spawn(async move {
+                let (Ok(client_io), Ok(upstream_io)) = tokio::join!(client_side, upstream_side)
+                else {
+                    return;
+                };
+                let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+                let mut upstream_io = hyper_util::rt::TokioIo::new(upstream_io);
+                let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+            });
+        }
+        let mut response = Response::from_parts(head, body.map_err(BoxError::from).boxed_unsync());
+        set_outcome(
+            &mut response,
+            route.coalesce.outcome_header.as_ref(),
+            Outcome::Pass,
+        );
+        Reply::pass(response)
     }
 
     /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a

@@ -13,3 +13,4 @@ mod fuzz_regressions;
 mod operations;
 mod passthrough;
 mod sharing;
+mod tunnels;
