@@ -103,6 +103,9 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// Speak HTTP/2 with prior knowledge to this upstream (h2c), one multiplexed connection
+    /// instead of a pool of HTTP/1.1 ones.
+    pub http2: bool,
 }
 
 /// What a request carrying Authorization or Cookie does.
@@ -419,6 +422,7 @@ impl Resolver<'_> {
             response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
             idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
             pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+            http2: raw.http2.unwrap_or(false),
         })
     }
 
@@ -693,6 +697,7 @@ mod raw {
         pub response_timeout: Option<Spanned<String>>,
         pub idle_timeout: Option<Spanned<String>>,
         pub pool_max_idle: Option<usize>,
+        pub http2: Option<bool>,
     }
 
     #[derive(Deserialize, Default)]

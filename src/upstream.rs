@@ -93,6 +93,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle)
             .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(config.http2)
             .build(connector);
         Upstream { config, client }
     }

@@ -12,5 +12,5 @@ mod faults;
 mod fuzz_regressions;
 mod operations;
 mod passthrough;
+mod protocols;
 mod sharing;
-mod tunnels;

@@ -1,4 +1,4 @@
-//! Upgrade requests (WebSocket above all) are tunnelled both ways, bytes untouched.
+//! Protocols beyond plain HTTP/1.1 on both sides: Upgrade tunnels (WebSocket) and h2c upstreams.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,4 +59,39 @@ async fn websocket_upgrades_are_tunnelled_both_ways_and_never_coalesced() {
     let stats = h.proxy.stats().snapshot();
     assert_eq!((stats.passed, stats.leaders), (1, 0));
     assert_eq!(h.origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_http2_true_is_spoken_to_over_h2c() {
+    // The upstream is a second proxy (it serves h2c) in front of the origin.
+    let inner = Harness::start().await;
+    let outer = Harness::start_text(Default::default(), |_| {
+        config_text(&format!("http://{}", inner.addr), "http2 = true", "")
+    })
+    .await;
+    let (replies, ()) = tokio::join!(
+        herd(
+            outer.addr,
+            10,
+            http::Method::GET,
+            "/h2up?size=3000&hold_head=g",
+            &[]
+        ),
+        async {
+            assert!(eventually(|| outer.proxy.stats().snapshot().joined == 9).await);
+            inner.origin.open_gate("g");
+        }
+    );
+    assert_eq!(outcomes(&replies), (1, 9, 0));
+    for reply in &replies {
+        assert_eq!(reply.body(), &coalesce_proxy::origin::body(3000));
+    }
+    let seen = inner.origin.requests().pop().expect("request");
+    // Each hop appends the protocol it received: HTTP/1.1 from the client, then HTTP/2 from
+    // the outer proxy.
+    assert_eq!(
+        seen.header("via"),
+        Some("1.1 coalesce-proxy, 2 coalesce-proxy")
+    );
+    assert_eq!(inner.origin.hits(), 1);
 }
