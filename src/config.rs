@@ -95,8 +95,13 @@ pub struct LogConfig {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// Scheme and authority of the upstream, e.g. `http://127.0.0.1:3000`.
-    pub origin: Uri,
+    /// Scheme and authority of each address, e.g. `http://127.0.0.1:3000`; at least one.
+    pub origins: Vec<Uri>,
+    pub balance: Balance,
+    /// Failures within `fail_window` that take an address out for `fail_timeout`.
+    pub max_fails: usize,
+    pub fail_window: Duration,
+    pub fail_timeout: Duration,
     /// Path prefixed to every forwarded path, without a trailing slash ("" for none).
     pub base_path: String,
     pub connect_timeout: Duration,
@@ -106,6 +111,15 @@ pub struct UpstreamConfig {
     /// Speak HTTP/2 with prior knowledge to this upstream (h2c), one multiplexed connection
     /// instead of a pool of HTTP/1.1 ones.
     pub http2: bool,
+}
+
+/// How an upstream with several addresses spreads requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequests,
+    /// Rendezvous hashing on the request's path and query.
+    Hash,
 }
 
 /// What a request carrying Authorization or Cookie does.
@@ -375,7 +389,69 @@ impl Resolver<'_> {
     }
 
     fn upstream(&self, name: &str, raw: raw::Upstream) -> Result<UpstreamConfig, ConfigError> {
-        let url = &raw.url;
+        let urls: Vec<&raw::Spanned<String>> = match (&raw.url, &raw.urls) {
+            (Some(url), None) => vec![url],
+            (None, Some(urls)) if !urls.is_empty() => urls.iter().collect(),
+            (Some(url), Some(_)) => {
+                return Err(self.error_at(
+                    url.span(),
+                    format!("upstream {name:?}: give `url` or `urls`, not both"),
+                ))
+            }
+            _ => {
+                return Err(ConfigError {
+                    path: None,
+                    position: None,
+                    message: format!("upstream {name:?} needs `url` or a non-empty `urls`"),
+                })
+            }
+        };
+        let mut origins = Vec::with_capacity(urls.len());
+        let mut base_path = None;
+        for url in urls {
+            let (origin, path) = self.upstream_url(name, url)?;
+            if base_path.as_ref().is_some_and(|p| *p != path) {
+                return Err(self.error_at(
+                    url.span(),
+                    format!("upstream {name:?}: every address must have the same path"),
+                ));
+            }
+            base_path = Some(path);
+            origins.push(origin);
+        }
+        let balance = match raw.balance.as_ref().map(|b| b.get_ref().as_str()) {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_requests") => Balance::LeastRequests,
+            Some("hash") => Balance::Hash,
+            Some(other) => {
+                return Err(self.error_at(
+                    raw.balance.as_ref().map_or(0..0, |b| b.span()),
+                    format!("unknown balance {other:?}: use \"round_robin\", \"least_requests\" or \"hash\""),
+                ))
+            }
+        };
+        Ok(UpstreamConfig {
+            name: name.to_owned(),
+            origins,
+            balance,
+            max_fails: raw.max_fails.unwrap_or(1),
+            fail_window: self.duration_or(&raw.fail_window, Duration::from_secs(10))?,
+            fail_timeout: self.duration_or(&raw.fail_timeout, Duration::from_secs(10))?,
+            base_path: base_path.unwrap_or_default(),
+            connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
+            response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
+            idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
+            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+            http2: raw.http2.unwrap_or(false),
+        })
+    }
+
+    /// One upstream address: its scheme and authority, and its path.
+    fn upstream_url(
+        &self,
+        name: &str,
+        url: &raw::Spanned<String>,
+    ) -> Result<(Uri, String), ConfigError> {
         let bad = |why: &str| {
             self.error_at(
                 url.span(),
@@ -413,17 +489,7 @@ impl Resolver<'_> {
             .path_and_query("/")
             .build()
             .map_err(|err| bad(&format!("{err}")))?;
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(UpstreamConfig {
-            name: name.to_owned(),
-            origin,
-            base_path,
-            connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
-            response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
-            idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
-            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
-            http2: raw.http2.unwrap_or(false),
-        })
+        Ok((origin, uri.path().trim_end_matches('/').to_owned()))
     }
 
     fn coalesce_defaults(&self, raw: raw::Coalesce) -> Result<CoalescePolicy, ConfigError> {
@@ -692,7 +758,12 @@ mod raw {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Upstream {
-        pub url: Spanned<String>,
+        pub url: Option<Spanned<String>>,
+        pub urls: Option<Vec<Spanned<String>>>,
+        pub balance: Option<Spanned<String>>,
+        pub max_fails: Option<usize>,
+        pub fail_window: Option<Spanned<String>>,
+        pub fail_timeout: Option<Spanned<String>>,
         pub connect_timeout: Option<Spanned<String>>,
         pub response_timeout: Option<Spanned<String>>,
         pub idle_timeout: Option<Spanned<String>>,
@@ -763,7 +834,7 @@ coalesce = { key_headers = [], header = "" }
         assert_eq!(config.server.listen.len(), 2);
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
         let app = &config.upstreams["app"];
-        assert_eq!(app.origin.to_string(), "http://127.0.0.1:3000/");
+        assert_eq!(app.origins[0].to_string(), "http://127.0.0.1:3000/");
         assert_eq!(app.base_path, "/base");
         let route = &config.routes[0];
         assert_eq!(route.name, "0");

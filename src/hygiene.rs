@@ -101,7 +101,7 @@ pub fn upstream_request(
         path_and_query.push_str(query);
     }
     let mut builder = Uri::builder().scheme("http");
-    if let Some(authority) = upstream.origin.authority() {
+    if let Some(authority) = upstream.origins[0].authority() {
         builder = builder.authority(authority.clone());
     }
     let uri = builder.path_and_query(path_and_query).build()?;
@@ -110,7 +110,7 @@ pub fn upstream_request(
     remove_hop_by_hop(&mut headers);
     let original_host = requested_host(parts).and_then(|h| HeaderValue::from_str(h).ok());
     headers.remove(header::HOST);
-    if let Some(authority) = upstream.origin.authority() {
+    if let Some(authority) = upstream.origins[0].authority() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             headers.insert(header::HOST, host);
         }

@@ -11,7 +11,7 @@
 //! - [`cache`]: the opt-in response cache in front of the singleflight table.
 //! - [`coalesce`]: the singleflight table ([`coalesce::Group`]), the in-flight fetch
 //!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
-//! - [`upstream`]: the pooled upstream client and its timeouts.
+//! - [`upstream`]: the pooled upstream client and its timeouts; [`balance`] picks an address.
 //! - [`hygiene`]: hop-by-hop removal and forwarding headers.
 //! - [`sharing`]: which requests may share, and which responses may be shared.
 //! - [`proxy`]: one request's path: route, classify, share or pass.
@@ -29,6 +29,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod balance;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;

@@ -8,11 +8,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -21,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
+use crate::balance::Balancer;
 use crate::config::UpstreamConfig;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +36,8 @@ pub type RequestBody = BoxBody<Bytes, BoxError>;
 pub enum FetchError {
     #[error("connecting to upstream {upstream}: {reason}")]
     Connect { upstream: String, reason: String },
+    #[error("upstream {upstream} has no healthy address: every one failed recently")]
+    NoHealthyAddress { upstream: String },
     #[error("upstream {upstream} sent no response head within {timeout:?}")]
     ResponseTimeout { upstream: String, timeout: Duration },
     #[error("upstream {upstream} failed before the response head: {reason}")]
@@ -67,6 +71,7 @@ impl FetchError {
     pub fn kind(&self) -> &'static str {
         match self {
             FetchError::Connect { .. } => "connect",
+            FetchError::NoHealthyAddress { .. } => "no_healthy_address",
             FetchError::ResponseTimeout { .. } => "response_timeout",
             FetchError::BeforeHead { .. } => "before_head",
             FetchError::IdleTimeout(_) => "idle_timeout",
@@ -83,6 +88,7 @@ impl FetchError {
 pub struct Upstream {
     pub config: UpstreamConfig,
     client: Client<HttpConnector, RequestBody>,
+    balancer: Balancer,
 }
 
 impl Upstream {
@@ -95,22 +101,50 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .http2_only(config.http2)
             .build(connector);
-        Upstream { config, client }
+        Upstream {
+            balancer: Balancer::new(&config),
+            config,
+            client,
+        }
     }
 
     /// Sends a request whose URI and headers are already upstream-ready. Resolves when the
     /// response head arrives; the body then arrives through [`UpstreamBody`], which enforces
     /// `idle_timeout`. Dropping the future or the body closes the upstream connection.
     pub fn send(
-        &self,
-        request: Request<RequestBody>,
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
-        let response = self.client.request(request);
         let name = self.config.name.clone();
+        let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let picked = self.balancer.pick(path_and_query);
+        if let Some(index) = picked.filter(|&i| i > 0) {
+            // Hygiene addressed the first address; this request goes to another one.
+            let authority = self.balancer.authority(index).clone();
+            let mut parts = request.uri().clone().into_parts();
+            if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
+                request.headers_mut().insert(http::header::HOST, value);
+            }
+            parts.authority = Some(authority);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        let response = picked.map(|_| self.client.request(request));
+        let upstream = self.clone();
         let response_timeout = self.config.response_timeout;
         let idle_timeout = self.config.idle_timeout;
         async move {
-            let response = match tokio::time::timeout(response_timeout, response).await {
+            let (Some(index), Some(response)) = (picked, response) else {
+                return Err(FetchError::NoHealthyAddress { upstream: name });
+            };
+            let in_flight = upstream.balancer.start(index);
+            let response = tokio::time::timeout(response_timeout, response).await;
+            drop(in_flight);
+            if !matches!(response, Ok(Ok(_))) {
+                upstream.balancer.failed(index);
+            }
+            let response = match response {
                 Err(_) => {
                     return Err(FetchError::ResponseTimeout {
                         upstream: name,

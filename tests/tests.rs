@@ -2,6 +2,7 @@
 
 mod util;
 
+mod balancing;
 mod bounds;
 mod cache;
 mod coalescing;
