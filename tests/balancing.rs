@@ -142,3 +142,81 @@ async fn hash_keeps_keys_on_their_address_and_moves_only_a_failed_ones() {
     }
     assert!(moved > 0, "address {gone} owned some keys");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_of_sidecars_and_hashed_shields_makes_one_origin_request_per_key() {
+    // Two shields in front of the origin, each on its own loopback address.
+    let origin = Origin::start(OriginSettings::default()).await.unwrap();
+    let mut shields = Vec::new();
+    for host in ["127.0.0.2", "127.0.0.3"] {
+        let url = origin.url();
+        shields.push(
+            Harness::start_text(OriginSettings::default(), |_| {
+                config_text(&url, "", "").replace("127.0.0.1:0", &format!("{host}:0"))
+            })
+            .await,
+        );
+    }
+    // Four sidecars, each hashing keys over both shields.
+    let shield_urls = shields
+        .iter()
+        .map(|s| format!("\"http://{}\"", s.addr))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sidecars = Vec::new();
+    for host in ["127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"] {
+        let urls = shield_urls.clone();
+        sidecars.push(
+            Harness::start_text(OriginSettings::default(), |unused| {
+                config_text(unused, "balance = \"hash\"", "")
+                    .replace(&format!("url = \"{unused}\""), &format!("urls = [{urls}]"))
+                    .replace("127.0.0.1:0", &format!("{host}:0"))
+            })
+            .await,
+        );
+    }
+    for (round, (key, gate)) in [("/tier/a", "ga"), ("/tier/b", "gb")]
+        .into_iter()
+        .enumerate()
+    {
+        let rounds = round as u64 + 1;
+        let path = format!("{key}?size=4000&hold_head={gate}");
+        let herds: Vec<_> = sidecars
+            .iter()
+            .map(|sidecar| {
+                let (addr, path) = (sidecar.addr, path.clone());
+                tokio::spawn(async move { herd(addr, 25, Method::GET, &path, &[]).await })
+            })
+            .collect();
+        // Every sidecar's herd shares one flight, and the four sidecar flights share one
+        // flight at the shield their hash picks.
+        assert!(
+            eventually(|| {
+                let joined = |proxies: &[Harness]| -> u64 {
+                    proxies
+                        .iter()
+                        .map(|p| p.proxy.stats().snapshot().joined)
+                        .sum()
+                };
+                // 24 followers at each of 4 sidecars; 3 sidecar flights follow the 4th at
+                // the shield.
+                origin.hits_for(key) == 1
+                    && joined(&sidecars) == 96 * rounds
+                    && joined(&shields) == 3 * rounds
+            })
+            .await,
+            "{key}: the herd never fully joined"
+        );
+        origin.open_gate(gate);
+        for herd in herds {
+            for reply in herd.await.expect("herd") {
+                assert_eq!(reply.body(), &coalesce_proxy::origin::body(4000));
+            }
+        }
+        assert_eq!(
+            origin.hits_for(key),
+            1,
+            "{key}: one origin request for 100 clients"
+        );
+    }
+}
