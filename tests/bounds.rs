@@ -88,13 +88,7 @@ async fn a_client_that_reads_nothing_does_not_hold_back_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_nothing_is_disconnected_after_send_timeout() {
-    let h = Harness::start_text(OriginSettings::default(), |origin| {
-        config_text(origin, "", "").replace(
-            "shutdown_grace = \"2s\"",
-            "shutdown_grace = \"2s\"\nsend_timeout = \"300ms\"",
-        )
-    })
-    .await;
+    let h = Harness::start_with_server_setting("send_timeout = \"300ms\"").await;
     const SIZE: usize = 64 << 20;
     let mut stuck = non_reader(&h, &format!("/big?size={SIZE}")).await;
     assert!(

@@ -1,7 +1,6 @@
 //! The binary itself: `--check`, start-up errors, and draining on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use coalesce_proxy::origin::{self, Origin, OriginSettings};
@@ -79,35 +78,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         &config_text(&origin.url(), "", "")
             .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"10s\""),
     );
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(&file.0)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.recv())
-            .await
-            .expect("log line")
-            .expect("proxy alive");
-        if let Some(at) = line.find("listening on ") {
-            let rest = &line[at + "listening on ".len()..];
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let (mut child, mut lines) = spawn_with_log(
+        Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .env("RUST_LOG", "info"),
+    );
+    let addr = listen_address(&mut lines).await;
 
     let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
     assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);

@@ -138,13 +138,7 @@ async fn a_204_that_carries_a_body_reaches_clients_empty_and_spoils_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_headers_are_cut_off_by_header_read_timeout() {
-    let h = Harness::start_text(OriginSettings::default(), |origin| {
-        config_text(origin, "", "").replace(
-            "shutdown_grace = \"2s\"",
-            "shutdown_grace = \"2s\"\nheader_read_timeout = \"300ms\"",
-        )
-    })
-    .await;
+    let h = Harness::start_with_server_setting("header_read_timeout = \"300ms\"").await;
     let mut slow = TcpStream::connect(h.addr).await.expect("connect");
     slow.write_all(b"GET /slow HTTP/1.1\r\nhost: proxy.test\r\nx-one: 1\r\n")
         .await
@@ -274,13 +268,7 @@ async fn an_http2_stream_reset_mid_flight_leaves_the_other_streams_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_max_connections_get_503_and_room_comes_back() {
-    let h = Harness::start_text(OriginSettings::default(), |origin| {
-        config_text(origin, "", "").replace(
-            "shutdown_grace = \"2s\"",
-            "shutdown_grace = \"2s\"\nmax_connections = 2",
-        )
-    })
-    .await;
+    let h = Harness::start_with_server_setting("max_connections = 2").await;
     let first = connect(h.addr).await;
     let mut second = connect(h.addr).await;
     let answer = raw_exchange(&h, b"GET /third HTTP/1.1\r\nhost: proxy.test\r\n\r\n").await;
@@ -313,46 +301,24 @@ async fn connections_past_max_connections_get_503_and_room_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let origin = coalesce_proxy::origin::Origin::start(OriginSettings::default())
         .await
         .expect("origin");
     let file = crate::command_line::write_config(&config_text(&origin.url(), "", ""));
     // 64 descriptors in all: the proxy runs out well before the 100 connections below.
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 64 && exec {} --config {}",
-            crate::command_line::BINARY,
-            file.0.display()
-        ))
-        .env("RUST_LOG", "warn,coalesce_proxy::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr: std::net::SocketAddr = loop {
-        let line = tokio::time::timeout(PATIENCE, lines.recv())
-            .await
-            .expect("log")
-            .expect("alive");
-        if let Some(at) = line.find("listening on ") {
-            break line[at + 13..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-        }
-    };
+    let (mut child, mut lines) = spawn_with_log(
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 64 && exec {} --config {}",
+                crate::command_line::BINARY,
+                file.0.display()
+            ))
+            .env("RUST_LOG", "warn,coalesce_proxy::server=info"),
+    );
+    let addr = listen_address(&mut lines).await;
 
     let mut held = Vec::new();
     for _ in 0..100 {

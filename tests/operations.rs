@@ -1,8 +1,7 @@
 //! Operating the proxy: metrics and health endpoints, reload, JSON logs, the healthcheck.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use coalesce_proxy::origin::{self, Origin, OriginSettings};
@@ -110,20 +109,12 @@ struct Running {
 
 impl Running {
     fn start(config: &std::path::Path) -> Running {
-        let mut child = Command::new(BINARY)
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let (child, lines) = spawn_with_log(
+            Command::new(BINARY)
+                .arg("--config")
+                .arg(config)
+                .env_remove("RUST_LOG"),
+        );
         Running {
             child,
             lines,

@@ -62,6 +62,53 @@ upstream = "origin"
     )
 }
 
+/// `config` with `line` added to its `[server]` table.
+pub fn with_server_setting(config: &str, line: &str) -> String {
+    config.replacen("[server]\n", &format!("[server]\n{line}\n"), 1)
+}
+
+/// Starts the proxy binary as `command` describes, with its stderr as a stream of lines.
+pub fn spawn_with_log(
+    command: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, lines)
+}
+
+/// Reads text log lines until the proxy says where it listens.
+pub async fn listen_address(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> SocketAddr {
+    loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .expect("a log line in time")
+            .expect("the proxy is alive");
+        if let Some(at) = line.find("listening on ") {
+            let rest = &line[at + "listening on ".len()..];
+            return rest
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("an address");
+        }
+    }
+}
+
 impl Harness {
     pub async fn start() -> Harness {
         Harness::start_with(OriginSettings::default(), "", "").await
@@ -69,6 +116,14 @@ impl Harness {
 
     pub async fn start_with(settings: OriginSettings, upstream_extra: &str, rest: &str) -> Harness {
         Harness::start_text(settings, |origin| config_text(origin, upstream_extra, rest)).await
+    }
+
+    /// The default configuration with `line` added to `[server]`.
+    pub async fn start_with_server_setting(line: &str) -> Harness {
+        Harness::start_text(OriginSettings::default(), |origin| {
+            with_server_setting(&config_text(origin, "", ""), line)
+        })
+        .await
     }
 
     /// Starts with the configuration `make` writes for the origin's URL.
