@@ -131,6 +131,24 @@ scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 print(rps.group(1) if rps else 0, f"{float(p99.group(1)) * scale[p99.group(2)]:.2f}" if p99 else 0, total.group(1) if total else 0)'
 }
 cpu_us() { python3 -c "print(f'{$1 / $ticks_per_second / max($2, 1) * 1e6:.1f} µs')"; }
+# wrk with SCRIPT against the origin, a fresh proxy and a fresh nginx, counting each one's
+# upstream requests: sets d_/p_/n_ rps, p99 and up.
+wrk_three() {
+  local script=$1 before
+  before=$(origin_hits)
+  read -r d_rps d_p99 _ <<<"$(wrk_run "http://127.0.0.1:$origin_port" "$script" /)"
+  d_up=$(( $(origin_hits) - before ))
+  start_proxy
+  before=$(origin_hits)
+  read -r p_rps p_p99 _ <<<"$(wrk_run "http://127.0.0.1:$proxy_port" "$script" /)"
+  p_up=$(( $(origin_hits) - before ))
+  stop_proxy
+  start_nginx
+  before=$(origin_hits)
+  read -r n_rps n_p99 _ <<<"$(wrk_run "http://127.0.0.1:$nginx_port" "$script" /)"
+  n_up=$(( $(origin_hits) - before ))
+  stop_nginx
+}
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 proxy_cpu1=0; nginx_cpu1=0; proxy_cpu5=0; nginx_cpu5=0; p_total=0; n_total=0
 
@@ -250,19 +268,7 @@ fi
 # --- 6: hot keys with wrk ------------------------------------------------------------------
 if want 6; then
 echo "scenario 6: 16 hot keys, origin 20 ms" >&2
-before=$(origin_hits)
-read -r d_rps d_p99 _ <<<"$(wrk_run "http://127.0.0.1:$origin_port" bench/hot.lua /)"
-d_up=$(( $(origin_hits) - before ))
-start_proxy
-before=$(origin_hits)
-read -r p_rps p_p99 _ <<<"$(wrk_run "http://127.0.0.1:$proxy_port" bench/hot.lua /)"
-p_up=$(( $(origin_hits) - before ))
-stop_proxy
-start_nginx
-before=$(origin_hits)
-read -r n_rps n_p99 _ <<<"$(wrk_run "http://127.0.0.1:$nginx_port" bench/hot.lua /)"
-n_up=$(( $(origin_hits) - before ))
-stop_nginx
+wrk_three bench/hot.lua
 row 6 "hot keys: 16 keys, origin 20 ms, wrk -c128" \
   "$d_rps req/s, p99 $d_p99 ms, $d_up upstream" \
   "$p_rps req/s, p99 $p_p99 ms, $p_up upstream" \
@@ -273,19 +279,7 @@ fi
 # --- 8: hot keys with max-age=1, the cache's scenario ------------------------------------
 if want 8; then
 echo "scenario 8: 16 hot keys, origin 20 ms, Cache-Control max-age=1" >&2
-before=$(origin_hits)
-read -r d_rps d_p99 _ <<<"$(wrk_run "http://127.0.0.1:$origin_port" bench/hot-cached.lua /)"
-d_up=$(( $(origin_hits) - before ))
-start_proxy
-before=$(origin_hits)
-read -r p_rps p_p99 _ <<<"$(wrk_run "http://127.0.0.1:$proxy_port" bench/hot-cached.lua /)"
-p_up=$(( $(origin_hits) - before ))
-stop_proxy
-start_nginx
-before=$(origin_hits)
-read -r n_rps n_p99 _ <<<"$(wrk_run "http://127.0.0.1:$nginx_port" bench/hot-cached.lua /)"
-n_up=$(( $(origin_hits) - before ))
-stop_nginx
+wrk_three bench/hot-cached.lua
 row 8 "cached hot keys: 16 keys, max-age=1, origin 20 ms, wrk -c128" \
   "$d_rps req/s, p99 $d_p99 ms, $d_up upstream" \
   "$p_rps req/s, p99 $p_p99 ms, $p_up upstream (cache on)" \
