@@ -11,11 +11,7 @@ cd "$(dirname "$0")/.."
 a=$1; b=$2; rounds=${3:-3}
 cargo build --release --quiet --example origin --example herd
 ulimit -n "$(ulimit -Hn)"
-work=$(mktemp -d); pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+source bench/lib.sh
 origin_port=$(port)
 target/release/examples/origin --listen "127.0.0.1:$origin_port" >/dev/null &
 pids+=($!); wait_port "$origin_port"

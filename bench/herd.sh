@@ -20,13 +20,7 @@ stuck=${5:-0}
 
 cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
 bin=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+source bench/lib.sh
 
 origin_port=$(port); proxy_port=$(port)
 "$bin/examples/origin" --listen "127.0.0.1:$origin_port" --delay "$delay" --body-size "$size" >"$work/origin.log" &

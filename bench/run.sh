@@ -32,21 +32,7 @@ ulimit -n "$(ulimit -Hn)"
 echo "building (release)" >&2
 cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
 bin=target/release
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "port $1 never opened" >&2; return 1
-}
+source bench/lib.sh
 # A GET with nothing but bash, for machines without curl.
 http_get() {
   exec 3<>"/dev/tcp/127.0.0.1/$1"
