@@ -171,11 +171,25 @@ async fn head_requests_coalesce_separately_from_get() {
 async fn leader_disconnect_does_not_fail_followers() {
     let h = Harness::start_with(slow(0, 50_000), "", "").await;
     let path = "/leader-leaves?hold=leave&chunked=1";
-    let leader = tokio::spawn({
-        let addr = h.addr;
-        async move { get(addr, path).await }
-    });
+    // The leader is a raw socket, so that closing it is certainly a disconnect.
+    let mut leader = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxy.test\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut leader, request.as_bytes())
+        .await
+        .expect("send");
     assert!(h.origin.wait_until(PATIENCE, |o| o.reached("leave")).await);
+    // It has received the head and the first half of the body.
+    let mut first = [0u8; 64];
+    let got = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read(&mut leader, &mut first),
+    )
+    .await
+    .expect("bytes in time")
+    .expect("read");
+    assert!(first[..got].starts_with(b"HTTP/1.1 200"));
     let followers: Vec<_> = (0..10)
         .map(|_| {
             let addr = h.addr;
@@ -183,9 +197,8 @@ async fn leader_disconnect_does_not_fail_followers() {
         })
         .collect();
     assert!(eventually(|| h.proxy.stats().snapshot().joined == 10).await);
-    // The leader's client goes away mid-body: its connection is dropped with the task.
-    leader.abort();
-    let _ = leader.await;
+    // The leader's client goes away mid-body.
+    drop(leader);
     h.origin.open_gate("leave");
 
     for follower in followers {
