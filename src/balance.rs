@@ -86,7 +86,7 @@ impl Balancer {
             .health
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        health.ejected_until.map_or(true, |until| until <= now)
+        health.ejected_until.is_none_or(|until| until <= now)
     }
 
     /// The address for a request whose path and query are `path_and_query`, or `None` when

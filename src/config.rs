@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::{Method, Uri};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::sharing::{self, ResponseRule};
 
@@ -108,9 +110,26 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
     pub pool_max_idle: usize,
-    /// Speak HTTP/2 with prior knowledge to this upstream (h2c), one multiplexed connection
-    /// instead of a pool of HTTP/1.1 ones.
+    /// Speak HTTP/2 to this upstream, one multiplexed connection instead of a pool of
+    /// HTTP/1.1 ones: with prior knowledge (h2c) over plain TCP, by ALPN over TLS.
     pub http2: bool,
+    /// `Some` exactly when the addresses are `https://`.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the proxy speaks TLS to an `https://` upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// The certificates of `ca_file`, trusted instead of the built-in webpki (Mozilla) roots;
+    /// `None` trusts the built-in roots.
+    pub ca_certificates: Option<Vec<CertificateDer<'static>>>,
+    /// The name sent in SNI and checked against the upstream's certificate, when it is not
+    /// the URL's host (nginx's `proxy_ssl_name`).
+    pub server_name: Option<ServerName<'static>>,
+    /// Send SNI (rustls never sends it for an IP address).
+    pub sni: bool,
+    /// Check the certificate chain and name. Off only for tests and trusted networks.
+    pub verify: bool,
 }
 
 /// How an upstream with several addresses spreads requests.
@@ -195,20 +214,27 @@ impl Config {
             position: None,
             message: format!("cannot read the file: {err}"),
         })?;
-        Config::from_toml(&text).map_err(|mut err| {
+        // Files the configuration names (a CA bundle) are found next to it, so a mounted
+        // config directory works wherever the proxy is started.
+        Config::parse(&text, path.parent()).map_err(|mut err| {
             err.path = Some(path.to_owned());
             err
         })
     }
 
-    /// Validates configuration text. Errors carry a position but no path.
+    /// Validates configuration text. Errors carry a position but no path; relative file
+    /// names are taken from the working directory.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, None)
+    }
+
+    fn parse(text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: raw::File = toml::from_str(text).map_err(|err| ConfigError {
             path: None,
             position: err.span().map(|span| line_column(text, span.start)),
             message: err.message().trim_end().replace('\n', "; "),
         })?;
-        Resolver { text }.resolve(raw)
+        Resolver { text, base_dir }.resolve(raw)
     }
 }
 
@@ -222,6 +248,8 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 /// Turns raw values into typed ones, remembering the text so errors can give positions.
 struct Resolver<'a> {
     text: &'a str,
+    /// Where relative file names point; `None` for the working directory.
+    base_dir: Option<&'a Path>,
 }
 
 impl Resolver<'_> {
@@ -406,7 +434,7 @@ impl Resolver<'_> {
                 })
             }
         };
-        let mut origins = Vec::with_capacity(urls.len());
+        let mut origins: Vec<Uri> = Vec::with_capacity(urls.len());
         let mut base_path = None;
         for url in urls {
             let (origin, path) = self.upstream_url(name, url)?;
@@ -416,9 +444,35 @@ impl Resolver<'_> {
                     format!("upstream {name:?}: every address must have the same path"),
                 ));
             }
+            // One connector per upstream speaks one scheme; mixing would also make the
+            // balancer's choice decide whether a request is encrypted.
+            if origins
+                .first()
+                .is_some_and(|first| first.scheme() != origin.scheme())
+            {
+                return Err(self.error_at(
+                    url.span(),
+                    format!("upstream {name:?}: every address must use the same scheme"),
+                ));
+            }
             base_path = Some(path);
             origins.push(origin);
         }
+        let https = origins
+            .first()
+            .is_some_and(|o| o.scheme_str() == Some("https"));
+        let tls = match (https, raw.tls) {
+            (true, tls) => Some(
+                self.upstream_tls(name, tls.map(raw::Spanned::into_inner).unwrap_or_default())?,
+            ),
+            (false, None) => None,
+            (false, Some(tls)) => {
+                return Err(self.error_at(
+                    tls.span(),
+                    format!("upstream {name:?}: `tls` settings need https:// addresses"),
+                ))
+            }
+        };
         let balance = match raw.balance.as_ref().map(|b| b.get_ref().as_str()) {
             None | Some("round_robin") => Balance::RoundRobin,
             Some("least_requests") => Balance::LeastRequests,
@@ -443,7 +497,62 @@ impl Resolver<'_> {
             idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
             pool_max_idle: raw.pool_max_idle.unwrap_or(64),
             http2: raw.http2.unwrap_or(false),
+            tls,
         })
+    }
+
+    fn upstream_tls(&self, name: &str, raw: raw::Tls) -> Result<UpstreamTls, ConfigError> {
+        let ca_certificates = match &raw.ca_file {
+            None => None,
+            Some(file) => Some(self.ca_certificates(name, file)?),
+        };
+        let server_name = match &raw.server_name {
+            None => None,
+            Some(value) => Some(
+                ServerName::try_from(value.get_ref().clone()).map_err(|err| {
+                    self.error_at(
+                        value.span(),
+                        format!(
+                            "upstream {name:?}: invalid tls server_name {:?}: {err}",
+                            value.get_ref()
+                        ),
+                    )
+                })?,
+            ),
+        };
+        Ok(UpstreamTls {
+            ca_certificates,
+            server_name,
+            sni: raw.sni.unwrap_or(true),
+            verify: raw.verify.unwrap_or(true),
+        })
+    }
+
+    /// Reads a PEM bundle now, so that `--check` and a reload catch a missing or empty file
+    /// rather than the first request.
+    fn ca_certificates(
+        &self,
+        name: &str,
+        file: &raw::Spanned<String>,
+    ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+        let path = match self.base_dir {
+            Some(dir) => dir.join(file.get_ref()),
+            None => PathBuf::from(file.get_ref()),
+        };
+        let bad = |why: String| {
+            self.error_at(
+                file.span(),
+                format!("upstream {name:?}: tls ca_file {}: {why}", path.display()),
+            )
+        };
+        let pem = std::fs::read(&path).map_err(|err| bad(err.to_string()))?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| bad(format!("not a PEM certificate bundle: {err}")))?;
+        if certificates.is_empty() {
+            return Err(bad("no certificates in it".to_owned()));
+        }
+        Ok(certificates)
     }
 
     /// One upstream address: its scheme and authority, and its path.
@@ -462,11 +571,11 @@ impl Resolver<'_> {
             .get_ref()
             .parse()
             .map_err(|err| bad(&format!("{err}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let scheme = match uri.scheme_str() {
+            Some(scheme @ ("http" | "https")) => scheme.to_owned(),
             Some(other) => {
                 return Err(bad(&format!(
-                    "scheme {other:?} is not supported; use http://"
+                    "scheme {other:?} is not supported; use http:// or https://"
                 )))
             }
             None => {
@@ -474,7 +583,7 @@ impl Resolver<'_> {
                     "it needs a scheme and a host, e.g. \"http://127.0.0.1:3000\"",
                 ))
             }
-        }
+        };
         let authority = uri
             .authority()
             .filter(|a| !a.host().is_empty())
@@ -484,7 +593,7 @@ impl Resolver<'_> {
             return Err(bad("a query string is not allowed here"));
         }
         let origin = Uri::builder()
-            .scheme("http")
+            .scheme(scheme.as_str())
             .authority(authority)
             .path_and_query("/")
             .build()
@@ -769,6 +878,16 @@ mod raw {
         pub idle_timeout: Option<Spanned<String>>,
         pub pool_max_idle: Option<usize>,
         pub http2: Option<bool>,
+        pub tls: Option<Spanned<Tls>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub ca_file: Option<Spanned<String>>,
+        pub server_name: Option<Spanned<String>>,
+        pub sni: Option<bool>,
+        pub verify: Option<bool>,
     }
 
     #[derive(Deserialize, Default)]

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Scheme;
 use http::{request, Uri, Version};
 
 use crate::routes::Route;
@@ -100,7 +101,11 @@ pub fn upstream_request(
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let mut builder = Uri::builder().scheme("http");
+    let scheme = upstream.origins[0]
+        .scheme()
+        .cloned()
+        .unwrap_or(Scheme::HTTP);
+    let mut builder = Uri::builder().scheme(scheme);
     if let Some(authority) = upstream.origins[0].authority() {
         builder = builder.authority(authority.clone());
     }

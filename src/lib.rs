@@ -11,7 +11,8 @@
 //! - [`cache`]: the opt-in response cache in front of the singleflight table.
 //! - [`coalesce`]: the singleflight table ([`coalesce::Group`]), the in-flight fetch
 //!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
-//! - [`upstream`]: the pooled upstream client and its timeouts; [`balance`] picks an address.
+//! - [`upstream`]: the pooled upstream client and its timeouts; [`balance`] picks an address;
+//!   [`tls`] speaks TLS to `https://` upstreams.
 //! - [`hygiene`]: hop-by-hop removal and forwarding headers.
 //! - [`sharing`]: which requests may share, and which responses may be shared.
 //! - [`proxy`]: one request's path: route, classify, share or pass.
@@ -46,4 +47,5 @@ pub mod routes;
 pub mod server;
 pub mod sharing;
 pub mod stats;
+pub mod tls;
 pub mod upstream;

@@ -2,8 +2,9 @@
 //!
 //! It is written on raw TCP, not on hyper, so that it can misbehave on purpose: close or reset
 //! before the head or mid-body, stall, and notice a proxy that hangs up on it (a cancelled
-//! fetch). Each request scripts its own response through query parameters, so one origin
-//! serves every case:
+//! fetch). [`Origin::start_tls`] serves the same over TLS, for `https://` upstreams. Each
+//! request scripts its own response through query parameters, so one origin serves every
+//! case:
 //!
 //! | parameter | effect |
 //! |---|---|
@@ -37,10 +38,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// Defaults for requests that do not script their own.
 #[derive(Debug, Clone)]
@@ -124,8 +126,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub struct Origin {
     addr: SocketAddr,
+    /// Whether it speaks TLS ([`Origin::start_tls`]).
+    tls: bool,
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
+}
+
+/// A connection the origin answers on: plain TCP or TLS over it.
+pub trait OriginStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Makes closing the connection send a reset instead of a FIN.
+    fn reset_on_close(&self);
+}
+
+impl OriginStream for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl OriginStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn reset_on_close(&self) {
+        let _ = self.get_ref().0.set_zero_linger();
+    }
 }
 
 impl Drop for Origin {
@@ -144,8 +166,27 @@ impl Origin {
         address: SocketAddr,
         settings: OriginSettings,
     ) -> std::io::Result<Origin> {
+        Origin::listen(address, settings, None).await
+    }
+
+    /// Starts on an ephemeral port of 127.0.0.1, speaking HTTPS with `tls` (its certificate
+    /// and key). Every script works as over plain TCP; a failed handshake is not a request.
+    pub async fn start_tls(
+        settings: OriginSettings,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Origin> {
+        let address = "127.0.0.1:0".parse().expect("literal address");
+        Origin::listen(address, settings, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn listen(
+        address: SocketAddr,
+        settings: OriginSettings,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<Origin> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
+        let speaks_tls = tls.is_some();
         let shared = Arc::new(Shared {
             settings: Mutex::new(settings),
             ..Shared::default()
@@ -155,12 +196,21 @@ impl Origin {
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, shared.clone()));
+                    let shared = shared.clone();
+                    match tls.clone() {
+                        None => drop(tokio::spawn(serve_connection(stream, shared))),
+                        Some(acceptor) => drop(tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_connection(stream, shared).await;
+                            }
+                        })),
+                    }
                 }
             }
         });
         Ok(Origin {
             addr,
+            tls: speaks_tls,
             shared,
             accept,
         })
@@ -170,9 +220,10 @@ impl Origin {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` for a TLS origin.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn set_delay(&self, delay: Duration) {
@@ -246,7 +297,7 @@ struct Parsed {
     keep_alive: bool,
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(mut stream: impl OriginStream, shared: Arc<Shared>) {
     let mut buffer = Vec::with_capacity(4096);
     loop {
         let Some(parsed) = read_request(&mut stream, &mut buffer).await else {
@@ -265,7 +316,7 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
 }
 
 /// Reads one request (head and body). `None` when the peer closed or sent garbage.
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
+async fn read_request(stream: &mut impl OriginStream, buffer: &mut Vec<u8>) -> Option<Parsed> {
     loop {
         if let Some(head_end) = find(buffer, b"\r\n\r\n") {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -327,7 +378,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<Pa
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+async fn read_more(stream: &mut impl OriginStream, buffer: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => None,
@@ -452,7 +503,7 @@ fn parse_range(value: &str) -> Option<(usize, Option<usize>)> {
 }
 
 /// Waits until the peer closes its side (or errors), discarding anything it sends.
-async fn peer_closed(stream: &mut TcpStream) {
+async fn peer_closed(stream: &mut impl OriginStream) {
     let mut sink = [0u8; 1024];
     while let Ok(n) = stream.read(&mut sink).await {
         if n == 0 {
@@ -462,7 +513,11 @@ async fn peer_closed(stream: &mut TcpStream) {
 }
 
 /// Sleeps for `delay`, unless the peer hangs up first (then `None`).
-async fn wait_or_hangup(stream: &mut TcpStream, delay: Duration, shared: &Shared) -> Option<()> {
+async fn wait_or_hangup(
+    stream: &mut impl OriginStream,
+    delay: Duration,
+    shared: &Shared,
+) -> Option<()> {
     tokio::select! {
         () = tokio::time::sleep(delay) => Some(()),
         () = peer_closed(stream) => {
@@ -475,7 +530,7 @@ async fn wait_or_hangup(stream: &mut TcpStream, delay: Duration, shared: &Shared
 
 /// Marks gate `name` as reached, then waits until the test opens it. `None` if the peer hung
 /// up meanwhile.
-async fn wait_at_gate(stream: &mut TcpStream, name: &str, shared: &Shared) -> Option<()> {
+async fn wait_at_gate(stream: &mut impl OriginStream, name: &str, shared: &Shared) -> Option<()> {
     lock(&shared.held).insert(name.to_owned());
     shared.changed();
     let mut events = shared.events.subscribe();
@@ -494,7 +549,7 @@ async fn wait_at_gate(stream: &mut TcpStream, name: &str, shared: &Shared) -> Op
 
 /// Writes to the client; a failed write means it hung up mid-response, which counts as a
 /// cancellation.
-async fn send(stream: &mut TcpStream, bytes: &[u8], shared: &Shared) -> Option<()> {
+async fn send(stream: &mut impl OriginStream, bytes: &[u8], shared: &Shared) -> Option<()> {
     if stream.write_all(bytes).await.is_err() {
         shared.cancelled.fetch_add(1, Ordering::SeqCst);
         shared.changed();
@@ -504,7 +559,11 @@ async fn send(stream: &mut TcpStream, bytes: &[u8], shared: &Shared) -> Option<(
 }
 
 /// Writes the scripted response. `None` means the connection must close.
-async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shared) -> Option<()> {
+async fn respond(
+    stream: &mut impl OriginStream,
+    request: RecordedRequest,
+    shared: &Shared,
+) -> Option<()> {
     let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let script = Script::parse(&request.target);
     let head_only = request.method == "HEAD";
@@ -548,7 +607,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
         return None;
     }
     if script.fails("reset_before_head") {
-        let _ = stream.set_zero_linger();
+        stream.reset_on_close();
         return None;
     }
     if script.fails("stall_before_head") {
@@ -654,7 +713,7 @@ async fn respond(stream: &mut TcpStream, request: RecordedRequest, shared: &Shar
                 return None;
             }
             if script.fails("reset_mid_body") {
-                let _ = stream.set_zero_linger();
+                stream.reset_on_close();
                 return None;
             }
             if script.fails("stall_mid_body") {

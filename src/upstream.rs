@@ -1,5 +1,6 @@
-//! The upstream client: one pooled HTTP/1.1 client per `[upstreams.*]` table, and the three
-//! timeouts that bound a fetch (connect, response head, gap between body chunks).
+//! The upstream client: one pooled client per `[upstreams.*]` table (HTTP/1.1 or HTTP/2, over
+//! TCP or TLS), and the three timeouts that bound a fetch (connect, response head, gap between
+//! body chunks).
 //!
 //! Every way a fetch can fail is a [`FetchError`], which is `Clone` because a coalesced flight
 //! hands the same error to all of its clients. This module sends requests and reports what
@@ -24,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::Balancer;
 use crate::config::UpstreamConfig;
+use crate::tls::{self, UpstreamConnector};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -87,7 +89,7 @@ impl FetchError {
 #[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<UpstreamConnector, RequestBody>,
     balancer: Balancer,
 }
 
@@ -96,6 +98,7 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
+        let connector = tls::connector(&config, connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.pool_max_idle)
             .pool_idle_timeout(Duration::from_secs(90))

@@ -9,35 +9,8 @@ use crate::util::*;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_coalesce-proxy");
 
-pub fn write_config(text: &str) -> tempfile_path::TempConfig {
-    tempfile_path::TempConfig::new(text)
-}
-
-/// A config file that removes itself.
-pub mod tempfile_path {
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct TempConfig(pub PathBuf);
-
-    impl TempConfig {
-        pub fn new(text: &str) -> TempConfig {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "coalesce-proxy-test-{}-{}.toml",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::write(&path, text).expect("write config");
-            TempConfig(path)
-        }
-    }
-
-    impl Drop for TempConfig {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
+pub fn write_config(text: &str) -> TempFile {
+    TempFile::new("toml", text.as_bytes())
 }
 
 #[test]

@@ -15,3 +15,4 @@ mod operations;
 mod passthrough;
 mod protocols;
 mod sharing;
+mod tls;

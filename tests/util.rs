@@ -89,6 +89,28 @@ pub fn spawn_with_log(
     (child, lines)
 }
 
+/// A file in the temporary directory that removes itself.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(extension: &str, contents: &[u8]) -> TempFile {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "coalesce-proxy-test-{}-{}.{extension}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).expect("write a temporary file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Reads text log lines until the proxy says where it listens.
 pub async fn listen_address(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -131,9 +153,15 @@ impl Harness {
         settings: OriginSettings,
         make: impl FnOnce(&str) -> String,
     ) -> Harness {
+        let origin = Origin::start(settings).await.expect("origin starts");
+        Harness::start_in_front_of(origin, make).await
+    }
+
+    /// Starts a proxy in front of an origin the test started (a TLS one, say), with the
+    /// configuration `make` writes for the origin's URL.
+    pub async fn start_in_front_of(origin: Origin, make: impl FnOnce(&str) -> String) -> Harness {
         raise_fd_limit();
         count_panics();
-        let origin = Origin::start(settings).await.expect("origin starts");
         let config = Config::from_toml(&make(&origin.url())).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
         let addr = server.local_addrs()[0];

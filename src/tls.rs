@@ -1,0 +1,133 @@
+//! TLS to upstreams: the rustls client configuration for an `https://` upstream, built from
+//! its `tls` settings (trusted roots, server name, SNI, verification), and the connector that
+//! carries it.
+//!
+//! rustls runs on the `ring` provider, chosen explicitly so that no other crate in the tree can
+//! switch the process-wide default, and because aws-lc-rs would need cmake to build. Plain
+//! `http://` upstreams go through the same connector type, which then never starts TLS: one
+//! client type per upstream keeps `upstream` free of a second code path.
+
+use std::sync::Arc;
+
+use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::config::{UpstreamConfig, UpstreamTls};
+
+/// The connector every upstream client uses: TLS for `https://` addresses, plain TCP for
+/// `http://` ones.
+pub type UpstreamConnector = HttpsConnector<HttpConnector>;
+
+/// Wraps `tcp` (already set up with the upstream's timeouts) for `config`'s scheme.
+pub fn connector(config: &UpstreamConfig, mut tcp: HttpConnector) -> UpstreamConnector {
+    // HttpConnector refuses https:// URIs unless told the layer above handles them.
+    tcp.enforce_http(false);
+    let tls = config.tls.as_ref();
+    if tls.is_some_and(|tls| !tls.verify) {
+        tracing::warn!(
+            upstream = %config.name,
+            "tls verify = false: this upstream's certificate is not checked"
+        );
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_config(tls))
+        .https_or_http();
+    let builder = match tls.and_then(|tls| tls.server_name.clone()) {
+        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    // ALPN offers exactly the protocol the client will speak, so an upstream that cannot
+    // speak HTTP/2 fails the handshake instead of a request.
+    if config.http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.enable_http1().wrap_connector(tcp)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(tls: Option<&UpstreamTls>) -> ClientConfig {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let Some(tls) = tls else {
+        // A plain upstream: the connector never starts TLS, so trust nothing.
+        return builder
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+    };
+    let mut config = if !tls.verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+            .with_no_client_auth()
+    } else if let Some(certificates) = &tls.ca_certificates {
+        let mut roots = RootCertStore::empty();
+        // Config loading already parsed them; one the store rejects (not a CA) is left out
+        // and the handshake reports the unknown issuer.
+        roots.add_parsable_certificates(certificates.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder.with_webpki_roots().with_no_client_auth()
+    };
+    config.enable_sni = tls.sni;
+    config
+}
+
+/// `verify = false`: any certificate, any name. The handshake signatures are still checked,
+/// so the session is encrypted to whoever holds the presented certificate's key; it is just
+/// not known who that is.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
