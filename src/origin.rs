@@ -176,6 +176,14 @@ impl Origin {
         tls: Arc<rustls::ServerConfig>,
     ) -> std::io::Result<Origin> {
         let address = "127.0.0.1:0".parse().expect("literal address");
+        Origin::start_tls_on(address, settings, tls).await
+    }
+
+    pub async fn start_tls_on(
+        address: SocketAddr,
+        settings: OriginSettings,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Origin> {
         Origin::listen(address, settings, Some(TlsAcceptor::from(tls))).await
     }
 
