@@ -18,9 +18,8 @@ delay=${3:-200ms}
 query=${4:-}
 stuck=${5:-0}
 
-cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
-bin=target/release
 source bench/lib.sh
+build_release
 
 origin_port=$(port); proxy_port=$(port)
 "$bin/examples/origin" --listen "127.0.0.1:$origin_port" --delay "$delay" --body-size "$size" >"$work/origin.log" &

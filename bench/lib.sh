@@ -1,5 +1,5 @@
 # Shared by the bench scripts (source it after `cd` to the repository root): a scratch
-# directory, the pids to stop on exit, and loopback port helpers.
+# directory, the pids to stop on exit, loopback port helpers, missing tools and the release build.
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -18,4 +18,24 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() {
   for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "port $1 never opened" >&2; return 1
+}
+
+# Installs with apt-get each named Debian package whose command of the same name is missing
+# (needs root, as on the project's machines).
+install_missing() {
+  local missing=() tool
+  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  [ ${#missing[@]} = 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Builds the proxy and the bench origin and herd client in release mode, into $bin, and lifts
+# the descriptor limit for herds of thousands.
+build_release() {
+  ulimit -n "$(ulimit -Hn)"
+  echo "building (release)" >&2
+  cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
+  bin=target/release
 }

@@ -20,19 +20,10 @@ else
   herd1=1000; herd2=10000; fan=200; waiting=10000; wrk_seconds=10
 fi
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk (apt-get)" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-fi
-# One client process holds every herd connection; the proxies hold as many again.
-ulimit -n "$(ulimit -Hn)"
-
-echo "building (release)" >&2
-cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
-bin=target/release
 source bench/lib.sh
+install_missing nginx wrk
+# One client process holds every herd connection; the proxies hold as many again.
+build_release
 # A GET with nothing but bash, for machines without curl.
 http_get() {
   exec 3<>"/dev/tcp/127.0.0.1/$1"

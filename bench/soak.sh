@@ -15,15 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-300}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk; then
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
-ulimit -n "$(ulimit -Hn)"
-cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
-bin=target/release
 source bench/lib.sh
+install_missing wrk
+build_release
 
 origin_port=$(port); proxy_port=$(port)
 "$bin/examples/origin" --listen "127.0.0.1:$origin_port" >/dev/null &

@@ -18,17 +18,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need wrk; then
-  echo "installing nginx and wrk (apt-get)" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
-fi
-ulimit -n "$(ulimit -Hn)"
-echo "building (release)" >&2
-cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
-bin=target/release
 source bench/lib.sh
+install_missing nginx wrk
+build_release
 
 plain_port=$(port); tls_port=$(port)
 "$bin/examples/origin" --listen "127.0.0.1:$plain_port" >/dev/null &
