@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coalesce_proxy::herd::{send_all, HerdSummary};
+use coalesce_proxy::herd::{send_all_when, HerdSummary};
 use coalesce_proxy::origin;
 use http::Method;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +42,10 @@ struct Args {
     /// Abort the whole herd after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
+    /// Once connected, hold the requests until this moment (milliseconds since the Unix
+    /// epoch), so that herd processes sent to different proxies start together.
+    #[arg(long)]
+    release_at_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -63,8 +67,22 @@ async fn main() -> ExitCode {
         }
     }
     let paths = vec![args.path.clone(); args.clients];
-    let Ok(results) =
-        tokio::time::timeout(args.timeout, send_all(args.addr, Method::GET, paths)).await
+    let release = async {
+        let Some(at) = args.release_at_ms else { return };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
+        match at.duration_since(std::time::SystemTime::now()) {
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(late) => eprintln!(
+                "herd: connected {:?} after the release moment",
+                late.duration()
+            ),
+        }
+    };
+    let Ok(results) = tokio::time::timeout(
+        args.timeout,
+        send_all_when(args.addr, Method::GET, paths, release),
+    )
+    .await
     else {
         eprintln!("herd: timed out after {:?}", args.timeout);
         return ExitCode::FAILURE;

@@ -14,10 +14,19 @@ trap cleanup EXIT
 # A free port on 127.0.0.1.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits (up to 10 s) until something listens on 127.0.0.1:$1.
+# Waits (up to 10 s) until something listens on port $1 of $2 (default 127.0.0.1).
 wait_port() {
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "port $1 never opened" >&2; return 1
+}
+
+# GET path $2 from port $1 of $3 (default 127.0.0.1) and print the body, with nothing but bash
+# (machines without curl).
+http_get() {
+  exec 3<>"/dev/tcp/${3:-127.0.0.1}/$1"
+  printf 'GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n' "$2" >&3
+  sed '1,/^\r$/d' <&3
+  exec 3<&-
 }
 
 # Installs with apt-get each named Debian package whose command of the same name is missing

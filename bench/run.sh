@@ -24,13 +24,6 @@ source bench/lib.sh
 install_missing nginx wrk
 # One client process holds every herd connection; the proxies hold as many again.
 build_release
-# A GET with nothing but bash, for machines without curl.
-http_get() {
-  exec 3<>"/dev/tcp/127.0.0.1/$1"
-  printf 'GET %s HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n' "$2" >&3
-  sed '1,/^\r$/d' <&3
-  exec 3<&-
-}
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 ratio() { python3 -c "a,b=float('$1'),float('$2'); print(f'{a/b:.2f}' if b else 'n/a')"; }
 mib() { python3 -c "print(f'{$1/1024:.1f} MiB')"; }

@@ -43,6 +43,19 @@ pub async fn send_all(
     method: Method,
     paths: Vec<String>,
 ) -> Vec<Result<ClientResult, anyhow::Error>> {
+    send_all_when(addr, method, paths, std::future::ready(())).await
+}
+
+/// Like [`send_all`], but once every connection is open the requests wait for `release` too:
+/// a moment agreed with other herd processes, so that herds sent to several proxies start
+/// together however long each took to connect.
+pub async fn send_all_when(
+    addr: SocketAddr,
+    method: Method,
+    paths: Vec<String>,
+    release: impl std::future::Future<Output = ()>,
+) -> Vec<Result<ClientResult, anyhow::Error>> {
+    let connected = Arc::new(Barrier::new(paths.len() + 1));
     let barrier = Arc::new(Barrier::new(paths.len() + 1));
     // Connecting thousands at once overflows the listener's accept backlog, and the kernel
     // then retries SYNs a second later; a few hundred at a time keeps set-up quick. The
@@ -51,6 +64,7 @@ pub async fn send_all(
     let tasks: Vec<_> = paths
         .into_iter()
         .map(|path| {
+            let connected = connected.clone();
             let barrier = barrier.clone();
             let connecting = connecting.clone();
             let method = method.clone();
@@ -58,11 +72,14 @@ pub async fn send_all(
                 let permit = connecting.acquire_owned().await;
                 let sender = connect(addr).await;
                 drop(permit);
+                connected.wait().await;
                 barrier.wait().await;
                 send(sender?, method, &path, Bytes::new()).await
             })
         })
         .collect();
+    connected.wait().await;
+    release.await;
     barrier.wait().await;
     let mut results = Vec::with_capacity(tasks.len());
     for task in tasks {
