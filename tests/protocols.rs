@@ -8,6 +8,12 @@ use crate::util::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_are_tunnelled_both_ways_and_never_coalesced() {
     let h = Harness::start().await;
+    assert_websocket_tunnel(&h).await;
+}
+
+/// A WebSocket handshake through `h`, then arbitrary bytes echoed both ways by its origin; the
+/// upgrade headers reach the origin and the request counts as a pass.
+pub async fn assert_websocket_tunnel(h: &Harness) {
     let mut stream = TcpStream::connect(h.addr).await.expect("connect");
     stream
         .write_all(

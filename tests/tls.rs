@@ -173,6 +173,14 @@ async fn an_https_upstream_trusted_through_ca_file_serves_a_herd_with_one_reques
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_is_tunnelled_to_an_https_upstream() {
+    let ca = TestCa::new();
+    let (origin, _) = tls_origin(&ca, &["127.0.0.1"]).await;
+    let h = proxy_for(origin, &format!("ca_file = {:?}", ca.pem_path())).await;
+    crate::protocols::assert_websocket_tunnel(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_an_unknown_issuer_is_refused_before_any_request() {
     let ca = TestCa::new();
     let (origin, _) = tls_origin(&ca, &["127.0.0.1"]).await;
