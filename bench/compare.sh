@@ -25,7 +25,9 @@ measure() { # binary → "req/s p99_ms herd_rss_kib_per_client"
   local idle; idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
   target/release/examples/herd --addr "127.0.0.1:$port" --path "/w$RANDOM?delay=2000&size=1024" --clients 2000 --expect-size 1KiB >/dev/null &
   local herd=$! busy=0 now
-  for _ in $(seq 30); do
+  # Sample for as long as the herd runs (bounded by its own timeout): a fixed window can end
+  # before a slow-connecting herd is all waiting.
+  while kill -0 "$herd" 2>/dev/null; do
     sleep 0.1
     now=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     [ "$now" -gt "$busy" ] && busy=$now

@@ -1,7 +1,7 @@
 //! The server: listeners, connections, graceful shutdown, and the periodic stats task.
 //!
-//! Each accepted connection is served by hyper-util's auto builder, which speaks HTTP/1.1 and
-//! HTTP/2 over cleartext (prior knowledge) on the same port. Shutdown stops accepting, asks
+//! Each accepted connection speaks HTTP/1.1 or HTTP/2 over cleartext (prior knowledge) on the
+//! same port; a peek at its first bytes decides which, and hyper-util's builder serves it. Shutdown stops accepting, asks
 //! every connection to finish its in-flight requests, and waits up to `shutdown_grace`.
 //! What a request does is `proxy`'s business.
 
@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
@@ -173,13 +171,16 @@ impl Server {
         }
         drop(accepted_tx);
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.server.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
-        let graceful = GracefulShutdown::new();
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        let protocols = Arc::new(Protocols { http1, http2 });
+        // Set when draining starts. Every connection holds a receiver until it ends, so the
+        // receivers count the open connections and the drain ends when the last one is gone.
+        let (draining_tx, draining) = watch::channel(false);
         // One permit per open client connection.
         let connections = Arc::new(Semaphore::new(config.server.max_connections));
 
@@ -194,22 +195,36 @@ impl Server {
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    let stream = StallGuard::new(
-                        stream,
-                        config.server.send_timeout,
-                        proxy.stats().clone(),
-                    );
+                    let (send_timeout, stats) = (config.server.send_timeout, proxy.stats().clone());
+                    let first_bytes_timeout = config.server.header_read_timeout;
                     let proxy = proxy.clone();
                     let service = service_fn(move |request| {
                         let proxy = proxy.clone();
+                        let request = detach_head(request);
                         async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
                     });
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let protocols = protocols.clone();
+                    let mut draining = draining.clone();
                     tokio::spawn(async move {
-                        if let Err(err) = connection.await {
+                        let http2 = tokio::select! {
+                            peeked = tokio::time::timeout(first_bytes_timeout, speaks_h2(&stream)) => {
+                                match peeked {
+                                    Ok(Ok(http2)) => http2,
+                                    _ => return,
+                                }
+                            }
+                            _ = draining.wait_for(|draining| *draining) => return,
+                        };
+                        let io = TokioIo::new(StallGuard::new(stream, send_timeout, stats));
+                        let result = if http2 {
+                            let connection = protocols.http2.serve_connection(io, service);
+                            until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                        } else {
+                            let connection =
+                                protocols.http1.serve_connection(io, service).with_upgrades();
+                            until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                        };
+                        if let Err(err) = result {
                             tracing::debug!(%peer, error = %err, "connection ended with an error");
                         }
                         drop(permit);
@@ -219,16 +234,18 @@ impl Server {
         }
 
         readiness.set(false);
+        draining_tx.send_replace(true);
         background.abort_all();
         drop(accepted);
-        let open = graceful.count();
+        drop(draining);
+        let open = draining_tx.receiver_count();
         let grace = config.server.shutdown_grace;
         tracing::info!(
             open_connections = open,
             grace = %humantime::format_duration(grace),
             "shutting down: no longer accepting, draining open connections"
         );
-        if tokio::time::timeout(grace, graceful.shutdown())
+        if tokio::time::timeout(grace, draining_tx.closed())
             .await
             .is_err()
         {
@@ -243,6 +260,78 @@ impl Server {
             admin.abort();
         }
     }
+}
+
+/// hyper's connection builders, one per protocol: [`speaks_h2`] picks one per connection.
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Drives `connection` to its end. Once `draining` is set it asks the connection to finish
+/// (`start_draining`): HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY and
+/// completes its open streams. Dropping `draining` at the end tells the server this
+/// connection is gone.
+async fn until_drained<C>(
+    connection: C,
+    start_draining: impl FnOnce(Pin<&mut C>),
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    start_draining(connection.as_mut());
+    connection.await
+}
+
+/// The HTTP/2 connection preface: a client speaking h2c with prior knowledge starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface, found by peeking at the socket, so that
+/// the chosen protocol's parser reads the connection's first bytes from the socket itself.
+/// (hyper-util's auto builder reads the first 24 bytes on its own and hands them to hyper's
+/// HTTP/1 parser first, whose read buffer then grows from 8 to 16 KiB on every connection:
+/// most of the memory a waiting client costs.) A connection that closes before a byte is HTTP/1 (hyper
+/// then sees the end at once).
+async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut start = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut start).await?;
+        if n == 0 || start[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far. Peeking again at once would see the same bytes; real
+        // HTTP/2 clients send the whole preface in one write, so this wait is rare.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies the request target and header values out of hyper's connection read buffer, of
+/// which they are slices. hyper hands over the head and then reads the connection again (to
+/// notice a client that hangs up); with the buffer no longer shared, that read reuses it,
+/// where otherwise every request waiting on a flight would cost a second 8 KiB buffer.
+fn detach_head<B>(request: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let Ok(mut copy) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
+        }
+    }
+    parts.headers = headers;
+    http::Request::from_parts(parts, body)
 }
 
 /// Answers a connection over `max_connections` with a 503 and closes it, without reading its

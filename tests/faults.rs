@@ -152,6 +152,41 @@ async fn slowloris_headers_are_cut_off_by_header_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_header_read_timeout() {
+    let h = Harness::start_with_server_setting("header_read_timeout = \"300ms\"").await;
+    let mut silent = TcpStream::connect(h.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the silent client was never disconnected");
+    assert!(rest.is_empty());
+    assert_eq!(get(h.addr, "/after?size=5").await.body(), &origin::body(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_split_over_two_writes_is_still_http2() {
+    let h = harness().await;
+    let mut client = TcpStream::connect(h.addr).await.expect("connect");
+    client.write_all(b"PRI * HTTP/2.0\r\n").await.expect("send");
+    // The proxy cannot tell yet; it must wait for the rest rather than pick HTTP/1. There is no
+    // event for "the proxy has looked": the pause only makes it likely that it looks at the
+    // partial preface, and the test holds either way.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The rest of the preface, then an empty SETTINGS frame.
+    client
+        .write_all(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("send");
+    let mut frame_head = [0u8; 9];
+    tokio::time::timeout(PATIENCE, client.read_exact(&mut frame_head))
+        .await
+        .expect("an answer in time")
+        .expect("a frame");
+    // An HTTP/2 server's first frame is its SETTINGS (type 4); an HTTP/1 one would have
+    // answered "HTTP/1.1 400".
+    assert_eq!(frame_head[3], 4, "{frame_head:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_requests_get_the_right_status() {
     let h = harness().await;
     let baseline = Baseline::take(&h).await;

@@ -100,6 +100,41 @@ async fn readyz_answers_503_while_draining_and_the_drain_finishes_the_flight() {
     assert_eq!(reply.body(), &origin::body(5000));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_closes_connections_that_have_not_sent_a_request() {
+    // header_read_timeout (30 s by default) is longer than PATIENCE: only the drain can close
+    // this connection in time.
+    let mut h = Harness::start().await;
+    let mut silent = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let mut idle = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    // One keep-alive connection that has been served once, and one that never said anything.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        idle.write_all(b"GET /once?size=3 HTTP/1.1\r\nhost: proxy.test\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).ends_with("\r\n\r\n012") {
+            let mut byte = [0u8; 1];
+            assert_eq!(idle.read(&mut byte).await.expect("read"), 1);
+            answer.push(byte[0]);
+            assert!(answer.len() < 4096);
+        }
+    }
+    h.shut_down();
+    for stream in [&mut silent, &mut idle] {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a connection outlived the drain");
+        assert!(rest.is_empty());
+    }
+}
+
 /// The proxy binary, its stderr as lines, and the addresses it logged.
 struct Running {
     child: std::process::Child,
