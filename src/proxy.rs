@@ -203,7 +203,8 @@ impl Proxy {
             return (None, Reply::pass(reply));
         };
         if hygiene::is_upgrade(&parts) {
-            let reply = self.tunnel(&route, parts, body, client).await;
+            // Boxed, as `pass_alone`: rare, and large inline.
+            let reply = Box::pin(self.tunnel(&route, parts, body, client)).await;
             return (Some(route), reply);
         }
         let reply = if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
@@ -257,9 +258,7 @@ impl Proxy {
             Key::new(route, &parts.method, path_and_query, &headers)
         };
         if self.pass_memory.should_pass(&key) {
-            return self
-                .pass(route, parts, client, empty_request_body(), Some(&key))
-                .await;
+            return self.pass_alone(route, parts, client, Some(&key)).await;
         }
         loop {
             let (role, subscription) = self.group.join(key.clone(), route, &parts.headers, || {
@@ -288,9 +287,7 @@ impl Proxy {
                                 flight = flight.id,
                                 "follower waited past max_wait; going upstream alone"
                             );
-                            return self
-                                .pass(route, parts, client, empty_request_body(), None)
-                                .await;
+                            return self.pass_alone(route, parts, client, None).await;
                         }
                     }
                 }
@@ -333,9 +330,7 @@ impl Proxy {
                 Ok(head) => head,
                 Err(_) if role == Role::Follower && !policy.share_errors => {
                     drop(subscription);
-                    return self
-                        .pass(route, parts, client, empty_request_body(), None)
-                        .await;
+                    return self.pass_alone(route, parts, client, None).await;
                 }
                 Err(err) => {
                     if role == Role::Leader {
@@ -359,9 +354,7 @@ impl Proxy {
                     // Released at once, all together: nobody queues behind a response that
                     // only its leader may have.
                     drop(subscription);
-                    return self
-                        .pass(route, parts, client, empty_request_body(), None)
-                        .await;
+                    return self.pass_alone(route, parts, client, None).await;
                 }
                 if !sharing::vary_matches(
                     &head.sharing.vary,
@@ -370,9 +363,7 @@ impl Proxy {
                 ) {
                     drop(subscription);
                     if key.is_variant() {
-                        return self
-                            .pass(route, parts, client, empty_request_body(), None)
-                            .await;
+                        return self.pass_alone(route, parts, client, None).await;
                     }
                     // Share with the clients that sent the same values, in a flight of their own.
                     key = key.variant(&head.sharing.vary, &parts.headers);
@@ -609,6 +600,19 @@ impl Proxy {
             Outcome::Pass,
         );
         Reply::pass(response)
+    }
+
+    /// A shared request going upstream on its own after all (remembered as not shareable, past
+    /// `max_wait`, released by its flight). Boxed: it is the rare path, and `pass`'s state
+    /// inline would make every waiting follower's future larger.
+    async fn pass_alone(
+        &self,
+        route: &Arc<Route>,
+        parts: &request::Parts,
+        client: SocketAddr,
+        key: Option<&Key>,
+    ) -> Reply {
+        Box::pin(self.pass(route, parts, client, empty_request_body(), key)).await
     }
 
     /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a

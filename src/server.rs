@@ -218,7 +218,11 @@ impl Server {
                         let io = TokioIo::new(StallGuard::new(stream, send_timeout, stats));
                         let result = if http2 {
                             let connection = protocols.http2.serve_connection(io, service);
-                            until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                            // Boxed: an HTTP/2 connection's state is large, and inline it would
+                            // make every HTTP/1 connection's task as large.
+                            let draining_connection =
+                                until_drained(connection, |c| c.graceful_shutdown(), draining);
+                            Box::pin(draining_connection).await
                         } else {
                             let connection =
                                 protocols.http1.serve_connection(io, service).with_upgrades();
