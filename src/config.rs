@@ -281,6 +281,22 @@ impl Resolver<'_> {
         value.as_ref().map_or(Ok(default), |v| self.duration(v))
     }
 
+    /// A timeout for which zero would close every connection at once.
+    fn positive_duration_or(
+        &self,
+        value: &Option<raw::Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let duration = self.duration_or(value, default)?;
+        match value {
+            Some(value) if duration.is_zero() => Err(self.error_at(
+                value.span(),
+                "this timeout must be more than \"0s\": zero would close every connection at once",
+            )),
+            _ => Ok(duration),
+        }
+    }
+
     fn resolve(&self, raw: raw::File) -> Result<Config, ConfigError> {
         let server = self.server(raw.server.unwrap_or_default())?;
         let admin = match &raw.admin {
@@ -378,9 +394,9 @@ impl Resolver<'_> {
         Ok(ServerConfig {
             listen,
             shutdown_grace: self.duration_or(&raw.shutdown_grace, Duration::from_secs(30))?,
-            send_timeout: self.duration_or(&raw.send_timeout, Duration::from_secs(60))?,
+            send_timeout: self.positive_duration_or(&raw.send_timeout, Duration::from_secs(60))?,
             header_read_timeout: self
-                .duration_or(&raw.header_read_timeout, Duration::from_secs(30))?,
+                .positive_duration_or(&raw.header_read_timeout, Duration::from_secs(30))?,
             max_connections: raw.max_connections.unwrap_or(10_000).max(1),
         })
     }

@@ -19,6 +19,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("[server]\nlisten = 8080\n{ok}"), "line 2, column 10", "did not match"),
         (format!("[server]\nshutdown_grace = \"soon\"\n{ok}"), "line 2, column 18", "invalid duration"),
         (format!("[server]\nsend_timeout = \"-1s\"\n{ok}"), "line 2, column 16", "invalid duration"),
+        (format!("[server]\nheader_read_timeout = \"0s\"\n{ok}"), "line 2, column 23", "more than \"0s\""),
         (format!("[admin]\nlisten = \"nowhere\"\n{ok}"), "line 2, column 10", "invalid admin listen address"),
         (format!("[server]\nlisten = \"127.0.0.1:9000\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n{ok}"), "line 4, column 10", "also a [server] listen address"),
         (format!("[log]\nformat = \"xml\"\n{ok}"), "line 2, column 10", "unknown log format"),
