@@ -1,8 +1,9 @@
 //! The server: listeners, connections, graceful shutdown, and the periodic stats task.
 //!
 //! Each accepted connection speaks HTTP/1.1 or HTTP/2 over cleartext (prior knowledge) on the
-//! same port; a peek at its first bytes decides which, and hyper-util's builder serves it. Shutdown stops accepting, asks
-//! every connection to finish its in-flight requests, and waits up to `shutdown_grace`.
+//! same port; a peek at its first bytes decides which, and hyper's builder for that protocol
+//! serves it. Shutdown stops accepting, asks every connection to finish its in-flight
+//! requests, and waits up to `shutdown_grace`.
 //! What a request does is `proxy`'s business.
 
 use std::convert::Infallible;
@@ -300,8 +301,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// the chosen protocol's parser reads the connection's first bytes from the socket itself.
 /// (hyper-util's auto builder reads the first 24 bytes on its own and hands them to hyper's
 /// HTTP/1 parser first, whose read buffer then grows from 8 to 16 KiB on every connection:
-/// most of the memory a waiting client costs.) A connection that closes before a byte is HTTP/1 (hyper
-/// then sees the end at once).
+/// most of the memory a waiting client costs.) A connection that closes before a byte is
+/// HTTP/1 (hyper then sees the end at once).
 async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
     let mut start = [0u8; H2_PREFACE.len()];
     loop {
@@ -322,6 +323,7 @@ async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
 /// which they are slices. hyper hands over the head and then reads the connection again (to
 /// notice a client that hangs up); with the buffer no longer shared, that read reuses it,
 /// where otherwise every request waiting on a flight would cost a second 8 KiB buffer.
+/// (HTTP/2 heads own their bytes already; the copy is cheap beside the rest of a request.)
 fn detach_head<B>(request: http::Request<B>) -> http::Request<B> {
     let (mut parts, body) = request.into_parts();
     if let Ok(uri) = parts.uri.to_string().parse() {
