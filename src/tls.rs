@@ -40,8 +40,8 @@ pub fn connector(config: &UpstreamConfig, mut tcp: HttpConnector) -> UpstreamCon
         Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
         None => builder,
     };
-    // ALPN offers exactly the protocol the client will speak, so an upstream that cannot
-    // speak HTTP/2 fails the handshake instead of a request.
+    // ALPN offers exactly the protocol the client will speak: an upstream that negotiates
+    // ALPN but not h2 refuses the handshake, rather than the client falling back to HTTP/1.1.
     if config.http2 {
         builder.enable_http2().wrap_connector(tcp)
     } else {
