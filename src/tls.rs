@@ -1,29 +1,76 @@
 //! TLS to upstreams: the rustls client configuration for an `https://` upstream, built from
 //! its `tls` settings (trusted roots, server name, SNI, verification), and the connector that
-//! carries it.
+//! carries it, with `connect_timeout` over the whole set-up, handshake included.
 //!
 //! rustls runs on the `ring` provider, chosen explicitly so that no other crate in the tree can
 //! switch the process-wide default, and because aws-lc-rs would need cmake to build. Plain
 //! `http://` upstreams go through the same connector type, which then never starts TLS: one
 //! client type per upstream keeps `upstream` free of a second code path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};
+use http::Uri;
+use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::upstream::BoxError;
 
 /// The connector every upstream client uses: TLS for `https://` addresses, plain TCP for
-/// `http://` ones.
-pub type UpstreamConnector = HttpsConnector<HttpConnector>;
+/// `http://` ones, and `connect_timeout` over the whole set-up. As nginx's
+/// `proxy_connect_timeout`, the TLS handshake counts: an upstream that accepts and then says
+/// nothing is a connect failure (502, and a failure for passive health), not a wait for
+/// `response_timeout`.
+#[derive(Clone, Debug)]
+pub struct UpstreamConnector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        let connecting = self.inner.call(destination);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(format!("connection set-up took longer than {timeout:?}").into()),
+            }
+        })
+    }
+}
 
 /// Wraps `tcp` (already set up with the upstream's timeouts) for `config`'s scheme.
-pub fn connector(config: &UpstreamConfig, mut tcp: HttpConnector) -> UpstreamConnector {
+pub fn connector(config: &UpstreamConfig, tcp: HttpConnector) -> UpstreamConnector {
+    UpstreamConnector {
+        inner: https_connector(config, tcp),
+        timeout: config.connect_timeout,
+    }
+}
+
+fn https_connector(
+    config: &UpstreamConfig,
+    mut tcp: HttpConnector,
+) -> HttpsConnector<HttpConnector> {
     // HttpConnector refuses https:// URIs unless told the layer above handles them.
     tcp.enforce_http(false);
     let tls = config.tls.as_ref();

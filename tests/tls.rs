@@ -209,6 +209,30 @@ async fn a_certificate_from_an_unknown_issuer_is_refused_before_any_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_covers_the_tls_handshake() {
+    // Accepts and never answers: TCP connects at once, and the handshake never finishes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    // PATIENCE is shorter than the default response_timeout (30 s): only connect_timeout can
+    // end this in time.
+    let err = tokio::time::timeout(
+        PATIENCE,
+        fetch_error(&format!("https://{addr}"), "connect_timeout = \"200ms\""),
+    )
+    .await
+    .expect("a connect failure long before response_timeout");
+    assert!(matches!(err, FetchError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("took longer than 200ms"), "{err}");
+    silent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_name_is_sent_in_sni_and_checked_against_the_certificate() {
     let ca = TestCa::new();
     let (origin, sni) = tls_origin(&ca, &["origin.test"]).await;
