@@ -322,7 +322,8 @@ impl Resolver<'_> {
 
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in raw.upstreams {
-            let resolved = self.upstream(&name, upstream)?;
+            let span = upstream.span();
+            let resolved = self.upstream(&name, span, upstream.into_inner())?;
             upstreams.insert(name, resolved);
         }
 
@@ -339,11 +340,11 @@ impl Resolver<'_> {
             routes.push(route.0);
         }
         if routes.is_empty() {
-            return Err(ConfigError {
-                path: None,
-                position: None,
-                message: "no [[routes]]: the proxy would answer every request with 404".into(),
-            });
+            // Points at the end of the file, where a [[routes]] table would go.
+            return Err(self.error_at(
+                self.text.len()..self.text.len(),
+                "no [[routes]]: the proxy would answer every request with 404",
+            ));
         }
         Ok(Config {
             server,
@@ -432,7 +433,12 @@ impl Resolver<'_> {
         })
     }
 
-    fn upstream(&self, name: &str, raw: raw::Upstream) -> Result<UpstreamConfig, ConfigError> {
+    fn upstream(
+        &self,
+        name: &str,
+        table: std::ops::Range<usize>,
+        raw: raw::Upstream,
+    ) -> Result<UpstreamConfig, ConfigError> {
         let urls: Vec<&raw::Spanned<String>> = match (&raw.url, &raw.urls) {
             (Some(url), None) => vec![url],
             (None, Some(urls)) if !urls.is_empty() => urls.iter().collect(),
@@ -443,11 +449,10 @@ impl Resolver<'_> {
                 ))
             }
             _ => {
-                return Err(ConfigError {
-                    path: None,
-                    position: None,
-                    message: format!("upstream {name:?} needs `url` or a non-empty `urls`"),
-                })
+                return Err(self.error_at(
+                    table,
+                    format!("upstream {name:?} needs `url` or a non-empty `urls`"),
+                ))
             }
         };
         let mut origins: Vec<Uri> = Vec::with_capacity(urls.len());
@@ -841,7 +846,7 @@ mod raw {
         pub admin: Option<Admin>,
         pub log: Option<Log>,
         #[serde(default)]
-        pub upstreams: BTreeMap<String, Upstream>,
+        pub upstreams: BTreeMap<String, Spanned<Upstream>>,
         pub coalesce: Option<Coalesce>,
         #[serde(default)]
         pub routes: Vec<Route>,

@@ -28,7 +28,8 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         ("[upstreams.app]\nurl = \"ftp://x\"\n".to_string() + ROUTE, "line 2, column 7", "not supported"),
         ("[upstreams.app]\nurl = \"127.0.0.1:3000\"\n".to_string() + ROUTE, "line 2, column 7", "invalid url"),
         ("[upstreams.app]\nurl = \"http://x/?q=1\"\n".to_string() + ROUTE, "line 2, column 7", "query string"),
-        ("[upstreams.app]\n".to_string() + ROUTE, "", "needs `url` or a non-empty `urls`"),
+        ("[upstreams.app]\n".to_string() + ROUTE, "line 1, column 1", "needs `url` or a non-empty `urls`"),
+        (format!("{ROUTE}[upstreams.app]\nurls = []\n"), "line 4, column 1", "needs `url` or a non-empty `urls`"),
         (format!("[upstreams.app]\nurls = [\"http://a:1\"]\nbalance = \"random\"\n{ROUTE}"), "line 3, column 11", "unknown balance"),
         (format!("[upstreams.app]\nurls = [\"http://a:1/x\", \"http://b:1/y\"]\n{ROUTE}"), "line 2, column 25", "the same path"),
         (format!("[upstreams.app]\nurls = [\"http://a:1\", \"https://b:1\"]\n{ROUTE}"), "line 2, column 23", "the same scheme"),
@@ -51,7 +52,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("{ok}[coalesce]\nmax_replay_body = \"lots\"\n"), "line 7, column 19", "invalid size"),
         (format!("{ok}[coalesce]\nmax_replay_body = \"64MiB\"\n"), "line 7, column 19", "must be at least max_replay_body"),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncoalesce = {{ enabeld = true }}\n"), "line 6, column 14", "unknown field `enabeld`"),
-        ("[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "", "no [[routes]]"),
+        ("[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "line 3, column 1", "no [[routes]]"),
         ("[server\nlisten = 1\n".to_string(), "line 1, column 8", "expected"),
     ]
 }
@@ -61,6 +62,7 @@ fn bad_configs_get_one_clear_message_with_position_and_exit_2() {
     let cases = cases();
     assert!(cases.len() >= 20);
     for (text, position, phrase) in cases {
+        assert!(position.starts_with("line "), "every case names a position");
         let file = write_config(&text);
         let output = Command::new(BINARY)
             .arg("--config")

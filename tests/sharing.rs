@@ -73,14 +73,23 @@ async fn private_and_no_store_responses_are_not_shared_but_public_ones_are() {
         ("vary:*", false),
         ("cache-control:public,%20max-age=60", true),
     ] {
-        let path = format!("/cc/{header}?header={header}&hold_head={header}");
-        let before = h.proxy.stats().snapshot().joined;
-        let (replies, ()) = tokio::join!(
-            herd(h.addr, 10, Method::GET, &path, &[]),
-            h.open_when_followers(before + 9, header)
-        );
-        let expected = if shared { (1, 9, 0) } else { (1, 0, 9) };
-        assert_eq!(outcomes(&replies), expected, "{header}");
+        let key = format!("/cc/{header}?");
+        let path = format!("{key}header={header}&hold_head={header}");
+        let replies = h.gated_herd(10, Method::GET, &path, &[], header).await;
+        let hits: HashSet<&str> = replies
+            .iter()
+            .map(|r| r.headers["x-origin-hit"].to_str().unwrap())
+            .collect();
+        if shared {
+            assert_eq!(outcomes(&replies), (1, 9, 0), "{header}");
+            assert_eq!(h.origin.hits_for(&key), 1, "{header}");
+            assert_eq!(hits.len(), 1, "{header}: everyone got the one response");
+        } else {
+            // Every client got a response of its own: the leader's never reached a follower.
+            assert_eq!(outcomes(&replies), (1, 0, 9), "{header}");
+            assert_eq!(h.origin.hits_for(&key), 10, "{header}");
+            assert_eq!(hits.len(), 10, "{header}: a response reached two clients");
+        }
     }
 }
 

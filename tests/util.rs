@@ -191,6 +191,25 @@ impl Harness {
         self.proxy.group().len()
     }
 
+    /// Responses with `outcome` on route `all` whose bodies have ended, completely or not: the
+    /// proxy's access record of each, written when hyper drops or finishes the body. A client
+    /// that went away mid-body is counted once the proxy has noticed.
+    pub fn responses_done(&self, outcome: &str) -> u64 {
+        let series = format!(
+            "coalesce_proxy_request_duration_seconds_count{{route=\"all\",outcome=\"{outcome}\"}}"
+        );
+        metric(&self.proxy.render_metrics(), &series) as u64
+    }
+
+    /// Waits until `n` responses with `outcome` have ended (see [`Harness::responses_done`]).
+    pub async fn wait_responses_done(&self, outcome: &str, n: u64) {
+        assert!(
+            eventually(|| self.responses_done(outcome) == n).await,
+            "{} {outcome} responses ended, not {n}",
+            self.responses_done(outcome)
+        );
+    }
+
     /// Waits until the table is empty (flights end on their own tasks, just after the last
     /// byte reaches the clients).
     pub async fn assert_table_empties(&self) {
@@ -213,6 +232,36 @@ pub async fn eventually(condition: impl Fn() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     condition()
+}
+
+/// Waits (bounded by [`PATIENCE`]) until the future that `condition` returns resolves to true, for
+/// conditions that need a request to check (a scrape, a probe).
+pub async fn eventually_async<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    condition().await
+}
+
+/// The value of the metric sample `series` (name and labels exactly as exposed) in a
+/// Prometheus text exposition, or 0 when it is absent.
+pub fn metric(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|value| value.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
 
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -242,12 +291,14 @@ pub fn raise_fd_limit() {
 }
 
 /// A whole response as a client saw it; `body` is `Err` when the connection was aborted
-/// before the response was complete.
+/// before the response was complete, and `received` holds the body bytes that arrived before
+/// the end (all of them, or those before the abort).
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Result<Bytes, String>,
+    pub received: Bytes,
 }
 
 impl Reply {
@@ -317,16 +368,25 @@ pub async fn send_head(
 }
 
 pub async fn read_reply(response: http::Response<Incoming>) -> Reply {
-    let (parts, body) = response.into_parts();
-    let body = tokio::time::timeout(PATIENCE, body.collect())
+    let (parts, mut body) = response.into_parts();
+    let mut received = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let ended = tokio::time::timeout(PATIENCE, read)
         .await
-        .expect("body in time")
-        .map(|b| b.to_bytes())
-        .map_err(|e| e.to_string());
+        .expect("body in time");
+    let received = received.freeze();
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body,
+        body: ended.map(|()| received.clone()),
+        received,
     }
 }
 
@@ -362,6 +422,9 @@ pub async fn herd(
 }
 
 /// Like [`herd`], but a client whose connection closes before the response head gets `Err`.
+/// Connections open a few hundred at a time (as `src/herd.rs` does), so that a large herd
+/// does not overflow the listener's backlog and wait a second for a SYN retransmit; the
+/// requests are still released all at once.
 pub async fn try_herd(
     addr: SocketAddr,
     n: usize,
@@ -370,6 +433,7 @@ pub async fn try_herd(
     headers: &[(&str, &str)],
 ) -> Vec<Result<Reply, String>> {
     let barrier = Arc::new(Barrier::new(n + 1));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(256));
     let headers: Vec<(String, String)> = headers
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -380,8 +444,13 @@ pub async fn try_herd(
             let method = method.clone();
             let path = path.to_owned();
             let headers = headers.clone();
+            let connecting = connecting.clone();
             tokio::spawn(async move {
-                let mut sender = connect(addr).await;
+                let permit = connecting.acquire_owned().await;
+                let mut sender = tokio::time::timeout(PATIENCE, connect(addr))
+                    .await
+                    .expect("connected in time");
+                drop(permit);
                 barrier.wait().await;
                 let headers: Vec<(&str, &str)> = headers
                     .iter()

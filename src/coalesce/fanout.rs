@@ -19,6 +19,8 @@ use crate::upstream::FetchError;
 /// the flight.
 pub struct FanoutBody {
     frames: BoxStream<'static, Result<Frame<Bytes>, FetchError>>,
+    /// The fetch's error, held back for one poll: see [`Body::poll_frame`].
+    held_error: Option<FetchError>,
 }
 
 impl FanoutBody {
@@ -34,6 +36,7 @@ impl FanoutBody {
         });
         FanoutBody {
             frames: frames.boxed(),
+            held_error: None,
         }
     }
 }
@@ -46,6 +49,20 @@ impl Body for FanoutBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
-        self.frames.poll_next_unpin(cx)
+        if let Some(err) = self.held_error.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
+        match self.frames.poll_next_unpin(cx) {
+            // hyper's HTTP/1 server flushes what it has buffered (the head, the chunks so far)
+            // only when the body is pending; an error straight after them would close the
+            // connection with them unsent, and the client would see no head at all instead
+            // of the bytes so far. So the error waits one turn, and hyper flushes first.
+            Poll::Ready(Some(Err(err))) => {
+                self.held_error = Some(err);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
     }
 }
