@@ -39,21 +39,28 @@ async fn round_robin_spreads_requests_over_every_address() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_address_is_taken_out_and_tried_again_after_fail_timeout() {
-    let live = Origin::start(OriginSettings::default()).await.unwrap();
+/// A proxy over a live origin and an address nothing listens on, with `extra` in the upstream.
+async fn proxy_with_a_dead_address(live: &Origin, extra: &str) -> (Harness, std::net::SocketAddr) {
     let dead_addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let dead = format!("http://{dead_addr}");
     let h = Harness::start_text(OriginSettings::default(), |unused| {
-        config_text(unused, "max_fails = 1\nfail_timeout = \"400ms\"", "").replace(
+        config_text(unused, extra, "").replace(
             &format!("url = \"{unused}\""),
             &format!("urls = [\"{}\", \"{dead}\"]", live.url()),
         )
     })
     .await;
+    (h, dead_addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_address_is_taken_out_after_max_fails() {
+    let live = Origin::start(OriginSettings::default()).await.unwrap();
+    // fail_timeout is far longer than the test: the address stays out throughout.
+    let (h, _) = proxy_with_a_dead_address(&live, "max_fails = 1\nfail_timeout = \"1h\"").await;
     let mut failures = 0;
     for i in 0..10 {
         if post(&h, &format!("/e/{i}")).await.status == StatusCode::BAD_GATEWAY {
@@ -62,15 +69,45 @@ async fn a_failing_address_is_taken_out_and_tried_again_after_fail_timeout() {
     }
     assert_eq!(failures, 1, "one failure takes the address out");
     assert_eq!(live.hits(), 9);
-    // The address comes back; after fail_timeout it is tried again and used.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_taken_out_is_tried_again_after_fail_timeout() {
+    let live = Origin::start(OriginSettings::default()).await.unwrap();
+    let (h, dead_addr) =
+        proxy_with_a_dead_address(&live, "max_fails = 1\nfail_timeout = \"300ms\"").await;
+    // Round robin reaches the dead address within two requests; that failure takes it out.
+    // It is out from some moment between `started` and `failed_by` for fail_timeout.
+    let started = std::time::Instant::now();
+    let first = post(&h, "/e/0").await.status;
+    let second = post(&h, "/e/1").await.status;
+    let failed_by = std::time::Instant::now();
+    let mut statuses = [first, second];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::BAD_GATEWAY]);
     let revived = Origin::start_on(dead_addr, OriginSettings::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Requests sent well within fail_timeout of `started` all go to the live address.
+    for i in 0..4 {
+        if started.elapsed() >= Duration::from_millis(200) {
+            break;
+        }
+        assert_eq!(post(&h, &format!("/out/{i}")).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        revived.hits(),
+        0,
+        "an address out was used before fail_timeout"
+    );
+    // Past fail_timeout (time only grows, so this is no race) it is in the rotation again.
+    tokio::time::sleep_until((failed_by + Duration::from_millis(300)).into()).await;
+    let before = live.hits();
     for i in 0..4 {
         assert_eq!(post(&h, &format!("/back/{i}")).await.status, StatusCode::OK);
     }
-    assert!(revived.hits() >= 1);
+    assert_eq!(revived.hits(), 2);
+    assert_eq!(live.hits() - before, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,37 +147,54 @@ async fn hash_keeps_keys_on_their_address_and_moves_only_a_failed_ones() {
             "{path} stuck to one address"
         );
     }
+    // Rendezvous hashing over 5 addresses puts some of 60 keys on each (all but certainly:
+    // one address getting none has a probability of 5 × 0.8⁶⁰ ≈ 7 × 10⁻⁶).
     let used: std::collections::HashSet<_> = before.iter().collect();
-    assert!(used.len() >= 4, "keys spread over the addresses");
+    assert_eq!(used.len(), 5, "keys spread over every address");
 
-    // Address 2 goes away: only its keys move (the first request to it fails and takes it
-    // out; the retry lands elsewhere).
+    // Address 2 goes away. The first request to it fails and takes it out (max_fails = 1);
+    // from then on its keys, and only its keys, are served elsewhere, each by one address.
     let gone = 2;
     origins[gone] = None;
-    let mut moved = 0;
-    for (path, &was) in paths.iter().zip(&before) {
-        let counts = |origins: &[Option<Origin>]| -> Vec<usize> {
-            origins
-                .iter()
-                .map(|o| o.as_ref().map_or(0, |o| o.hits_for(path)))
-                .collect()
-        };
-        let earlier = counts(&origins);
-        if post(&h, path).await.status == StatusCode::BAD_GATEWAY {
-            assert_eq!(was, gone, "{path}: only the gone address fails");
-            assert_eq!(post(&h, path).await.status, StatusCode::OK);
-        }
-        let later = counts(&origins);
-        let now = (0..origins.len())
-            .find(|&i| later[i] > earlier[i])
-            .expect("served by someone");
-        if was == gone {
-            moved += 1;
-        } else {
-            assert_eq!(now, was, "{path} moved although its address is healthy");
+    let counts = |origins: &[Option<Origin>], path: &str| -> Vec<usize> {
+        origins
+            .iter()
+            .map(|o| o.as_ref().map_or(0, |o| o.hits_for(path)))
+            .collect()
+    };
+    let mut failures = 0;
+    let mut new_owner = std::collections::HashMap::new();
+    for round in 0..2 {
+        for (path, &was) in paths.iter().zip(&before) {
+            let earlier = counts(&origins, path);
+            let status = post(&h, path).await.status;
+            if status == StatusCode::BAD_GATEWAY {
+                assert_eq!(was, gone, "{path}: only the gone address fails");
+                failures += 1;
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK);
+            let later = counts(&origins, path);
+            let now = (0..origins.len())
+                .find(|&i| later[i] > earlier[i])
+                .expect("served by someone");
+            if was == gone {
+                assert_ne!(now, gone);
+                // A moved key stays on its new address too.
+                let owner = *new_owner.entry(path.clone()).or_insert(now);
+                assert_eq!(now, owner, "{path} moved again in round {round}");
+            } else {
+                assert_eq!(now, was, "{path} moved although its address is healthy");
+            }
         }
     }
-    assert!(moved > 0, "address {gone} owned some keys");
+    assert_eq!(failures, 1, "max_fails = 1: exactly one request fails");
+    let owned_by_gone = before.iter().filter(|&&i| i == gone).count();
+    assert_eq!(
+        new_owner.len(),
+        owned_by_gone,
+        "every key of the gone address moved"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

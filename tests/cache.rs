@@ -190,42 +190,40 @@ async fn let_it_go_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
     let h = harness().await;
-    let path = "/c/swr?size=100&header=cache-control:max-age=1,%20stale-while-revalidate=30";
+    // The first request passes; every later one (the refresh) holds at gate r.
+    let path =
+        "/c/swr?size=100&hold_rest=r&header=cache-control:max-age=1,%20stale-while-revalidate=30";
     assert_eq!(get(h.addr, path).await.outcome(), "leader");
     let_it_go_stale().await;
+    // While the one refresh is held upstream, all 20 are served the stale entry at once.
     let replies = herd(h.addr, 20, Method::GET, path, &[]).await;
-    // Served at once from the stale entry; late ones may already see it renewed.
     for reply in &replies {
-        assert!(
-            matches!(reply.outcome(), "stale" | "hit"),
-            "{}",
-            reply.outcome()
-        );
+        assert_eq!(reply.outcome(), "stale");
         assert_eq!(reply.body(), &origin::body(100));
+        assert_eq!(reply.headers["x-origin-hit"], "1");
     }
-    assert!(replies.iter().any(|r| r.outcome() == "stale"));
-    // One conditional refresh; the origin's 304 renews the stored response.
-    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 2).await);
+    assert!(h.origin.wait_until(PATIENCE, |o| o.reached("r")).await);
+    assert_eq!(h.origin.hits(), 2, "exactly one refresh in the air");
+    let metrics = h.proxy.render_metrics();
+    assert_eq!(
+        metric(&metrics, "coalesce_proxy_cache_revalidations_total"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "coalesce_proxy_cache_stale_served_total"),
+        20.0
+    );
+    // The refresh is conditional, and the origin's 304 renews the stored response.
     let refresh = h.origin.requests().pop().expect("refresh");
     assert_eq!(refresh.header("if-none-match"), Some("\"v1\""));
+    h.origin.open_gate("r");
     assert!(
-        eventually(|| h
-            .proxy
-            .render_metrics()
-            .contains("coalesce_proxy_cache_revalidations_total 1"))
-        .await
+        eventually_async(|| async { get(h.addr, path).await.outcome() == "hit" }).await,
+        "the refresh never renewed the entry"
     );
-    let renewed = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let reply = get(h.addr, path).await;
-            if reply.outcome() == "hit" {
-                return reply;
-            }
-        }
-    })
-    .await
-    .expect("the refresh renewed the entry");
     // The stored body, with the 304's header fields replacing the stored ones.
+    let renewed = get(h.addr, path).await;
+    assert_eq!(renewed.outcome(), "hit");
     assert_eq!(renewed.body(), &origin::body(100));
     assert_eq!(renewed.headers["x-origin-hit"], "2");
     assert_eq!(h.origin.hits(), 2, "exactly one refresh");

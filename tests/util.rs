@@ -191,22 +191,29 @@ impl Harness {
         self.proxy.group().len()
     }
 
-    /// Responses with `outcome` on route `all` whose bodies have ended, completely or not: the
-    /// proxy's access record of each, written when hyper drops or finishes the body. A client
-    /// that went away mid-body is counted once the proxy has noticed.
-    pub fn responses_done(&self, outcome: &str) -> u64 {
-        let series = format!(
-            "coalesce_proxy_request_duration_seconds_count{{route=\"all\",outcome=\"{outcome}\"}}"
-        );
-        metric(&self.proxy.render_metrics(), &series) as u64
+    /// Responses on route `all` with any of `outcomes` whose bodies have ended, completely or
+    /// not: the proxy's record of each, written when hyper finishes or drops the body. A
+    /// client that went away mid-body is counted once the proxy has noticed.
+    pub fn responses_done(&self, outcomes: &[&str]) -> u64 {
+        let exposition = self.proxy.render_metrics();
+        outcomes
+            .iter()
+            .map(|outcome| {
+                let series = format!(
+                    "coalesce_proxy_request_duration_seconds_count{{route=\"all\",outcome=\"{outcome}\"}}"
+                );
+                metric(&exposition, &series) as u64
+            })
+            .sum()
     }
 
-    /// Waits until `n` responses with `outcome` have ended (see [`Harness::responses_done`]).
-    pub async fn wait_responses_done(&self, outcome: &str, n: u64) {
+    /// Waits until `n` responses with any of `outcomes` have ended (see
+    /// [`Harness::responses_done`]).
+    pub async fn wait_responses_done(&self, outcomes: &[&str], n: u64) {
         assert!(
-            eventually(|| self.responses_done(outcome) == n).await,
-            "{} {outcome} responses ended, not {n}",
-            self.responses_done(outcome)
+            eventually(|| self.responses_done(outcomes) == n).await,
+            "{} {outcomes:?} responses ended, not {n}",
+            self.responses_done(outcomes)
         );
     }
 

@@ -144,14 +144,6 @@ impl FlightState {
     }
 }
 
-/// What a chunk did to the flight, for the fetch task.
-pub(super) struct Published {
-    /// The flight just closed to joiners (its body passed `max_replay_body`).
-    pub closed: bool,
-    /// The buffer is over budget: wait for [`Flight::room`] before reading on.
-    pub full: bool,
-}
-
 impl Flight {
     pub(super) fn new(id: u64, key: Key, route: Arc<Route>, leader_headers: HeaderMap) -> Flight {
         Flight {
@@ -273,10 +265,12 @@ impl Flight {
         self.whole_body_with(&Bytes::new())
     }
 
-    /// The body held so far followed by `last`, the chunk about to be published.
+    /// The body held so far followed by `last`, the chunk about to be published; `None` once
+    /// the body is past `max_replay_body` (the flight no longer holds all of it).
     pub fn whole_body_with(&self, last: &Bytes) -> Option<Bytes> {
         let state = self.lock();
-        if state.first_chunk != 0 {
+        let total = state.body_bytes + last.len() as u64;
+        if state.first_chunk != 0 || total > self.route.coalesce.max_replay_body {
             return None;
         }
         if state.chunks.is_empty() {
@@ -358,33 +352,39 @@ impl Flight {
         self.changed.notify_waiters();
     }
 
-    pub(super) fn publish_chunk(&self, chunk: Bytes) -> Published {
-        let budget = self.budget();
-        let published = {
+    /// Appends a chunk to the log and wakes the readers. The fetch task calls
+    /// [`Flight::make_room`] first.
+    pub(super) fn publish_chunk(&self, chunk: Bytes) {
+        {
             let mut state = self.lock();
             state.body_bytes += chunk.len() as u64;
             state.buffered += chunk.len() as u64;
             state.peak_buffered = state.peak_buffered.max(state.buffered);
             state.chunks.push_back(chunk);
-            let closed = state.open && state.body_bytes > self.route.coalesce.max_replay_body;
-            if closed {
-                state.open = false;
-            }
             state.trim();
-            Published {
-                closed,
-                full: state.buffered > budget,
-            }
-        };
+        }
         self.changed.notify_waiters();
-        published
     }
 
-    /// Waits until the buffer is back within budget (readers caught up, left or were cut
-    /// off), so the fetch may read on. Whenever `client_stall_timeout` passes with nobody
-    /// freeing anything, the readers furthest behind are cut off: everyone else is waiting on
-    /// them.
-    pub(super) async fn room(&self) {
+    /// Gets the flight ready for a chunk of `incoming` bytes, before it is published. If the
+    /// chunk takes the body past `max_replay_body`, the flight closes to joiners first (and
+    /// returns true), so that from then on it keeps only what readers have not read. Then it
+    /// waits until the chunk fits in `max_flight_buffer` (readers caught up, left or were cut
+    /// off), so that the flight never holds more than its budget. Whenever
+    /// `client_stall_timeout` passes with nobody freeing anything, the readers furthest behind
+    /// are cut off: everyone else is waiting on them. A chunk larger than the whole budget
+    /// waits only for the buffer to empty.
+    pub(super) async fn make_room(&self, incoming: u64) -> bool {
+        let closed = {
+            let mut state = self.lock();
+            let closes =
+                state.open && state.body_bytes + incoming > self.route.coalesce.max_replay_body;
+            if closes {
+                state.open = false;
+                state.trim();
+            }
+            closes
+        };
         let budget = self.budget();
         let stall = self.route.coalesce.client_stall_timeout;
         loop {
@@ -393,9 +393,10 @@ impl Flight {
             drained.as_mut().enable();
             {
                 let mut state = self.lock();
-                if state.buffered <= budget || state.readers.is_empty() {
+                let fits = state.buffered + incoming <= budget || state.buffered == 0;
+                if fits || state.readers.is_empty() {
                     state.fetch_waiting = false;
-                    return;
+                    return closed;
                 }
                 state.fetch_waiting = true;
             }

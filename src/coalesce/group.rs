@@ -217,7 +217,7 @@ impl Group {
 }
 
 /// The fetch task's work: wait for the head, then copy every body chunk into the flight,
-/// pausing when the flight's buffer is full.
+/// pausing until the flight's buffer has room for it.
 async fn drive<Fut>(group: &Group, flight: &Arc<Flight>, fetch: Fut) -> Result<(), FetchError>
 where
     Fut: Future<Output = Result<Fetched, FetchError>>,
@@ -257,13 +257,10 @@ where
                 }
             }
         }
-        let published = flight.publish_chunk(data);
-        if published.closed {
+        if flight.make_room(data.len() as u64).await {
             group.forget(flight);
         }
-        if published.full {
-            flight.room().await;
-        }
+        flight.publish_chunk(data);
     }
     if let Some(store) = store {
         if let Some(body) = flight.whole_body() {
