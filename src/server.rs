@@ -240,7 +240,9 @@ impl Server {
 
         readiness.set(false);
         draining_tx.send_replace(true);
-        background.abort_all();
+        // Waits for the accept loops to end, so their listeners are closed (new connections
+        // refused) before the drain is announced.
+        background.shutdown().await;
         drop(accepted);
         drop(draining);
         let open = draining_tx.receiver_count();

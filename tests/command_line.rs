@@ -1,9 +1,7 @@
 //! The binary itself: `--check`, start-up errors, and draining on SIGTERM.
 
-use std::process::Command;
-use std::time::Duration;
-
 use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use std::process::Command;
 
 use crate::util::*;
 
@@ -41,15 +39,12 @@ fn a_bad_config_stops_start_up_before_binding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
-    let origin = Origin::start(OriginSettings {
-        delay: Duration::from_millis(500),
-        body_size: 3000,
-    })
-    .await
-    .expect("origin");
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
     let file = write_config(
         &config_text(&origin.url(), "", "")
-            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"10s\""),
+            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"20s\""),
     );
     let (mut child, mut lines) = spawn_with_log(
         Command::new(BINARY)
@@ -59,28 +54,46 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     );
     let addr = listen_address(&mut lines).await;
 
-    let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
+    // The response is held at the origin until the test has seen the drain begin.
+    let in_flight = tokio::spawn(async move { get(addr, "/slow?size=3000&hold_head=g").await });
     assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
+    let drain = wait_for_line(&mut lines, "shutting down").await;
+    assert!(drain.contains("open_connections=1"), "{drain}");
+    // Draining: the in-flight request is still held, and new connections are refused.
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "a new connection was accepted while draining"
+    );
+    assert!(!in_flight.is_finished());
+    origin.open_gate("g");
 
     let reply = in_flight.await.expect("client");
     assert_eq!(reply.body(), &origin::body(3000));
+    wait_for_line(&mut lines, "all connections drained").await;
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .expect("wait");
     assert_eq!(status.code(), Some(0));
-    let mut log = Vec::new();
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(2), lines.recv()).await {
-        log.push(line);
+}
+
+/// Reads log lines until one contains `text`, and returns it.
+async fn wait_for_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    text: &str,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(PATIENCE, lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no log line with {text:?} in time"))
+            .unwrap_or_else(|| panic!("the log ended without {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
     }
-    let log = log.join("\n");
-    assert!(log.contains("open_connections=1"), "{log}");
-    assert!(log.contains("all connections drained"), "{log}");
-    // New connections are refused once draining started.
-    assert!(std::net::TcpStream::connect(addr).is_err());
 }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
 use coalesce_proxy::origin::{self, Origin, OriginSettings};
 use http::{Method, StatusCode};
@@ -54,30 +53,18 @@ async fn metrics_after_a_herd_show_one_leader_and_999_followers() {
 
 /// Scrapes `/metrics` until it has the line `want`, bounded by [`PATIENCE`].
 async fn metric_reaches(admin: SocketAddr, want: &str) -> bool {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
+    eventually_async(|| async {
         let text = get(admin, "/metrics").await;
-        if String::from_utf8_lossy(text.body())
+        String::from_utf8_lossy(text.body())
             .lines()
             .any(|l| l == want)
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+    })
+    .await
 }
 
 /// GETs `/readyz` until it answers `want`, bounded by [`PATIENCE`].
 async fn readyz_becomes(admin: SocketAddr, want: StatusCode) -> bool {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if get(admin, "/readyz").await.status == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+    eventually_async(|| async { get(admin, "/readyz").await.status == want }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

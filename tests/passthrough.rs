@@ -84,20 +84,17 @@ coalesce = { enabled = false, header = "x-outcome" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_requests_get_404_from_the_proxy() {
     // Only /api/ has a route here.
-    let origin = coalesce_proxy::origin::Origin::start(OriginSettings::default())
-        .await
-        .unwrap();
-    let text = format!(
-        "[upstreams.o]\nurl = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[log]\nstats_interval = \"0s\"\n[[routes]]\npath_prefix = \"/api/\"\nupstream = \"o\"\n",
-        origin.url()
-    );
-    let config = coalesce_proxy::config::Config::from_toml(&text).unwrap();
-    let server = coalesce_proxy::server::Server::bind(config).await.unwrap();
-    let addr = server.local_addrs()[0];
-    tokio::spawn(server.run(std::future::pending()));
+    let h = Harness::start_text(OriginSettings::default(), |origin| {
+        format!(
+            "[upstreams.o]\nurl = \"{origin}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[log]\nstats_interval = \"0s\"\n[[routes]]\npath_prefix = \"/api/\"\nupstream = \"o\"\n"
+        )
+    })
+    .await;
+    let (addr, origin) = (h.addr, &h.origin);
     let reply = get(addr, "/elsewhere").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.outcome(), "pass");
+    assert_eq!(reply.body(), "no route for this request\n".as_bytes());
     assert_eq!(origin.hits(), 0);
     let reply = get(addr, "/api/x").await;
     assert_eq!(reply.status, StatusCode::OK);
