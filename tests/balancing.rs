@@ -274,3 +274,134 @@ async fn a_tier_of_sidecars_and_hashed_shields_makes_one_origin_request_per_key(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_requests_avoids_the_address_with_a_request_awaiting_its_head() {
+    let origins = [
+        Origin::start(OriginSettings::default()).await.unwrap(),
+        Origin::start(OriginSettings::default()).await.unwrap(),
+    ];
+    let h = proxy_for(
+        &origins.iter().collect::<Vec<_>>(),
+        "balance = \"least_requests\"",
+    )
+    .await;
+    let held = tokio::spawn({
+        let addr = h.addr;
+        async move {
+            fetch(
+                addr,
+                Method::POST,
+                "/lr/held?hold_head=g",
+                &[],
+                Bytes::new(),
+            )
+            .await
+        }
+    });
+    assert!(eventually(|| origins[0].hits() + origins[1].hits() == 1).await);
+    let busy = usize::from(origins[1].hits() == 1);
+    // Round robin would send half of these to the busy address; least_requests sends none.
+    for i in 0..4 {
+        assert_eq!(post(&h, &format!("/lr/{i}")).await.status, StatusCode::OK);
+    }
+    assert_eq!(origins[busy].hits(), 1);
+    assert_eq!(origins[1 - busy].hits(), 4);
+    origins[busy].open_gate("g");
+    assert_eq!(held.await.expect("held").status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_address_is_never_taken_out() {
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "max_fails = 1\nfail_timeout = \"1h\"",
+        "",
+    )
+    .await;
+    for i in 0..3 {
+        let failed = post(&h, &format!("/lone/{i}?fail=reset_before_head")).await;
+        assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+        // Were it taken out, this would be a 502 without reaching the origin.
+        assert_eq!(
+            post(&h, &format!("/lone/ok/{i}")).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(h.origin.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_address_out_requests_get_502_at_once() {
+    let dead: Vec<String> = (0..2)
+        .map(|_| {
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            format!("\"http://{addr}\"")
+        })
+        .collect();
+    let h = Harness::start_text(OriginSettings::default(), |unused| {
+        config_text(unused, "max_fails = 1\nfail_timeout = \"1h\"", "").replace(
+            &format!("url = \"{unused}\""),
+            &format!("urls = [{}]", dead.join(", ")),
+        )
+    })
+    .await;
+    for i in 0..4 {
+        let reply = post(&h, &format!("/out/{i}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    }
+    // Two refusals took both addresses out; the next two were answered without an attempt.
+    let metrics = h.proxy.render_metrics();
+    let errors = |kind: &str| {
+        metric(
+            &metrics,
+            &format!("coalesce_proxy_upstream_errors_total{{route=\"all\",kind=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(errors("connect"), 2.0, "{metrics}");
+    assert_eq!(errors("no_healthy_address"), 2.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_completes_the_connect_gets_502_after_connect_timeout() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+    // neither succeeds nor is refused.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let h = Harness::start_text(OriginSettings::default(), |unused| {
+        config_text(unused, "connect_timeout = \"200ms\"", "").replace(
+            &format!("url = \"{unused}\""),
+            &format!("url = \"http://{addr}\""),
+        )
+    })
+    .await;
+    let reply = post(&h, "/unreachable").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.body(), "upstream request failed\n".as_bytes());
+    let metrics = h.proxy.render_metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "coalesce_proxy_upstream_errors_total{route=\"all\",kind=\"connect\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    drop(listener);
+}

@@ -273,3 +273,38 @@ async fn no_cache_responses_are_stored_but_served_only_after_a_304() {
     let revalidation = h.origin.requests().pop().expect("revalidation");
     assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_and_conditional_requests_bypass_a_stored_response() {
+    let h = harness().await;
+    let path = format!("/c/ranged?size=1000&{FRESH}");
+    assert_eq!(get(h.addr, &path).await.outcome(), "leader");
+    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
+    // Each goes upstream (through a flight keyed by its headers), and gets what it asked for.
+    let range = fetch(
+        h.addr,
+        Method::GET,
+        &path,
+        &[("range", "bytes=0-9")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.outcome(), "leader");
+    assert_eq!(range.body(), &origin::body(1000).slice(0..10));
+    let conditional = fetch(
+        h.addr,
+        Method::GET,
+        &path,
+        &[("if-none-match", "\"v1\"")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(conditional.outcome(), "leader");
+    assert_eq!(h.origin.hits(), 3);
+    // Neither replaced the stored full response.
+    let again = get(h.addr, &path).await;
+    assert_eq!(again.outcome(), "hit");
+    assert_eq!(again.body(), &origin::body(1000));
+}

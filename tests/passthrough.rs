@@ -104,7 +104,7 @@ async fn unmatched_requests_get_404_from_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
     let h = Harness::start().await;
-    let path = "/hygiene?header=keep-alive:timeout=5&header=x-private-hop:1&header=connection:x-private-hop&header=x-end-to-end:yes";
+    let path = "/hygiene?header=keep-alive:timeout=5&header=x-private-hop:1&header=connection:x-private-hop&header=x-end-to-end:yes&header=via:1.1%20origin-box";
     for method in [Method::GET, Method::POST] {
         let reply = fetch(
             h.addr,
@@ -119,6 +119,9 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
                 ("te", "trailers"),
                 ("upgrade", "websocket"),
                 ("x-forwarded-for", "10.1.2.3"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "spoofed.example"),
+                ("via", "1.0 edge-cache"),
                 ("x-end-to-end", "kept"),
             ],
             if method == Method::POST {
@@ -132,7 +135,8 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         assert!(reply.headers.get("keep-alive").is_none());
         assert!(reply.headers.get("x-private-hop").is_none());
         assert_eq!(reply.headers["x-end-to-end"], "yes");
-        assert_eq!(reply.headers["via"], "1.1 coalesce-proxy");
+        // Via is appended to, in both directions.
+        assert_eq!(reply.headers["via"], "1.1 origin-box, 1.1 coalesce-proxy");
 
         let seen = h.origin.requests().pop().expect("a request");
         assert_eq!(seen.method, method.as_str());
@@ -148,9 +152,13 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
         }
         assert_eq!(seen.header("x-end-to-end"), Some("kept"));
         assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
-        assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-        assert_eq!(seen.header("x-forwarded-host"), Some("proxy.test"));
-        assert_eq!(seen.header("via"), Some("1.1 coalesce-proxy"));
+        // The proxy's own view overwrites what the client claimed.
+        assert_eq!(seen.header_values("x-forwarded-proto"), ["http"]);
+        assert_eq!(seen.header_values("x-forwarded-host"), ["proxy.test"]);
+        assert_eq!(
+            seen.header("via"),
+            Some("1.0 edge-cache, 1.1 coalesce-proxy")
+        );
         assert_eq!(
             seen.header("host"),
             Some(h.origin.addr().to_string().as_str())

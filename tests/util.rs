@@ -353,10 +353,14 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Request<Full<Bytes>> {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "proxy.test");
+    let mut builder = Request::builder().method(method).uri(path);
+    // `proxy.test`, unless the test names a host of its own.
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        builder = builder.header("host", "proxy.test");
+    }
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
