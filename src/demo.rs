@@ -34,6 +34,11 @@ pub struct DemoArgs {
     /// Distinct keys in the wave that follows the herd.
     #[arg(long, default_value_t = 8)]
     keys: usize,
+    /// Make the origin fail every GET this way, to watch the errors clients get: one of
+    /// close_before_head, reset_before_head, garbage_head, close_mid_body, reset_mid_body.
+    /// The clients then do not get the origin's bytes, and the demo exits non-zero.
+    #[arg(long, value_parser = ["close_before_head", "reset_before_head", "garbage_head", "close_mid_body", "reset_mid_body"])]
+    origin_fail: Option<String>,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -74,7 +79,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!();
 
-    let paths = vec!["/demo/hot".to_owned(); args.clients];
+    // The origin reads its script from the query (see `origin`).
+    let query = args
+        .origin_fail
+        .as_ref()
+        .map_or_else(String::new, |fail| format!("?fail={fail}"));
+    let paths = vec![format!("/demo/hot{query}"); args.clients];
     let herd = send_all(proxy_addr, Method::GET, paths).await;
     let herd_upstream = origin.hits();
     section(
@@ -93,7 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let keys = args.keys.max(1);
     let paths = (0..args.clients)
-        .map(|i| format!("/demo/wave/{}", i % keys))
+        .map(|i| format!("/demo/wave/{}{query}", i % keys))
         .collect();
     let wave = send_all(proxy_addr, Method::GET, paths).await;
     let wave_upstream = origin.hits() - herd_upstream;

@@ -25,6 +25,39 @@ fn check_accepts_the_shipped_configs() {
 }
 
 #[test]
+fn demo_passes_when_every_client_gets_the_origins_bytes_and_fails_when_one_does_not() {
+    let demo = |extra: &[&str]| {
+        Command::new(BINARY)
+            .args([
+                "demo",
+                "--clients",
+                "50",
+                "--origin-delay",
+                "20ms",
+                "--keys",
+                "2",
+            ])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let good = demo(&[]);
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("bodies: 50 of 50 identical"), "{stdout}");
+    assert!(stdout.contains("upstream requests: 1\n"), "{stdout}");
+
+    let bad = demo(&["--origin-fail", "reset_mid_body"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("clients did not get the exact response"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("bodies: 0 of 50 identical"));
+}
+
+#[test]
 fn a_bad_config_stops_start_up_before_binding() {
     let file =
         write_config("[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.a]\nurl = \"ftp://x\"\n");

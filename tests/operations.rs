@@ -323,3 +323,160 @@ async fn healthcheck_subcommand_reports_a_live_admin_listener() {
         .expect("run");
     assert_eq!(down.code(), Some(1));
 }
+
+/// Reads log lines (JSON) until the process exits, and returns them.
+async fn rest_of_log(proxy: &mut Running) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, proxy.lines.recv()).await {
+        lines.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
+    }
+    lines
+}
+
+fn is_stats(line: &serde_json::Value) -> bool {
+    line["message"] == "stats" || line["target"] == "coalesce_proxy::stats"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_stats_line_comes_every_stats_interval_counting_that_interval() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let config = reload_config(&origin, route)
+        .replace("stats_interval = \"0s\"", "stats_interval = \"200ms\"")
+        .replace("access = true", "access = false");
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    let admin = address(&proxy.wait_for("admin listening on").await);
+    let herd = tokio::spawn(async move {
+        herd(addr, 5, Method::GET, "/stats/hot?size=10&hold_head=g", &[]).await
+    });
+    assert!(metric_reaches(admin, "coalesce_proxy_followers_waiting 4").await);
+    origin.open_gate("g");
+    assert_eq!(outcomes(&herd.await.expect("herd")), (1, 4, 0));
+    // The herd's requests (counted at their heads) and its flight (counted at its end) may
+    // fall on either side of an interval's edge: sum the lines until both are in. Each line
+    // counts its own interval only, so the sums are exact.
+    let (mut requests, mut leaders, mut followers, mut passed) = (0, 0, 0, 0);
+    let mut flight_line = None;
+    while requests < 5 || flight_line.is_none() {
+        let line = proxy.wait_for("stats").await;
+        assert_eq!(line["interval"], "200ms", "{line}");
+        requests += line["requests"].as_u64().expect("a number");
+        leaders += line["leaders"].as_u64().expect("a number");
+        followers += line["followers"].as_u64().expect("a number");
+        passed += line["passed"].as_u64().expect("a number");
+        if line["largest_fanout"] != 0 {
+            flight_line = Some(line);
+        }
+    }
+    assert_eq!((requests, leaders, followers, passed), (5, 1, 4, 0));
+    let flight_line = flight_line.expect("the flight was reported");
+    assert_eq!(flight_line["largest_fanout"], 4, "{flight_line}");
+    assert_eq!(flight_line["top_keys"], "a:/stats/hot=4", "{flight_line}");
+    let next = proxy.wait_for("stats").await;
+    assert_eq!(next["requests"], 0, "{next}");
+    assert_eq!(next["largest_fanout"], 0, "{next}");
+    proxy.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_interval_zero_turns_the_stats_line_off() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route = "[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let file = write_config(&reload_config(&origin, route));
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    assert_eq!(get(addr, "/counted?size=3").await.body(), &origin::body(3));
+    proxy.signal("TERM");
+    let log = rest_of_log(&mut proxy).await;
+    assert!(
+        log.iter()
+            .any(|l| l["message"] == "all connections drained"),
+        "the log ran to the end: {log:?}"
+    );
+    assert!(!log.iter().chain(&proxy.log).any(is_stats), "{log:?}");
+    let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_queries_never_appear_in_any_log_line() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let file = write_config(&reload_config(&origin, route));
+    // Every log line the proxy can write, down to trace.
+    let (child, lines) = spawn_with_log(
+        Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .env("RUST_LOG", "info,coalesce_proxy=trace"),
+    );
+    let mut proxy = Running {
+        child,
+        lines,
+        log: Vec::new(),
+    };
+    let addr = address(&proxy.wait_for("listening on").await);
+    let secrets = [
+        ("authorization", "Bearer SECRET-AUTHORIZATION"),
+        ("cookie", "sid=SECRET-COOKIE"),
+    ];
+    // A shared flight, a private response (released followers), an upstream failure, and a
+    // pass-through, each with credentials and a secret in the query.
+    let replies = herd(addr, 3, Method::GET, "/shared?token=SECRET-QUERY", &secrets).await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    let private = herd(
+        addr,
+        3,
+        Method::GET,
+        "/private?cookie=1&token=SECRET-QUERY",
+        &secrets,
+    )
+    .await;
+    assert!(private.iter().all(|r| r.status == StatusCode::OK));
+    let failed = fetch(
+        addr,
+        Method::GET,
+        "/broken?fail=reset_before_head&token=SECRET-QUERY",
+        &secrets,
+        Default::default(),
+    )
+    .await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY);
+    let posted = fetch(
+        addr,
+        Method::POST,
+        "/post?token=SECRET-QUERY",
+        &secrets,
+        "b".into(),
+    )
+    .await;
+    assert_eq!(posted.status, StatusCode::OK);
+    proxy.signal("TERM");
+    let log = rest_of_log(&mut proxy).await;
+    let all: Vec<String> = proxy
+        .log
+        .iter()
+        .chain(&log)
+        .map(|l| l.to_string())
+        .collect();
+    // The requests were logged (by path)...
+    for path in ["/shared", "/private", "/broken", "/post"] {
+        assert!(
+            all.iter().any(|l| l.contains(&format!("\"{path}\""))),
+            "no line names {path}"
+        );
+    }
+    // ...and nothing secret was.
+    for line in &all {
+        assert!(!line.contains("SECRET"), "a secret was logged: {line}");
+    }
+    let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
+}

@@ -101,3 +101,41 @@ async fn an_upstream_with_http2_true_is_spoken_to_over_h2c() {
     );
     assert_eq!(inner.origin.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_true_to_an_upstream_that_speaks_only_http1_is_a_502_never_a_fallback() {
+    // The in-tree origin speaks HTTP/1.1 only; the proxy's h2c preface is garbage to it.
+    let h = Harness::start_with(Default::default(), "http2 = true", "").await;
+    for method in [http::Method::GET, http::Method::POST] {
+        let reply = fetch(h.addr, method, "/h2only", &[], "x".into()).await;
+        assert_eq!(reply.status, http::StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(h.origin.hits(), 0, "an HTTP/1.1 request reached the origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_a_stream_reset_when_the_upstream_dies_mid_body() {
+    let h = Harness::start().await;
+    let mut sender = connect_h2(h.addr).await;
+    let request = http::Request::get("http://proxy.test/h2cut?fail=reset_mid_body&size=50000")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response head");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    let err = body.expect_err("the body was cut, not completed");
+    let reset = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason);
+    assert_eq!(reset, Some(h2::Reason::INTERNAL_ERROR), "{err:?}");
+    // The connection itself lives on: only that stream was reset.
+    let request = http::Request::get("http://proxy.test/after?size=10")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response head");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, coalesce_proxy::origin::body(10));
+}
