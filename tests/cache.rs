@@ -308,3 +308,73 @@ async fn range_and_conditional_requests_bypass_a_stored_response() {
     assert_eq!(again.outcome(), "hit");
     assert_eq!(again.body(), &origin::body(1000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_age_a_response_arrived_with_counts_in_its_age_header() {
+    let h = harness().await;
+    let path = format!("/c/aged?{FRESH}&header=age:7");
+    get(h.addr, &path).await;
+    let hit = get(h.addr, &path).await;
+    assert_eq!(hit.outcome(), "hit");
+    // 7 s old on arrival, and (within this test) less than a second in the cache.
+    assert_eq!(hit.headers["age"], "7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_max_replay_body_streams_to_everyone_but_is_not_stored() {
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "",
+        "[[routes]]\npath_prefix = \"/c/\"\nupstream = \"origin\"\ncache = { enabled = true }\ncoalesce = { max_replay_body = \"10KiB\" }\n",
+    )
+    .await;
+    let small = format!("/c/small?size=10240&{FRESH}");
+    let large = format!("/c/large?size=10241&{FRESH}");
+    for (path, gate) in [(&small, "s"), (&large, "l")] {
+        let path = format!("{path}&hold_head={gate}");
+        let replies = h.gated_herd(5, Method::GET, &path, &[], gate).await;
+        assert_eq!(outcomes(&replies), (1, 4, 0));
+    }
+    let small_again = get(h.addr, &format!("{small}&hold_head=s")).await;
+    assert_eq!(
+        small_again.outcome(),
+        "hit",
+        "exactly max_replay_body is stored"
+    );
+    let large_again = get(h.addr, &format!("{large}&hold_head=l")).await;
+    assert_eq!(large_again.outcome(), "leader");
+    assert_eq!(large_again.body(), &origin::body(10241));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_grace_serves_stale_when_the_response_names_no_window() {
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "",
+        "[[routes]]\npath_prefix = \"/g/\"\nupstream = \"origin\"\ncache = { enabled = true, grace = \"30s\" }\n",
+    )
+    .await;
+    let path = "/g/doc?size=10&hold_rest=r&header=cache-control:max-age=1";
+    assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    let_it_go_stale().await;
+    let stale = get(h.addr, path).await;
+    assert_eq!(stale.outcome(), "stale");
+    assert_eq!(stale.body(), &origin::body(10));
+    // One refresh went upstream (held at the gate); nobody waited for it.
+    assert!(h.origin.wait_until(PATIENCE, |o| o.reached("r")).await);
+    assert_eq!(h.origin.hits(), 2);
+    h.origin.open_gate("r");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_starts_the_caches_empty() {
+    let h = harness().await;
+    let path = format!("/c/kept?{FRESH}");
+    get(h.addr, &path).await;
+    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
+    let config = config_text(&h.origin.url(), "", CACHED_ROUTE);
+    h.proxy
+        .reload(&coalesce_proxy::config::Config::from_toml(&config).expect("valid"));
+    assert_eq!(get(h.addr, &path).await.outcome(), "leader");
+    assert_eq!(h.origin.hits(), 2);
+}

@@ -130,3 +130,45 @@ async fn wait_for_line(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_shutdown_grace_is_cut_off_with_a_warning() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let file = write_config(
+        &config_text(&origin.url(), "", "")
+            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"200ms\""),
+    );
+    let (mut child, mut lines) = spawn_with_log(
+        Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .env("RUST_LOG", "info"),
+    );
+    let addr = listen_address(&mut lines).await;
+    // This response never comes: the gate is never opened.
+    let stuck = tokio::spawn(async move {
+        let mut sender = connect(addr).await;
+        let request = request(
+            http::Method::GET,
+            "/stuck?hold_head=never",
+            &[],
+            Default::default(),
+        );
+        sender.send_request(request).await.map(|r| r.status())
+    });
+    assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_for_line(&mut lines, "shutdown grace period ran out").await;
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert!(status.code().is_some(), "exited rather than killed");
+    assert!(stuck.await.expect("client").is_err(), "the cut connection");
+}

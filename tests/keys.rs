@@ -218,3 +218,26 @@ async fn an_empty_outcome_header_sends_none_and_still_coalesces() {
     assert_eq!(h.origin.hits(), 1);
     assert_eq!(h.proxy.stats().snapshot().joined, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_and_query_exactly_as_received_are_the_key() {
+    let h = Harness::start().await;
+    // Four keys, though two of them carry the same parameters in another order.
+    let paths = ["/q?a=1", "/q?a=2", "/q?a=1&b=2", "/q?b=2&a=1"];
+    let herds: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let (addr, path) = (h.addr, format!("{path}&hold_head=g"));
+            tokio::spawn(async move { herd(addr, 4, Method::GET, &path, &[]).await })
+        })
+        .collect();
+    h.open_when_followers(4 * 3, "g").await;
+    for herd in herds {
+        assert_eq!(outcomes(&herd.await.expect("herd")), (1, 3, 0));
+    }
+    let mut targets: Vec<String> = h.origin.requests().into_iter().map(|r| r.target).collect();
+    targets.sort();
+    let mut expected: Vec<String> = paths.iter().map(|p| format!("{p}&hold_head=g")).collect();
+    expected.sort();
+    assert_eq!(targets, expected, "forwarded exactly as received");
+}

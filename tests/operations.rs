@@ -480,3 +480,57 @@ async fn credentials_and_queries_never_appear_in_any_log_line() {
     }
     let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
 }
+
+#[test]
+fn every_metric_the_deploy_docs_list_is_exposed() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/deploy.md"))
+        .expect("docs/deploy.md");
+    let table = docs.split("## Metrics").nth(1).expect("a Metrics section");
+    let names: Vec<String> = table
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .flat_map(|cell| cell.split('|').next())
+        .flat_map(|cell| cell.split(" / "))
+        .map(|name| name.trim().trim_matches('`').to_owned())
+        .collect();
+    assert!(names.len() >= 15, "{names:?}");
+    let stats = std::sync::Arc::new(coalesce_proxy::stats::Stats::default());
+    // Labelled families appear once a route has its series.
+    let _route = stats.metrics.for_route("all");
+    stats.metrics.upstream_error("all", "connect");
+    let exposition = stats.metrics.render();
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(&name);
+        assert!(
+            exposition.contains(&format!("# TYPE coalesce_proxy_{family} ")),
+            "{name} is documented but not exposed:\n{exposition}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_listen_address_says_it_needs_a_restart() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let route = "[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+    let file = write_config(&reload_config(&origin, route));
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    std::fs::write(
+        &file.0,
+        reload_config(&origin, route).replacen("127.0.0.1:0", "127.0.0.1:1", 1),
+    )
+    .expect("write");
+    proxy.signal("HUP");
+    let warning = proxy
+        .wait_for("listen and admin addresses only change on restart")
+        .await;
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    proxy.wait_for("config reloaded").await;
+    // Still serving on the address it has.
+    assert_eq!(get(addr, "/still?size=2").await.body(), &origin::body(2));
+    proxy.signal("TERM");
+    let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
+}

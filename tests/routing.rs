@@ -130,3 +130,32 @@ upstream = "c"
         .collect();
     assert_eq!(targets, ["/base/users?id=7", "/base/keep/users"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routes_never_share_a_flight() {
+    let (h, origins) = three_upstreams(
+        r#"
+[[routes]]
+host = "one.test"
+path_prefix = "/"
+upstream = "a"
+[[routes]]
+host = "two.test"
+path_prefix = "/"
+upstream = "a"
+"#,
+    )
+    .await;
+    let path = "/same?hold_head=g";
+    let (one, two, ()) = tokio::join!(
+        herd(h.addr, 5, Method::GET, path, &[("host", "one.test")]),
+        herd(h.addr, 5, Method::GET, path, &[("host", "two.test")]),
+        async {
+            assert!(eventually(|| h.proxy.stats().snapshot().joined == 8).await);
+            origins[0].open_gate("g");
+        }
+    );
+    assert_eq!(outcomes(&one), (1, 4, 0));
+    assert_eq!(outcomes(&two), (1, 4, 0));
+    assert_eq!(origins[0].hits(), 2);
+}
