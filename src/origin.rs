@@ -96,6 +96,8 @@ impl RecordedRequest {
 struct Shared {
     settings: Mutex<OriginSettings>,
     hits: AtomicU64,
+    /// Connections accepted.
+    connections: AtomicU64,
     /// Requests whose client hung up before the response was complete.
     cancelled: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -203,6 +205,7 @@ impl Origin {
             let shared = shared.clone();
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
+                    shared.connections.fetch_add(1, Ordering::SeqCst);
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     match tls.clone() {
@@ -241,6 +244,11 @@ impl Origin {
     /// Requests received so far.
     pub fn hits(&self) -> u64 {
         self.shared.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Requests whose client hung up before the whole response was sent.

@@ -378,3 +378,21 @@ async fn a_reload_starts_the_caches_empty() {
     assert_eq!(get(h.addr, &path).await.outcome(), "leader");
     assert_eq!(h.origin.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_to_requests_with_authorization_are_stored_only_when_they_say_so() {
+    let h = harness().await;
+    // RFC 9111 §3.5: public or s-maxage lets a shared cache store them.
+    for (directives, stored) in [
+        ("max-age=60", false),
+        ("public,%20max-age=60", true),
+        ("s-maxage=60", true),
+    ] {
+        let path = format!("/c/auth/{directives}?header=cache-control:{directives}");
+        let auth = [("authorization", "Bearer a")];
+        fetch(h.addr, Method::GET, &path, &auth, Default::default()).await;
+        let again = fetch(h.addr, Method::GET, &path, &auth, Default::default()).await;
+        let expected = if stored { "hit" } else { "leader" };
+        assert_eq!(again.outcome(), expected, "{directives}");
+    }
+}

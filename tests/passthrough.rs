@@ -213,3 +213,31 @@ async fn h2c_clients_are_served_and_coalesced() {
         Some("proxy.test")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_reused_unless_pool_max_idle_is_0() {
+    for (pool, connections) in [("", 1), ("pool_max_idle = 0", 5)] {
+        let h = Harness::start_with(OriginSettings::default(), pool, "").await;
+        for i in 0..5 {
+            let reply = fetch(h.addr, Method::POST, &format!("/pool/{i}"), &[], "x".into()).await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+        assert_eq!(h.origin.connections(), connections, "{pool:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listen_address_serves() {
+    let h = Harness::start_text(OriginSettings::default(), |origin| {
+        config_text(origin, "", "").replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = [\"127.0.0.1:0\", \"127.0.0.2:0\"]",
+        )
+    })
+    .await;
+    let addrs = h.addrs.clone();
+    assert_eq!(addrs.len(), 2);
+    for addr in addrs {
+        assert_eq!(get(addr, "/both?size=3").await.body(), &origin::body(3));
+    }
+}

@@ -22,6 +22,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Harness {
     pub origin: Origin,
     pub addr: SocketAddr,
+    /// Every listen address, `addr` first.
+    pub addrs: Vec<SocketAddr>,
     /// The admin listener, when the configuration has `[admin]`.
     pub admin: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
@@ -164,7 +166,8 @@ impl Harness {
         count_panics();
         let config = Config::from_toml(&make(&origin.url())).expect("test config is valid");
         let server = Server::bind(config).await.expect("proxy binds");
-        let addr = server.local_addrs()[0];
+        let addrs = server.local_addrs();
+        let addr = addrs[0];
         let admin = server.admin_addr();
         let proxy = server.proxy().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -174,6 +177,7 @@ impl Harness {
         Harness {
             origin,
             addr,
+            addrs,
             admin,
             proxy,
             stop: Some(stop),
