@@ -749,8 +749,21 @@ fn upstream_request(
     client: SocketAddr,
     body: RequestBody,
 ) -> Result<Request<RequestBody>, FetchError> {
-    let (uri, headers) = hygiene::upstream_request(route, parts, client)
+    let (uri, mut headers) = hygiene::upstream_request(route, parts, client)
         .map_err(|err| FetchError::BadRequest(err.to_string()))?;
+    // hyper's HTTP/1 client sends a GET or HEAD whose body has no known length as if it had
+    // none ("set the headers explicitly" if it must have one): name the chunked framing, or
+    // the body a client sent would be dropped. HTTP/2 frames a body by itself.
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !route.upstream.config.http2
+    {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;

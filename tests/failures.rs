@@ -99,7 +99,7 @@ fn assert_cut_short(reply: &Reply, size: usize) {
 
 /// Every client of a flight whose upstream dies mid-body sees the head, the bytes so far, and
 /// an aborted response.
-async fn mid_body_failure_aborts_every_client(path: &str, upstream_extra: &str) {
+async fn mid_body_failure_aborts_every_client(path: &str, upstream_extra: &str, kind: &str) {
     let h = Harness::start_with(settings(0), upstream_extra, "").await;
     let before = h.proxy.stats().snapshot();
     let path = format!("{path}&hold_head=g");
@@ -113,6 +113,11 @@ async fn mid_body_failure_aborts_every_client(path: &str, upstream_extra: &str) 
     assert_eq!(after.joined - before.joined, 19);
     assert_eq!(h.origin.hits(), 1);
     h.assert_table_empties().await;
+    // The flight's failure is counted once, by its kind, when its summary is recorded.
+    assert!(eventually(|| h.proxy.stats().snapshot().flights_done == 1).await);
+    assert_eq!(h.proxy.stats().snapshot().upstream_errors, 1);
+    let series = format!("coalesce_proxy_upstream_errors_total{{route=\"all\",kind=\"{kind}\"}}");
+    assert_eq!(metric(&h.proxy.render_metrics(), &series), 1.0, "{kind}");
     // Other keys are untouched.
     let other = get(h.addr, "/healthy").await;
     assert_eq!(other.body(), &origin::body(20_000));
@@ -120,18 +125,22 @@ async fn mid_body_failure_aborts_every_client(path: &str, upstream_extra: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_closing_mid_chunked_body_aborts_every_client() {
-    mid_body_failure_aborts_every_client("/cut?fail=close_mid_body&chunked=1", "").await;
+    mid_body_failure_aborts_every_client("/cut?fail=close_mid_body&chunked=1", "", "body").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_reset_mid_content_length_body_aborts_every_client() {
-    mid_body_failure_aborts_every_client("/cut?fail=reset_mid_body", "").await;
+    mid_body_failure_aborts_every_client("/cut?fail=reset_mid_body", "", "body").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_idle_past_idle_timeout_aborts_every_client() {
-    mid_body_failure_aborts_every_client("/cut?fail=stall_mid_body", "idle_timeout = \"300ms\"")
-        .await;
+    mid_body_failure_aborts_every_client(
+        "/cut?fail=stall_mid_body",
+        "idle_timeout = \"300ms\"",
+        "idle_timeout",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,8 @@ async fn a_late_joiner_past_max_replay_body_starts_a_new_flight() {
         let frame = body.frame().await.expect("a frame").expect("data");
         received.extend_from_slice(&frame.into_data().expect("data"));
     }
+    // The closed flight has left the table: nothing can join it any more.
+    assert_eq!(h.flights(), 0);
     let late = tokio::spawn({
         let addr = h.addr;
         async move { get(addr, path).await }

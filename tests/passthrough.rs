@@ -241,3 +241,92 @@ async fn every_listen_address_serves() {
         assert_eq!(get(addr, "/both?size=3").await.body(), &origin::body(3));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_content_length_0_shares_but_a_get_with_a_streamed_body_passes_with_it() {
+    let h = Harness::start().await;
+    // Content-Length: 0 declares no body: the request may share.
+    let replies = h
+        .gated_herd(
+            5,
+            Method::GET,
+            "/zero?hold_head=z",
+            &[("content-length", "0")],
+            "z",
+        )
+        .await;
+    assert_eq!(outcomes(&replies), (1, 4, 0));
+    // Over HTTP/2 a body needs no Content-Length: DATA frames alone make it one. A stream
+    // body has no known size, so the client sends none.
+    let stream = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let frames = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        hyper::body::Frame::data(Bytes::from_static(b"a body on a GET")),
+    )]);
+    let request = Request::get("http://proxy.test/h2body")
+        .body(http_body_util::StreamBody::new(frames))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.headers()["x-coalesce"], "pass");
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(body, "a body on a GET");
+    let seen = h.origin.requests().pop().expect("request");
+    assert_eq!(
+        seen.header("content-length"),
+        None,
+        "the test sent no length"
+    );
+    // The same over HTTP/1.1: a chunked GET keeps its body.
+    let mut stream = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /chunked-get HTTP/1.1\r\nhost: proxy.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("x-coalesce: pass"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_request_is_forwarded_with_a_1_0_via_entry() {
+    let h = Harness::start().await;
+    let mut stream = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /old?size=4 HTTP/1.0\r\nhost: proxy.test\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n0123"), "{answer}");
+    let seen = h.origin.requests().pop().expect("request");
+    assert_eq!(seen.header("via"), Some("1.0 coalesce-proxy"));
+}
