@@ -3,16 +3,14 @@
 //! `main.rs` only calls [`main`]. The configuration is loaded and validated before any port is
 //! bound, so a bad file costs one clear message and exit code 2, never a half-started proxy.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, LogConfig, LogFormat};
-use crate::demo::DemoArgs;
+use crate::config::Config;
 use crate::server::{Server, ServerHandle};
+use crate::tools::demo::DemoArgs;
 
 /// A reverse proxy that coalesces identical in-flight requests into one upstream fetch.
 #[derive(Debug, Parser)]
@@ -55,9 +53,9 @@ const EXIT_BAD_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo(args)) => return run_with_runtime(|| crate::demo::run(args)),
+        Some(Command::Demo(args)) => return run_with_runtime(|| crate::tools::demo::run(args)),
         Some(Command::Healthcheck { url, timeout }) => {
-            return run_with_runtime(|| crate::health::check(url, timeout))
+            return run_with_runtime(|| crate::tools::healthcheck::check(url, timeout))
         }
         None => {}
     }
@@ -82,7 +80,7 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log);
+    crate::observe::logging::init_logging(&config.log);
     run_with_runtime(|| serve(config, path))
 }
 
@@ -166,22 +164,6 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Text or JSON logs on stderr. `RUST_LOG`, when set, wins over the configured level.
-pub fn init_logging(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never in files or log collectors.
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 /// Every client connection and every upstream connection is a file descriptor; the common

@@ -6,46 +6,40 @@
 //!
 //! # Layout
 //!
+//! A request goes down the layers of the request path; each owns one decision and hands the
+//! request on, and the response comes back up the same way:
+//!
+//! - [`server`]: listeners, HTTP/1.1 and h2c connections, limits, graceful shutdown, reload.
+//! - [`proxy`]: composes the layers below for one request, and answers for itself (404, 405,
+//!   errors); [`proxy::hygiene`] rewrites the headers every forwarded message gets.
+//!   1. [`route`]: which route (host, then longest prefix), and so which upstream and policy.
+//!   2. [`cache`]: the opt-in response cache: hit, stale, revalidate or miss; storage.
+//!   3. [`coalesce`]: the singleflight table: leader, follower or release; the key, the
+//!      sharing rules ([`coalesce::sharing`]), the pass memory and the fan-out bodies.
+//!   4. [`upstream`]: the pooled client: address choice and passive health
+//!      ([`upstream::balance`]), TLS ([`upstream::tls`]), timeouts, errors.
+//!
+//! Around the request path:
+//!
 //! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
-//! - [`routes`]: host and longest-prefix matching to a [`routes::Route`].
-//! - [`cache`]: the opt-in response cache in front of the singleflight table.
-//! - [`coalesce`]: the singleflight table ([`coalesce::Group`]), the in-flight fetch
-//!   ([`coalesce::Flight`]) and each client's streaming view of it ([`coalesce::FanoutBody`]).
-//! - [`upstream`]: the pooled upstream client and its timeouts; [`balance`] picks an address;
-//!   [`tls`] speaks TLS to `https://` upstreams.
-//! - [`hygiene`]: hop-by-hop removal and forwarding headers.
-//! - [`sharing`]: which requests may share, and which responses may be shared.
-//! - [`proxy`]: one request's path: route, classify, share or pass.
-//! - [`access`]: the per-request record: access log line and request metrics.
-//! - [`stats`]: outcome counters and the periodic stats line.
-//! - [`metrics`]: the Prometheus metric families and their exposition.
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`.
-//! - [`server`]: listeners, HTTP/1.1 + h2c connections, graceful shutdown.
-//! - [`cli`]: the command line, logging set-up, SIGHUP reload, and the `demo` ([`demo`]) and
-//!   `healthcheck` ([`health`]) subcommands.
-//! - [`herd`]: a barrier-released herd client, for the demo and the benchmarks.
-//! - [`fuzzing`]: the fuzz targets' entry points, shared with their regression tests.
-//! - [`origin`]: a small scriptable HTTP/1.1 origin used by the demo, the tests and benchmarks.
+//! - [`observe`]: stats, metrics, the access record and the admin listener.
+//! - [`cli`]: the command line, logging set-up and signals.
+//! - [`tools`]: what ships beside the proxy: the demo, the scriptable origin, the herd client,
+//!   the healthcheck subcommand and the fuzz entry points.
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod balance;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
-pub mod demo;
-pub mod fuzzing;
-pub mod health;
-pub mod herd;
-pub mod hygiene;
-pub mod metrics;
-pub mod origin;
+pub mod observe;
 pub mod proxy;
-pub mod routes;
+pub mod route;
 pub mod server;
-pub mod sharing;
-pub mod stats;
-pub mod tls;
+pub mod tools;
 pub mod upstream;
+
+// The paths these had before the layers had folders, which the tests, the benchmarks and the
+// fuzz targets use.
+pub use observe::{metrics, stats};
+pub use tools::{fuzzing, herd, origin};

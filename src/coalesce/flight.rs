@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::Key;
-use crate::routes::Route;
-use crate::sharing::Sharing;
+use crate::coalesce::sharing::Sharing;
+use crate::route::Route;
 use crate::upstream::FetchError;
 
 /// The response head as every client of a flight receives it (already cleaned by `hygiene`),

@@ -11,9 +11,9 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::{Flight, Key, SharedHead};
-use crate::routes::Route;
-use crate::sharing::Sharing;
-use crate::stats::{FlightSummary, Stats};
+use crate::coalesce::sharing::Sharing;
+use crate::observe::stats::{FlightSummary, Stats};
+use crate::route::Route;
 use crate::upstream::{FetchError, UpstreamBody};
 
 /// What a flight's fetch produces: the upstream response (head received, body to come) and

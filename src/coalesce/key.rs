@@ -6,8 +6,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use http::{HeaderMap, Method};
 
-use crate::routes::Route;
-use crate::sharing::RANGE_AND_CONDITIONAL;
+use crate::coalesce::sharing::RANGE_AND_CONDITIONAL;
+use crate::route::Route;
 
 /// Two requests share a flight only when their keys are equal. The key holds the route, the
 /// method, the path and query exactly as received, the values of the route's `key_headers`,

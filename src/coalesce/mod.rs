@@ -16,6 +16,7 @@ mod flight;
 mod group;
 mod key;
 mod pass_memory;
+pub mod sharing;
 
 pub use fanout::FanoutBody;
 pub use flight::{Flight, SharedHead};

@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Scheme;
 use http::{request, Uri, Version};
 
-use crate::routes::Route;
+use crate::route::Route;
 
 /// The headers that are always hop-by-hop.
 static HOP_BY_HOP: [HeaderName; 9] = [

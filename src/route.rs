@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::cache::ResponseCache;
 use crate::config::{CachePolicy, CoalescePolicy, Config, RouteConfig};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::upstream::Upstream;
 
 /// Route ids are never reused, even across reloads, so that a flight started under an old

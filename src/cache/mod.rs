@@ -18,10 +18,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
+use crate::coalesce::sharing;
 use crate::coalesce::Key;
 use crate::config::CachePolicy;
-use crate::metrics::Metrics;
-use crate::sharing;
+use crate::observe::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
 
 /// A stored response.

@@ -6,6 +6,8 @@
 //! own with both bodies streamed. Every response carries the outcome header and is counted in
 //! the stats exactly once.
 
+pub mod hygiene;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,15 +23,15 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
-use crate::access::{ObservedBody, RequestRecord};
 use crate::cache::{self, Found, ResponseCache, StoredResponse};
+use crate::coalesce::sharing;
 use crate::coalesce::{FanoutBody, Fetched, Group, Key, PassMemory, Role};
 use crate::config::Config;
-use crate::hygiene;
-use crate::metrics::{Metrics, RouteMetrics};
-use crate::routes::{Route, RouteTable};
-use crate::sharing;
-use crate::stats::{Outcome, Stats};
+use crate::observe::access::{ObservedBody, RequestRecord};
+use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::observe::outcome::Outcome;
+use crate::observe::stats::Stats;
+use crate::route::{Route, RouteTable};
 use crate::upstream::{BoxError, FetchError, RequestBody, Upstream, UpstreamBody};
 
 /// Every response body the proxy sends: a flight's fan-out, an upstream stream, or a short

@@ -1,6 +1,6 @@
 //! `coalesce-proxy demo`: the product in one command, with nothing else to install.
 //!
-//! It starts the built-in slow [`origin`](crate::origin) and the proxy on ephemeral loopback
+//! It starts the built-in slow [`origin`](crate::tools::origin) and the proxy on ephemeral loopback
 //! ports (configured from the embedded `config/demo.toml`), sends a herd of identical GETs, a
 //! wave over a few keys and one POST, checks every body byte for byte, and prints what the
 //! origin saw against what the clients got.
@@ -12,13 +12,13 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::herd::{send_all, send_one, ClientResult, HerdSummary};
-use crate::origin::{self, Origin, OriginSettings};
+use crate::observe::stats::StatsReporter;
 use crate::server::Server;
-use crate::stats::StatsReporter;
+use crate::tools::herd::{send_all, send_one, ClientResult, HerdSummary};
+use crate::tools::origin::{self, Origin, OriginSettings};
 
 /// The configuration the demo runs on; `{origin}` becomes the built-in origin's URL.
-const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -47,7 +47,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    crate::cli::init_logging(&LogConfig {
+    crate::observe::logging::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: "warn".into(),
         stats_interval: Duration::ZERO,
@@ -68,7 +68,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let mut reporter = StatsReporter::new(proxy.stats().clone(), proxy.group().clone());
+    let mut reporter = StatsReporter::new(proxy.stats().clone(), {
+        let group = proxy.group().clone();
+        move || group.len()
+    });
     let expected = origin::body(args.body_size);
     let mut problems = Vec::new();
 

@@ -9,57 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::HeaderValue;
-
-use crate::coalesce::Group;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
+use crate::observe::outcome::Outcome;
 
 /// Distinct keys tracked per interval for the top-5 list; past it, new keys are not tracked
 /// until the next interval (a flood of unique paths must not grow memory).
 const MAX_TRACKED_KEYS: usize = 10_000;
-
-/// What happened to a request. The same words appear in the outcome header, in logs and in
-/// metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Started a flight.
-    Leader = 0,
-    /// Was served from someone else's flight.
-    Follower,
-    /// Went upstream on its own (not eligible to share), or got an answer from the proxy
-    /// itself (no route).
-    Pass,
-    /// Served from the route's response cache (counted with `Stale` as `cache_hits` in the
-    /// stats line).
-    Hit,
-    /// Served a stale cached response: while it is refreshed in the background, or because
-    /// the upstream failed.
-    Stale,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Leader,
-        Outcome::Follower,
-        Outcome::Pass,
-        Outcome::Hit,
-        Outcome::Stale,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Leader => "leader",
-            Outcome::Follower => "follower",
-            Outcome::Pass => "pass",
-            Outcome::Hit => "hit",
-            Outcome::Stale => "stale",
-        }
-    }
-
-    pub fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(self.as_str())
-    }
-}
 
 /// Counters since start. Relaxed ordering: each counter is independent and only read for
 /// reporting.
@@ -287,15 +242,19 @@ impl std::fmt::Display for StatsLine {
 /// be called directly (the demo prints one at the end).
 pub struct StatsReporter {
     stats: Arc<Stats>,
-    group: Arc<Group>,
+    /// How many flights are in the air now (the singleflight table's size).
+    flights_in_flight: Box<dyn Fn() -> usize + Send>,
     last: StatsSnapshot,
 }
 
 impl StatsReporter {
-    pub fn new(stats: Arc<Stats>, group: Arc<Group>) -> StatsReporter {
+    pub fn new(
+        stats: Arc<Stats>,
+        flights_in_flight: impl Fn() -> usize + Send + 'static,
+    ) -> StatsReporter {
         StatsReporter {
             stats,
-            group,
+            flights_in_flight: Box::new(flights_in_flight),
             last: StatsSnapshot::default(),
         }
     }
@@ -307,7 +266,7 @@ impl StatsReporter {
         self.last = now;
         StatsLine {
             interval,
-            flights_in_flight: self.group.len(),
+            flights_in_flight: (self.flights_in_flight)(),
             largest_fanout: self.stats.take_largest_fanout(),
             top_keys: self.stats.take_top_keys(),
         }
@@ -353,8 +312,7 @@ mod tests {
     #[test]
     fn the_stats_line_counts_one_interval() {
         let stats = Arc::new(Stats::default());
-        let group = Arc::new(Group::new(stats.clone()));
-        let mut reporter = StatsReporter::new(stats.clone(), group);
+        let mut reporter = StatsReporter::new(stats.clone(), || 0);
         stats.record_request(Outcome::Leader);
         for _ in 0..3 {
             stats.record_request(Outcome::Follower);

@@ -9,11 +9,12 @@ use std::sync::{Arc, OnceLock};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, StatusCode};
 
+use crate::coalesce::sharing;
 use crate::coalesce::Key;
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::routes::{Route, RouteTable};
-use crate::sharing::{self, ResponseRule};
+use crate::config::ResponseRule;
+use crate::observe::metrics::Metrics;
+use crate::route::{Route, RouteTable};
 use crate::upstream::Upstream;
 
 /// Any text as a configuration file: an error is fine, a panic is not.
@@ -74,7 +75,7 @@ pub fn key(data: &[u8]) {
         "a variant key always records its varying headers"
     );
     let client = "127.0.0.1:9".parse().expect("literal");
-    let _ = crate::hygiene::upstream_request(route, &parts, client);
+    let _ = crate::proxy::hygiene::upstream_request(route, &parts, client);
     let _ = sharing::request_may_share(&route.coalesce, &parts, true);
 }
 

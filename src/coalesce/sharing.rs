@@ -9,13 +9,10 @@
 //!
 //! This module only judges; the flight and the proxy act on the verdicts.
 
-use std::fmt;
-use std::str::FromStr;
-
 use http::header::{self, HeaderMap, HeaderName};
 use http::{request, StatusCode};
 
-use crate::config::{CoalescePolicy, Credentials};
+use crate::config::{CoalescePolicy, Credentials, ResponseRule};
 
 /// Request headers that make a request ask for something other than the plain resource: a
 /// part of it, or a conditional answer. Their values are part of the coalescing key, so a
@@ -28,59 +25,6 @@ pub static RANGE_AND_CONDITIONAL: [HeaderName; 6] = [
     header::IF_MODIFIED_SINCE,
     header::IF_UNMODIFIED_SINCE,
 ];
-
-/// A response rule from `not_shareable`: either a header's presence (`"set-cookie"`) or a
-/// token in a header's comma-separated list (`"cache-control: private"`, `"vary: *"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResponseRule {
-    Present(HeaderName),
-    HasToken(HeaderName, String),
-}
-
-impl FromStr for ResponseRule {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let name = |n: &str| {
-            HeaderName::from_bytes(n.trim().as_bytes())
-                .map_err(|_| format!("invalid header name {:?} in rule {text:?}", n.trim()))
-        };
-        match text.split_once(':') {
-            None => Ok(ResponseRule::Present(name(text)?)),
-            Some((header, token)) => {
-                let token = token.trim().to_ascii_lowercase();
-                if token.is_empty() || token.contains(',') {
-                    return Err(format!(
-                        "rule {text:?} needs one token after the colon, e.g. \"cache-control: private\""
-                    ));
-                }
-                Ok(ResponseRule::HasToken(name(header)?, token))
-            }
-        }
-    }
-}
-
-impl fmt::Display for ResponseRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ResponseRule::Present(name) => write!(f, "{name}"),
-            ResponseRule::HasToken(name, token) => write!(f, "{name}: {token}"),
-        }
-    }
-}
-
-/// The default `not_shareable` list.
-pub fn default_rules() -> Vec<ResponseRule> {
-    [
-        "set-cookie",
-        "cache-control: private",
-        "cache-control: no-store",
-        "vary: *",
-    ]
-    .iter()
-    .map(|rule| rule.parse().expect("built-in rules are valid"))
-    .collect()
-}
 
 /// The comma-separated tokens of every `name` header, lower-cased, without parameters
 /// (`private="set-cookie"` counts as `private`).
@@ -171,6 +115,7 @@ pub fn request_may_share(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::default_rules;
     use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -201,20 +146,6 @@ mod tests {
             ("vary", "accept-language")
         ]));
         assert!(!caught(&[("cache-control", "no-cache")]));
-    }
-
-    #[test]
-    fn rules_parse_and_reject_nonsense() {
-        assert_eq!(
-            "Cache-Control: No-Cache".parse::<ResponseRule>(),
-            Ok(ResponseRule::HasToken(
-                header::CACHE_CONTROL,
-                "no-cache".into()
-            ))
-        );
-        assert!("bad header: x".parse::<ResponseRule>().is_err());
-        assert!("cache-control:".parse::<ResponseRule>().is_err());
-        assert!("cache-control: a, b".parse::<ResponseRule>().is_err());
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! happened; it does not rewrite headers (`hygiene`) or decide who shares a response
 //! (`coalesce`).
 
+pub mod balance;
+pub mod tls;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,9 +26,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
-use crate::balance::Balancer;
 use crate::config::UpstreamConfig;
-use crate::tls::{self, UpstreamConnector};
+use crate::upstream::balance::Balancer;
+use crate::upstream::tls::UpstreamConnector;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -13,10 +13,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::metrics::RouteMetrics;
-use crate::proxy::ProxyBody;
-use crate::stats::Outcome;
+use crate::observe::metrics::RouteMetrics;
+use crate::observe::outcome::Outcome;
 use crate::upstream::BoxError;
 
 /// What is known about a request when its response head is ready.
@@ -33,16 +33,19 @@ pub struct RequestRecord {
     pub flight: Option<u64>,
 }
 
+/// The response body it observes: any the proxy sends (the proxy's `ProxyBody`).
+type Inner = UnsyncBoxBody<Bytes, BoxError>;
+
 /// A response body that records its request when it ends.
 pub struct ObservedBody {
-    inner: ProxyBody,
+    inner: Inner,
     record: Option<RequestRecord>,
     bytes: u64,
     access_log: bool,
 }
 
 impl ObservedBody {
-    pub fn new(inner: ProxyBody, record: RequestRecord, access_log: bool) -> ObservedBody {
+    pub fn new(inner: Inner, record: RequestRecord, access_log: bool) -> ObservedBody {
         ObservedBody {
             inner,
             record: Some(record),

@@ -1,0 +1,118 @@
+//! The file exactly as written: serde structs with `deny_unknown_fields`, keeping the span of
+//! every value checked later. Only the resolver looks at these.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+pub use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub server: Option<Server>,
+    pub admin: Option<Admin>,
+    pub log: Option<Log>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<Upstream>>,
+    pub coalesce: Option<Coalesce>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    // Spans cannot reach inside an untagged enum, so errors point at the whole value.
+    pub listen: Option<Spanned<OneOrMany>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+    pub stats_interval: Option<Spanned<String>>,
+    pub access: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub url: Option<Spanned<String>>,
+    pub urls: Option<Vec<Spanned<String>>>,
+    pub balance: Option<Spanned<String>>,
+    pub max_fails: Option<usize>,
+    pub fail_window: Option<Spanned<String>>,
+    pub fail_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub pool_max_idle: Option<usize>,
+    pub http2: Option<bool>,
+    pub tls: Option<Spanned<Tls>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub sni: Option<bool>,
+    pub verify: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Coalesce {
+    pub enabled: Option<bool>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub key_headers: Option<Vec<Spanned<String>>>,
+    pub header: Option<Spanned<String>>,
+    pub credentials: Option<Spanned<String>>,
+    pub not_shareable: Option<Vec<Spanned<String>>>,
+    pub pass_ttl: Option<Spanned<String>>,
+    pub max_wait: Option<Spanned<String>>,
+    pub max_followers: Option<Spanned<usize>>,
+    pub max_replay_body: Option<Spanned<String>>,
+    pub max_flight_buffer: Option<Spanned<String>>,
+    pub client_stall_timeout: Option<Spanned<String>>,
+    pub share_errors: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub strip_prefix: Option<bool>,
+    pub coalesce: Option<Coalesce>,
+    pub cache: Option<Cache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub enabled: Option<bool>,
+    pub max_size: Option<Spanned<String>>,
+    pub default_ttl: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
+}

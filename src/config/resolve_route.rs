@@ -1,0 +1,201 @@
+//! Resolving `[coalesce]` and `[[routes]]`: each route's upstream, prefix and host, and its
+//! coalescing and cache policies (the route's overrides on top of the defaults).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+
+use super::raw;
+use super::resolve::Resolver;
+use super::*;
+
+impl Resolver<'_> {
+    pub(super) fn coalesce_defaults(
+        &self,
+        raw: raw::Coalesce,
+    ) -> Result<CoalescePolicy, ConfigError> {
+        let builtin = CoalescePolicy {
+            enabled: true,
+            methods: vec![Method::GET, Method::HEAD],
+            key_headers: vec![http::header::ACCEPT_ENCODING],
+            outcome_header: Some(HeaderName::from_static("x-coalesce")),
+            credentials: Credentials::Key,
+            not_shareable: default_rules(),
+            pass_ttl: Duration::from_secs(30),
+            max_wait: None,
+            max_followers: 10_000,
+            max_replay_body: 8 << 20,
+            max_flight_buffer: 32 << 20,
+            client_stall_timeout: Duration::from_secs(30),
+            share_errors: true,
+        };
+        self.coalesce_overrides(&builtin, raw)
+    }
+
+    pub(super) fn coalesce_overrides(
+        &self,
+        base: &CoalescePolicy,
+        raw: raw::Coalesce,
+    ) -> Result<CoalescePolicy, ConfigError> {
+        let mut policy = base.clone();
+        if let Some(enabled) = raw.enabled {
+            policy.enabled = enabled;
+        }
+        if let Some(methods) = raw.methods {
+            policy.methods = methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        self.error_at(m.span(), format!("invalid method {:?}", m.get_ref()))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(headers) = raw.key_headers {
+            policy.key_headers = headers
+                .iter()
+                .map(|h| self.header_name(h))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(header) = raw.header {
+            policy.outcome_header = if header.get_ref().is_empty() {
+                None
+            } else {
+                Some(self.header_name(&header)?)
+            };
+        }
+        if let Some(credentials) = &raw.credentials {
+            policy.credentials = match credentials.get_ref().as_str() {
+                "key" => Credentials::Key,
+                "pass" => Credentials::Pass,
+                other => {
+                    return Err(self.error_at(
+                        credentials.span(),
+                        format!("unknown credentials policy {other:?}: use \"key\" or \"pass\""),
+                    ))
+                }
+            };
+        }
+        if let Some(rules) = &raw.not_shareable {
+            policy.not_shareable = rules
+                .iter()
+                .map(|rule| {
+                    rule.get_ref()
+                        .parse()
+                        .map_err(|why: String| self.error_at(rule.span(), why))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(ttl) = &raw.pass_ttl {
+            policy.pass_ttl = self.duration(ttl)?;
+        }
+        if let Some(wait) = &raw.max_wait {
+            policy.max_wait = Some(self.duration(wait)?);
+        }
+        if let Some(max) = &raw.max_followers {
+            policy.max_followers = *max.get_ref();
+        }
+        if let Some(size) = &raw.max_replay_body {
+            policy.max_replay_body = self.size(size)?;
+        }
+        if let Some(size) = &raw.max_flight_buffer {
+            policy.max_flight_buffer = self.size(size)?;
+        }
+        if let Some(stall) = &raw.client_stall_timeout {
+            policy.client_stall_timeout = self.duration(stall)?;
+        }
+        if let Some(share) = raw.share_errors {
+            policy.share_errors = share;
+        }
+        if policy.max_flight_buffer < policy.max_replay_body {
+            let span = raw
+                .max_flight_buffer
+                .as_ref()
+                .or(raw.max_replay_body.as_ref())
+                .map_or(0..0, |s| s.span());
+            return Err(self.error_at(
+                span,
+                format!(
+                    "max_flight_buffer ({}) must be at least max_replay_body ({}): a flight holds the whole replayable prefix",
+                    bytesize::ByteSize(policy.max_flight_buffer).display().iec(),
+                    bytesize::ByteSize(policy.max_replay_body).display().iec()
+                ),
+            ));
+        }
+        Ok(policy)
+    }
+
+    pub(super) fn route(
+        &self,
+        index: usize,
+        raw: raw::Route,
+        upstreams: &BTreeMap<String, UpstreamConfig>,
+        defaults: &CoalescePolicy,
+    ) -> Result<(RouteConfig, std::ops::Range<usize>), ConfigError> {
+        let prefix = raw.path_prefix.get_ref();
+        if !prefix.starts_with('/') {
+            return Err(self.error_at(
+                raw.path_prefix.span(),
+                format!("path_prefix {prefix:?} must start with \"/\""),
+            ));
+        }
+        if !upstreams.contains_key(raw.upstream.get_ref()) {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            return Err(self.error_at(
+                raw.upstream.span(),
+                format!(
+                    "unknown upstream {:?} (defined: {})",
+                    raw.upstream.get_ref(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        let host = match &raw.host {
+            None => None,
+            Some(host) => {
+                let value = host.get_ref();
+                if value.is_empty() || value.contains(['/', ' ']) {
+                    return Err(self.error_at(host.span(), format!("invalid host {value:?}")));
+                }
+                Some(value.to_ascii_lowercase())
+            }
+        };
+        let (name, name_span) = match raw.name {
+            Some(name) => (name.get_ref().clone(), name.span()),
+            None => (index.to_string(), raw.path_prefix.span()),
+        };
+        let coalesce = match raw.coalesce {
+            Some(overrides) => self.coalesce_overrides(defaults, overrides)?,
+            None => defaults.clone(),
+        };
+        let cache = match raw.cache {
+            Some(cache) if cache.enabled.unwrap_or(false) => Some(CachePolicy {
+                max_size: cache
+                    .max_size
+                    .as_ref()
+                    .map_or(Ok(256 << 20), |s| self.size(s))?,
+                default_ttl: self.duration_or(&cache.default_ttl, Duration::ZERO)?,
+                grace: self.duration_or(&cache.grace, Duration::from_secs(10))?,
+            }),
+            _ => None,
+        };
+        Ok((
+            RouteConfig {
+                name,
+                host,
+                path_prefix: prefix.clone(),
+                upstream: raw.upstream.into_inner(),
+                strip_prefix: raw.strip_prefix.unwrap_or(false),
+                coalesce,
+                cache,
+            },
+            name_span,
+        ))
+    }
+}

@@ -1,0 +1,13 @@
+//! Observation: what the proxy records about the traffic, and where an operator reads it.
+//!
+//! Nothing here decides anything about a request; the layers report to it. [`logging`] sets
+//! up the log output. [`stats`] keeps the
+//! outcome counters and writes the periodic stats line, [`metrics`] holds the Prometheus
+//! families, [`outcome`] names what happened to each request, and [`access`] writes each request's record when its response body ends. The
+//! admin listener that shows them is the server's (`server::admin`).
+
+pub mod access;
+pub mod logging;
+pub mod metrics;
+pub mod outcome;
+pub mod stats;

@@ -1,0 +1,170 @@
+//! One client connection: which protocol it speaks, serving it with hyper's builder for that
+//! protocol, and finishing it when the server drains.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::stall_guard::StallGuard;
+use crate::config::ServerConfig;
+use crate::proxy::Proxy;
+
+/// What every connection is served with.
+pub(super) struct ConnectionServer {
+    protocols: Protocols,
+    proxy: Arc<Proxy>,
+    send_timeout: Duration,
+    /// How long a new connection may take to send its first bytes (hyper's
+    /// `header_read_timeout` takes over from there).
+    first_bytes_timeout: Duration,
+}
+
+impl ConnectionServer {
+    pub(super) fn new(config: &ServerConfig, proxy: Arc<Proxy>) -> ConnectionServer {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        ConnectionServer {
+            protocols: Protocols { http1, http2 },
+            proxy,
+            send_timeout: config.send_timeout,
+            first_bytes_timeout: config.header_read_timeout,
+        }
+    }
+
+    /// Serves `stream` on a task of its own until it ends. It holds `draining` (the server
+    /// counts open connections by its receivers) and `permit` (its `max_connections` slot)
+    /// until then.
+    pub(super) fn spawn(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut draining: watch::Receiver<bool>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let server = self.clone();
+        let proxy = self.proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let request = detach_head(request);
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        });
+        tokio::spawn(async move {
+            let http2 = tokio::select! {
+                peeked = tokio::time::timeout(server.first_bytes_timeout, speaks_h2(&stream)) => {
+                    match peeked {
+                        Ok(Ok(http2)) => http2,
+                        _ => return,
+                    }
+                }
+                _ = draining.wait_for(|draining| *draining) => return,
+            };
+            let stats = server.proxy.stats().clone();
+            let io = TokioIo::new(StallGuard::new(stream, server.send_timeout, stats));
+            let protocols = &server.protocols;
+            let result = if http2 {
+                let connection = protocols.http2.serve_connection(io, service);
+                // Boxed: an HTTP/2 connection's state is large, and inline it would make every
+                // HTTP/1 connection's task as large.
+                let draining_connection =
+                    until_drained(connection, |c| c.graceful_shutdown(), draining);
+                Box::pin(draining_connection).await
+            } else {
+                let connection = protocols
+                    .http1
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                until_drained(connection, |c| c.graceful_shutdown(), draining).await
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// hyper's connection builders, one per protocol: [`speaks_h2`] picks one per connection.
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+/// Drives `connection` to its end. Once `draining` is set it asks the connection to finish
+/// (`start_draining`): HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY and
+/// completes its open streams. Dropping `draining` at the end tells the server this
+/// connection is gone.
+async fn until_drained<C>(
+    connection: C,
+    start_draining: impl FnOnce(Pin<&mut C>),
+    mut draining: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result,
+        _ = draining.wait_for(|draining| *draining) => {}
+    }
+    start_draining(connection.as_mut());
+    connection.await
+}
+
+/// The HTTP/2 connection preface: a client speaking h2c with prior knowledge starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface, found by peeking at the socket, so that
+/// the chosen protocol's parser reads the connection's first bytes from the socket itself.
+/// (hyper-util's auto builder reads the first 24 bytes on its own and hands them to hyper's
+/// HTTP/1 parser first, whose read buffer then grows from 8 to 16 KiB on every connection:
+/// most of the memory a waiting client costs.) A connection that closes before a byte is
+/// HTTP/1 (hyper then sees the end at once).
+async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut start = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut start).await?;
+        if n == 0 || start[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface so far. Peeking again at once would see the same bytes; real
+        // HTTP/2 clients send the whole preface in one write, so this wait is rare.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Copies the request target and header values out of hyper's connection read buffer, of
+/// which they are slices. hyper hands over the head and then reads the connection again (to
+/// notice a client that hangs up); with the buffer no longer shared, that read reuses it,
+/// where otherwise every request waiting on a flight would cost a second 8 KiB buffer.
+/// (HTTP/2 heads own their bytes already; the copy is cheap beside the rest of a request.)
+fn detach_head<B>(request: http::Request<B>) -> http::Request<B> {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if let Ok(mut copy) = http::HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
+        }
+    }
+    parts.headers = headers;
+    http::Request::from_parts(parts, body)
+}

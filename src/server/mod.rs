@@ -1,0 +1,235 @@
+//! The server: listeners, connections, graceful shutdown, and the periodic stats task.
+//!
+//! Each accepted connection speaks HTTP/1.1 or HTTP/2 over cleartext (prior knowledge) on the
+//! same port; a peek at its first bytes decides which, and hyper's builder for that protocol
+//! serves it. Shutdown stops accepting, asks every connection to finish its in-flight
+//! requests, and waits up to `shutdown_grace`.
+//! What a request does is `proxy`'s business.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub mod admin;
+mod connection;
+mod listener;
+mod stall_guard;
+
+use crate::config::Config;
+use crate::observe::stats::{Stats, StatsReporter};
+use crate::proxy::Proxy;
+use admin::Readiness;
+use connection::ConnectionServer;
+use listener::{accept_loop, refuse};
+
+/// A proxy bound to its listeners, ready to run.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    proxy: Arc<Proxy>,
+    config: Config,
+    readiness: Arc<Readiness>,
+}
+
+/// What outlives `Server::run`'s start: reloading the configuration, and readiness.
+#[derive(Clone)]
+pub struct ServerHandle {
+    proxy: Arc<Proxy>,
+    /// The configuration being served, to tell what a reload cannot change.
+    current: Arc<std::sync::Mutex<Config>>,
+    readiness: Arc<Readiness>,
+}
+
+impl ServerHandle {
+    /// Serves new requests under `config`. Routes, upstreams and policies change at once for
+    /// new requests; connections, flights and requests under way are not disturbed. Listen
+    /// addresses, the admin address, logging and the stats interval need a restart, which is
+    /// logged.
+    pub fn reload(&self, config: Config) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.server.listen != config.server.listen || current.admin != config.admin {
+            tracing::warn!(
+                "listen and admin addresses only change on restart; still serving the old ones"
+            );
+        }
+        if current.log.format != config.log.format
+            || current.log.level != config.log.level
+            || current.log.stats_interval != config.log.stats_interval
+        {
+            tracing::warn!("log format, level and stats_interval only change on restart");
+        }
+        self.proxy.reload(&config);
+        tracing::info!(
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "config reloaded"
+        );
+        *current = config;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+}
+
+impl Server {
+    /// Binds every `[server] listen` address and the admin address.
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))
+        };
+        let mut listeners = Vec::with_capacity(config.server.listen.len());
+        for address in &config.server.listen {
+            listeners.push(bind(*address).await?);
+        }
+        let admin = match config.admin {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        Ok(Server::with_listeners(listeners, admin, config))
+    }
+
+    /// Serves on listeners the caller bound (tests bind `127.0.0.1:0`).
+    pub fn with_listeners(
+        listeners: Vec<TcpListener>,
+        admin: Option<TcpListener>,
+        config: Config,
+    ) -> Server {
+        let proxy = Arc::new(Proxy::new(&config, Arc::new(Stats::default())));
+        Server {
+            listeners,
+            admin,
+            proxy,
+            config,
+            readiness: Arc::new(Readiness::default()),
+        }
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            proxy: self.proxy.clone(),
+            current: Arc::new(std::sync::Mutex::new(self.config.clone())),
+            readiness: self.readiness.clone(),
+        }
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves until `shutdown` resolves, then drains for up to `shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listeners,
+            admin,
+            proxy,
+            config,
+            readiness,
+        } = self;
+        for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
+            tracing::info!(%address, "listening on {address}");
+        }
+        // The admin listener outlives the drain, so `/readyz` can say so.
+        let admin = admin.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "admin listening on {address}");
+            }
+            tokio::spawn(admin::serve(listener, proxy.clone(), readiness.clone()))
+        });
+
+        let mut background = JoinSet::new();
+        if !config.log.stats_interval.is_zero() {
+            let reporter = StatsReporter::new(proxy.stats().clone(), {
+                let group = proxy.group().clone();
+                move || group.len()
+            });
+            background.spawn(reporter.run(config.log.stats_interval));
+        }
+        // Each listener accepts on its own task and hands connections to this one, which owns
+        // the graceful-shutdown registry.
+        let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);
+        for listener in listeners {
+            background.spawn(accept_loop(listener, accepted_tx.clone()));
+        }
+        drop(accepted_tx);
+
+        let connection_server = Arc::new(ConnectionServer::new(&config.server, proxy.clone()));
+        // Set when draining starts. Every connection holds a receiver until it ends, so the
+        // receivers count the open connections and the drain ends when the last one is gone.
+        let (draining_tx, draining) = watch::channel(false);
+        // One permit per open client connection.
+        let connections = Arc::new(Semaphore::new(config.server.max_connections));
+
+        readiness.set(true);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                next = accepted.recv() => {
+                    let Some((stream, peer)) = next else { break };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
+                    connection_server.spawn(stream, peer, draining.clone(), permit);
+                }
+            }
+        }
+
+        readiness.set(false);
+        draining_tx.send_replace(true);
+        // Waits for the accept loops to end, so their listeners are closed (new connections
+        // refused) before the drain is announced.
+        background.shutdown().await;
+        drop(accepted);
+        drop(draining);
+        drain(&draining_tx, config.server.shutdown_grace).await;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+    }
+}
+
+/// Waits until every connection has ended (each holds a receiver of `draining`), or
+/// `grace` has passed, and says which.
+async fn drain(draining: &watch::Sender<bool>, grace: Duration) {
+    let open = draining.receiver_count();
+    tracing::info!(
+        open_connections = open,
+        grace = %humantime::format_duration(grace),
+        "shutting down: no longer accepting, draining open connections"
+    );
+    if tokio::time::timeout(grace, draining.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = %humantime::format_duration(grace),
+            "shutdown grace period ran out; closing the remaining connections"
+        );
+    } else {
+        tracing::info!("all connections drained");
+    }
+}
