@@ -14,6 +14,7 @@
 mod fanout;
 mod flight;
 mod group;
+mod join;
 mod key;
 mod pass_memory;
 pub mod sharing;
@@ -21,5 +22,6 @@ pub mod sharing;
 pub use fanout::FanoutBody;
 pub use flight::{Flight, SharedHead};
 pub use group::{Fetched, Group, Role, Subscription};
+pub use join::{follower_verdict, join_and_wait, Verdict, Waited};
 pub use key::Key;
 pub use pass_memory::PassMemory;

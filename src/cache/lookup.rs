@@ -1,0 +1,140 @@
+//! The cache's part in a request: what a lookup means for it (serve fresh, serve stale and
+//! refresh, or go on to a flight), and what a flight's head then means for a request that
+//! missed (a stale response stands in for an error; a 304 confirms a stored response).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{request, Method, Response, StatusCode};
+
+use super::refresh::Refresh;
+use super::store::Found;
+use super::stored::StoredResponse;
+use crate::coalesce::sharing::RANGE_AND_CONDITIONAL;
+use crate::coalesce::{Key, SharedHead};
+use crate::route::Route;
+use crate::upstream::FetchError;
+
+/// What the cache means for one request.
+pub enum Lookup {
+    /// Serve this stored response now (outcome `hit`).
+    Fresh(Arc<StoredResponse>),
+    /// Serve it now (outcome `stale`); this request won the one background refresh, if
+    /// `Some` (boxed: the claim is large, and most lookups are hits or misses).
+    Stale(Arc<StoredResponse>, Option<Box<Refresh>>),
+    /// Go on to a flight.
+    Miss(Miss),
+}
+
+/// What a request that missed still takes from the cache to its flight.
+#[derive(Default)]
+pub struct Miss {
+    /// A stale response that may stand in if the upstream fails (stale-if-error).
+    fallback: Option<Arc<StoredResponse>>,
+    /// A `no-cache` response to revalidate: the flight asks with its validators, and a 304
+    /// means clients get it.
+    revalidating: Option<Arc<StoredResponse>>,
+}
+
+/// Looks `parts` up in `route`'s cache, if it has one and the request asks for the plain
+/// resource. HEAD is answered from a stored GET.
+pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
+    let Some(cache) = route.cache.as_ref().filter(|_| cacheable_request(parts)) else {
+        return Lookup::Miss(Miss::default());
+    };
+    let key = key(route, parts);
+    match cache.lookup(&key, &parts.headers) {
+        Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
+        Some(Found::Stale(entry)) => {
+            let refresh = Refresh::begin(route, cache, key, &entry, &parts.headers);
+            Lookup::Stale(entry, refresh.map(Box::new))
+        }
+        Some(Found::Expired(entry)) => Lookup::Miss(Miss {
+            fallback: Some(entry),
+            revalidating: None,
+        }),
+        Some(Found::Revalidate(entry)) => Lookup::Miss(Miss {
+            fallback: None,
+            revalidating: Some(entry),
+        }),
+        None => Lookup::Miss(Miss::default()),
+    }
+}
+
+impl Miss {
+    /// The conditional headers the flight asks with: the stored response's validators when it
+    /// is being revalidated, else none.
+    pub fn validators(&self) -> HeaderMap {
+        self.revalidating
+            .as_ref()
+            .map(|entry| entry.validators())
+            .unwrap_or_default()
+    }
+
+    /// The stored response being revalidated, for the flight to renew on a 304.
+    pub fn revalidating(&self) -> Option<Arc<StoredResponse>> {
+        self.revalidating.clone()
+    }
+
+    /// The stale response to serve instead of a failed head (an error or a 5xx), if one may
+    /// stand in for it now.
+    pub fn stands_in_for(
+        &self,
+        head: &Result<Arc<SharedHead>, FetchError>,
+    ) -> Option<&Arc<StoredResponse>> {
+        let entry = self
+            .fallback
+            .as_ref()
+            .filter(|entry| entry.may_serve_on_error(Instant::now()))?;
+        let failed = match head {
+            Err(_) => true,
+            Ok(head) => head.status.is_server_error(),
+        };
+        failed.then_some(entry)
+    }
+
+    /// The stored response a 304 to its revalidation confirmed (renewed by the fetch).
+    pub fn confirmed_by(
+        &self,
+        head: &Result<Arc<SharedHead>, FetchError>,
+    ) -> Option<&Arc<StoredResponse>> {
+        let confirmed = head
+            .as_ref()
+            .is_ok_and(|h| h.status == StatusCode::NOT_MODIFIED);
+        self.revalidating.as_ref().filter(|_| confirmed)
+    }
+}
+
+/// The key a request's stored response is found under: the key of a GET for the same
+/// resource, so that HEAD is answered from a stored GET.
+pub fn key(route: &Route, parts: &request::Parts) -> Key {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Key::new(route, &Method::GET, path_and_query, &parts.headers)
+}
+
+/// Whether a request asks for the plain resource, so that the cache may answer it: no Range
+/// and no conditional headers (those go through flights keyed by their values).
+pub fn cacheable_request(parts: &request::Parts) -> bool {
+    !RANGE_AND_CONDITIONAL
+        .iter()
+        .any(|name| parts.headers.contains_key(name))
+}
+
+/// A stored response as the answer to a request, with its current `Age` (HEAD gets the
+/// head only).
+pub fn response(entry: &StoredResponse, method: &Method) -> Response<Bytes> {
+    let body = if method == Method::HEAD {
+        Bytes::new()
+    } else {
+        entry.body.clone()
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response
+        .headers_mut()
+        .insert(header::AGE, entry.age_header(Instant::now()));
+    response
+}

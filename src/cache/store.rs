@@ -1,0 +1,204 @@
+//! One route's store: entries by key (a variant key under `Vary`), bounded by size with moka's
+//! eviction, found by lookup, removed by purge; and the claim that keeps background refreshes
+//! to one per key.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
+
+use super::freshness::Freshness;
+use super::stored::StoredResponse;
+use crate::coalesce::sharing;
+use crate::coalesce::Key;
+use crate::config::CachePolicy;
+use crate::observe::metrics::Metrics;
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Found {
+    Fresh(Arc<StoredResponse>),
+    /// Past freshness but within its stale-while-revalidate window: serve it, refresh it.
+    Stale(Arc<StoredResponse>),
+    /// Past that too: a miss, though it may still stand in for an upstream failure.
+    Expired(Arc<StoredResponse>),
+    /// A `no-cache` response: served only after the upstream answers 304 to its validators.
+    Revalidate(Arc<StoredResponse>),
+}
+
+/// One route's cache.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<Key, Arc<StoredResponse>>,
+    /// Keys whose last stored response had `Vary`, with the header names it varied on.
+    varies: moka::sync::Cache<Key, Arc<Vec<HeaderName>>>,
+    /// Keys being refreshed in the background now: at most one refresh per key.
+    refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
+    hits: Counter,
+    misses: Counter,
+    revalidations: Counter,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+/// Roughly what an entry costs: its body, its headers, and the bookkeeping around them.
+fn weight(key: &Key, response: &Arc<StoredResponse>) -> u32 {
+    let headers: usize = response
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    let total = response.body.len() + headers + key.path().len() + 256;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
+impl ResponseCache {
+    pub fn new(policy: &CachePolicy, metrics: &Metrics) -> ResponseCache {
+        let evictions = metrics.cache_evictions.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(policy.max_size)
+            .weigher(weight)
+            .support_invalidation_closures()
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
+        ResponseCache {
+            entries,
+            varies: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .support_invalidation_closures()
+                .build(),
+            refreshing: Default::default(),
+            hits: metrics.cache_hits.clone(),
+            misses: metrics.cache_misses.clone(),
+            revalidations: metrics.cache_revalidations.clone(),
+        }
+    }
+
+    /// The stored response for a request with `key` (built as for a GET) and `headers`.
+    pub fn lookup(&self, key: &Key, headers: &HeaderMap) -> Option<Found> {
+        let entry = match self.varies.get(key) {
+            Some(vary) => self.entries.get(&key.variant(&vary, headers)),
+            None => self.entries.get(key),
+        };
+        let now = Instant::now();
+        let found = entry.map(|entry| {
+            if entry.always_revalidate {
+                Found::Revalidate(entry)
+            } else if entry.is_fresh(now) {
+                Found::Fresh(entry)
+            } else if entry.stale_for(now) <= entry.stale_while_revalidate {
+                Found::Stale(entry)
+            } else {
+                Found::Expired(entry)
+            }
+        });
+        let counter = match found {
+            Some(Found::Fresh(_)) | Some(Found::Stale(_)) => &self.hits,
+            _ => &self.misses,
+        };
+        counter.inc();
+        found
+    }
+
+    /// Counts a background refresh sent upstream.
+    pub(super) fn count_revalidation(&self) {
+        self.revalidations.inc();
+    }
+
+    /// Claims the one background refresh of `key`; false if one is running.
+    pub fn begin_refresh(&self, key: &Key) -> bool {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone())
+    }
+
+    pub fn end_refresh(&self, key: &Key) {
+        self.refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// Stores a complete response fetched for a request with `key` and `request_headers`.
+    pub fn store(
+        &self,
+        key: Key,
+        request_headers: &HeaderMap,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        freshness: Freshness,
+    ) {
+        let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        let entry = Arc::new(StoredResponse {
+            status,
+            headers,
+            body,
+            stored_at: Instant::now(),
+            initial_age: freshness.initial_age,
+            fresh_for: freshness.fresh_for,
+            stale_while_revalidate: freshness.stale_while_revalidate,
+            stale_if_error: freshness.stale_if_error,
+            always_revalidate: freshness.always_revalidate,
+        });
+        if vary.is_empty() {
+            self.varies.invalidate(&key);
+            self.entries.insert(key, entry);
+        } else {
+            let variant = key.variant(&vary, request_headers);
+            self.varies.insert(key, Arc::new(vary));
+            self.entries.insert(variant, entry);
+        }
+    }
+
+    /// Removes every entry whose path matches (starts with `path`, or equals it when
+    /// `exact`); returns how many.
+    pub fn purge(&self, path: &str, exact: bool) -> u64 {
+        let matches = move |key: &Key, path: &str| {
+            if exact {
+                key.path() == path
+            } else {
+                key.path().starts_with(path)
+            }
+        };
+        let doomed: Vec<Arc<Key>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| matches(key, path))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key.as_ref());
+        }
+        let path = path.to_owned();
+        let _ = self
+            .varies
+            .invalidate_entries_if(move |key, _| matches(key, &path));
+        doomed.len() as u64
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}

@@ -1,0 +1,91 @@
+//! A stored response, and what its age and freshness allow now: serve it, serve it stale,
+//! revalidate it, or let it stand in for an upstream failure.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use super::freshness::{freshness, Freshness};
+use crate::config::CachePolicy;
+
+/// A stored response.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub(super) stored_at: Instant,
+    /// The response's age when it was stored (its `Age` header).
+    pub(super) initial_age: Duration,
+    /// How long after `stored_at` it stays fresh.
+    pub(super) fresh_for: Duration,
+    /// How long past freshness it may be served while one refresh runs (RFC 5861
+    /// `stale-while-revalidate`, else the route's `grace`).
+    pub(super) stale_while_revalidate: Duration,
+    /// How long past freshness it may be served when the upstream fails (`stale-if-error`,
+    /// else `grace`).
+    pub(super) stale_if_error: Duration,
+    /// `Cache-Control: no-cache`: never served without a successful revalidation.
+    pub(super) always_revalidate: bool,
+}
+
+impl StoredResponse {
+    pub(super) fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        !self.always_revalidate && now.saturating_duration_since(self.stored_at) < self.fresh_for
+    }
+
+    /// The conditional headers that revalidate it: `If-None-Match` from its `ETag`,
+    /// `If-Modified-Since` from its `Last-Modified`. Empty when it has neither.
+    pub fn validators(&self) -> HeaderMap {
+        let mut validators = HeaderMap::new();
+        if let Some(etag) = self.headers.get(header::ETAG) {
+            validators.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(modified) = self.headers.get(header::LAST_MODIFIED) {
+            validators.insert(header::IF_MODIFIED_SINCE, modified.clone());
+        }
+        validators
+    }
+
+    /// The stored response renewed by a 304's header fields (RFC 9111 §4.3.4), with the
+    /// freshness they give it; `None` if it may no longer be stored.
+    pub fn renewed_by(
+        &self,
+        not_modified: &HeaderMap,
+        policy: &CachePolicy,
+        request_has_authorization: bool,
+    ) -> Option<(HeaderMap, Freshness)> {
+        let mut headers = self.headers.clone();
+        let replaced =
+            |name: &HeaderName| name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING;
+        for name in not_modified.keys().filter(|n| replaced(n)) {
+            headers.remove(name);
+        }
+        for (name, value) in not_modified.iter().filter(|(n, _)| replaced(n)) {
+            headers.append(name.clone(), value.clone());
+        }
+        let freshness = freshness(policy, self.status, &headers, request_has_authorization)?;
+        Some((headers, freshness))
+    }
+
+    pub(super) fn stale_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored_at)
+            .saturating_sub(self.fresh_for)
+    }
+
+    /// Whether it may stand in for an upstream failure now.
+    pub fn may_serve_on_error(&self, now: Instant) -> bool {
+        self.stale_for(now) <= self.stale_if_error
+    }
+
+    /// The value of the `Age` header to send now, in whole seconds.
+    pub fn age_header(&self, now: Instant) -> HeaderValue {
+        HeaderValue::from(self.age(now).as_secs())
+    }
+}

@@ -1,0 +1,91 @@
+//! What the proxy answers: the reply of one request with its outcome, the outcome header, and
+//! the short messages the proxy writes itself (404, 405, 502, 504).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::ProxyBody;
+use crate::cache::{self, StoredResponse};
+use crate::observe::outcome::Outcome;
+use crate::route::Route;
+use crate::upstream::{BoxError, FetchError};
+
+/// What serving a request produced, before it is counted and observed.
+pub struct Reply {
+    pub response: Response<ProxyBody>,
+    pub outcome: Outcome,
+    /// The flight that served it, if any.
+    pub flight: Option<u64>,
+}
+
+impl Reply {
+    pub fn pass(response: Response<ProxyBody>) -> Reply {
+        Reply {
+            response,
+            outcome: Outcome::Pass,
+            flight: None,
+        }
+    }
+}
+
+/// Sets the outcome header, when the route has one.
+pub fn set_outcome<B>(response: &mut Response<B>, header: Option<&HeaderName>, outcome: Outcome) {
+    if let Some(name) = header {
+        response
+            .headers_mut()
+            .insert(name.clone(), outcome.header_value());
+    }
+}
+
+/// The answer to a fetch that failed before the head: 502, or 504 for a timeout.
+pub fn error_reply(
+    header: Option<&HeaderName>,
+    outcome: Outcome,
+    err: &FetchError,
+) -> Response<ProxyBody> {
+    let message = match err.status() {
+        StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
+        _ => "upstream request failed\n",
+    };
+    text_reply(header, outcome, err.status(), message.into())
+}
+
+/// A short plain-text answer from the proxy itself.
+pub fn text_reply(
+    header: Option<&HeaderName>,
+    outcome: Outcome,
+    status: StatusCode,
+    message: Bytes,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(message).map_err(BoxError::from).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    set_outcome(&mut response, header, outcome);
+    response
+}
+
+/// A response served from the cache, with its current `Age` (HEAD gets the head only).
+pub fn cached(
+    entry: &StoredResponse,
+    parts: &request::Parts,
+    route: &Route,
+    outcome: Outcome,
+) -> Reply {
+    let response = cache::response(entry, &parts.method);
+    let mut response = response.map(|body| Full::new(body).map_err(BoxError::from).boxed_unsync());
+    set_outcome(
+        &mut response,
+        route.coalesce.outcome_header.as_ref(),
+        outcome,
+    );
+    Reply {
+        response,
+        outcome,
+        flight: None,
+    }
+}
