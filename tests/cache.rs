@@ -396,3 +396,52 @@ async fn responses_to_requests_with_authorization_are_stored_only_when_they_say_
         assert_eq!(again.outcome(), expected, "{directives}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_counts_its_entries_bytes_hits_and_misses() {
+    let h = harness().await;
+    let path = format!("/c/w?size=10000&{FRESH}");
+    assert_eq!(get(h.addr, &path).await.outcome(), "leader");
+    let hit = get(h.addr, &path).await;
+    assert_eq!(hit.outcome(), "hit");
+    let metrics = h.proxy.render_metrics();
+    assert_eq!(metric(&metrics, "coalesce_proxy_cache_misses_total"), 1.0);
+    assert_eq!(metric(&metrics, "coalesce_proxy_cache_hits_total"), 1.0);
+    assert_eq!(metric(&metrics, "coalesce_proxy_cache_entries"), 1.0);
+    // An entry weighs its body, each stored header (name, value and 32 bytes of
+    // bookkeeping), its path and 256 bytes: what max_size bounds.
+    let stored_headers: usize = hit
+        .headers
+        .iter()
+        // What the proxy adds on the way out: Age, the outcome, and hyper's Date.
+        .filter(|(name, _)| !["age", "x-coalesce", "date"].contains(&name.as_str()))
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    let weight = 10_000 + stored_headers + "/c/w".len() + 256;
+    assert_eq!(
+        metric(&metrics, "coalesce_proxy_cache_bytes"),
+        weight as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_entry_that_goes_stale_again_is_refreshed_again() {
+    let h = harness().await;
+    let path = "/c/again?size=10&header=cache-control:max-age=1,%20stale-while-revalidate=30";
+    assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    for refreshes in 1..=2 {
+        let_it_go_stale().await;
+        assert_eq!(get(h.addr, path).await.outcome(), "stale");
+        // The refresh ends (and with it its claim on the key) once the origin has answered.
+        assert!(
+            h.origin
+                .wait_until(PATIENCE, |o| o.hits() == 1 + refreshes)
+                .await
+        );
+        assert!(
+            eventually_async(|| async { get(h.addr, path).await.outcome() == "hit" }).await,
+            "refresh {refreshes} never renewed the entry"
+        );
+    }
+    assert_eq!(h.origin.hits(), 3);
+}

@@ -78,4 +78,13 @@ mod tests {
         assert!("cache-control:".parse::<ResponseRule>().is_err());
         assert!("cache-control: a, b".parse::<ResponseRule>().is_err());
     }
+
+    #[test]
+    fn rules_print_as_written_in_the_config() {
+        // The matched rule is what the debug log names when it releases followers.
+        for rule in ["set-cookie", "cache-control: private", "vary: *"] {
+            assert_eq!(rule.parse::<ResponseRule>().unwrap().to_string(), rule);
+        }
+        assert_eq!(default_rules().len(), 4);
+    }
 }
