@@ -119,24 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &mut problems,
     );
 
-    let posted = Bytes::from_static(b"a POST always goes upstream on its own\n");
-    let before = origin.hits();
-    let post = send_one(proxy_addr, Method::POST, "/demo/echo", posted.clone()).await;
-    match post {
-        Ok(result) => {
-            println!(
-                "pass-through: 1 POST /demo/echo -> {}, x-coalesce: {}, {} upstream request(s), body echoed {}",
-                result.status,
-                result.outcome,
-                origin.hits() - before,
-                if result.body == posted { "intact" } else { "CORRUPTED" }
-            );
-            if result.body != posted || result.outcome != "pass" {
-                problems.push("the POST was not passed through intact".into());
-            }
-        }
-        Err(err) => problems.push(format!("the POST failed: {err:#}")),
-    }
+    pass_through(proxy_addr, &origin, &mut problems).await;
 
     println!();
     println!(
@@ -152,6 +135,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo found problems:\n  {}", problems.join("\n  "));
     }
     Ok(())
+}
+
+/// Sends one POST, which must pass through with its body echoed intact.
+async fn pass_through(proxy: std::net::SocketAddr, origin: &Origin, problems: &mut Vec<String>) {
+    let posted = Bytes::from_static(b"a POST always goes upstream on its own\n");
+    let before = origin.hits();
+    let post = send_one(proxy, Method::POST, "/demo/echo", posted.clone()).await;
+    match post {
+        Ok(result) => {
+            println!(
+                "pass-through: 1 POST /demo/echo -> {}, x-coalesce: {}, {} upstream request(s), body echoed {}",
+                result.status,
+                result.outcome,
+                origin.hits() - before,
+                if result.body == posted { "intact" } else { "CORRUPTED" }
+            );
+            if result.body != posted || result.outcome != "pass" {
+                problems.push("the POST was not passed through intact".into());
+            }
+        }
+        Err(err) => problems.push(format!("the POST failed: {err:#}")),
+    }
 }
 
 /// Prints one scenario's report and notes any client that did not get the exact response.
