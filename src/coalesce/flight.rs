@@ -435,3 +435,62 @@ impl Flight {
         first
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed flight's state holding chunks of `sizes`, with readers at `cursors`.
+    fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
+        let chunks: VecDeque<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect();
+        let buffered = sizes.iter().sum::<usize>() as u64;
+        FlightState {
+            head: None,
+            chunks,
+            first_chunk: 0,
+            body_bytes: buffered,
+            buffered,
+            peak_buffered: buffered,
+            end: None,
+            readers: cursors
+                .iter()
+                .enumerate()
+                .map(|(id, &cursor)| (cursor, id as u64))
+                .collect(),
+            next_reader: cursors.len() as u64,
+            followers: cursors.len().saturating_sub(1),
+            cut_off: 0,
+            open: false,
+            fetch_waiting: false,
+            fetch: None,
+        }
+    }
+
+    #[test]
+    fn trim_drops_exactly_what_every_reader_has_read_and_keeps_the_count() {
+        let mut s = state(&[10, 20, 30, 40], &[2, 3]);
+        s.trim();
+        assert_eq!(s.first_chunk, 2);
+        assert_eq!(s.chunks.len(), 2);
+        assert_eq!(s.buffered, 70, "the bytes still held");
+        // Open to joiners, nothing may go: a late joiner starts at chunk 0.
+        let mut open = state(&[10, 20], &[2]);
+        open.open = true;
+        open.trim();
+        assert_eq!((open.first_chunk, open.buffered), (0, 30));
+    }
+
+    #[test]
+    fn cutting_the_slowest_removes_every_reader_at_that_cursor_and_frees_their_chunks() {
+        let mut s = state(&[10, 20, 30], &[0, 0, 2]);
+        assert_eq!(s.cut_slowest(), 2);
+        assert_eq!(s.cut_off, 2);
+        assert_eq!(s.readers.len(), 1);
+        assert_eq!((s.first_chunk, s.buffered), (2, 30));
+        // The last reader gone while the fetch runs: the fetch is cancelled.
+        assert_eq!(s.cut_slowest(), 1);
+        assert!(s.cancel_if_abandoned());
+        assert!(matches!(s.end, Some(Err(FetchError::Cancelled))));
+        assert!(!s.cancel_if_abandoned(), "only once");
+    }
+}
