@@ -445,3 +445,15 @@ async fn a_refreshed_entry_that_goes_stale_again_is_refreshed_again() {
     }
     assert_eq!(h.origin.hits(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_response_is_stored_whole_once_it_ends() {
+    let h = harness().await;
+    // No Content-Length: the flight knows the body is whole only at its end.
+    let path = format!("/c/chunked?chunked=1&chunks=3&size=3000&{FRESH}");
+    assert_eq!(get(h.addr, &path).await.outcome(), "leader");
+    let hit = get(h.addr, &path).await;
+    assert_eq!(hit.outcome(), "hit");
+    assert_eq!(hit.body(), &origin::body(3000));
+    assert_eq!(h.origin.hits(), 1);
+}
