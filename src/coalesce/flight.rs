@@ -439,6 +439,41 @@ impl Flight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::observe::metrics::Metrics;
+    use crate::route::RouteTable;
+    use crate::upstream::Upstream;
+
+    /// A flight on a route that takes at most two followers.
+    fn flight() -> Flight {
+        let config = Config::from_toml(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\ncoalesce = { max_followers = 2 }\n",
+        )
+        .expect("fixed config");
+        let upstream = Arc::new(Upstream::new(config.upstreams["a"].clone()));
+        let table = RouteTable::new(&config, |_| upstream.clone(), &Metrics::new());
+        let route = table.find(None, "/").expect("route").clone();
+        let key = Key::new(&route, &http::Method::GET, "/", &HeaderMap::new());
+        Flight::new(1, key, route, HeaderMap::new())
+    }
+
+    #[test]
+    fn only_an_open_unfinished_flight_with_room_takes_joiners() {
+        let full = flight();
+        assert_eq!(full.try_join(), Some(1));
+        assert_eq!(full.try_join(), Some(2));
+        assert_eq!(full.try_join(), None, "max_followers");
+        assert_eq!(full.followers(), 2);
+        // Closed (past max_replay_body, or not shareable) but still running: between closing
+        // and leaving the table, a joiner must not get in, or it would read from chunk 0 of a
+        // log already trimmed.
+        let closed = flight();
+        closed.lock().open = false;
+        assert_eq!(closed.try_join(), None);
+        let ended = flight();
+        ended.lock().end = Some(Ok(()));
+        assert_eq!(ended.try_join(), None);
+    }
 
     /// A closed flight's state holding chunks of `sizes`, with readers at `cursors`.
     fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
