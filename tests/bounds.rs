@@ -196,3 +196,48 @@ async fn a_reader_that_keeps_reading_is_never_cut_however_often_the_buffer_fills
     );
     assert!(snapshot.peak_flight_buffer <= 1 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_a_full_flight_lets_the_others_go_on_at_once() {
+    const SIZE: usize = 16 << 20;
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "",
+        "[coalesce]\nmax_replay_body = \"64KiB\"\nmax_flight_buffer = \"1MiB\"\nclient_stall_timeout = \"10s\"\n",
+    )
+    .await;
+    let path = format!("/leaving?size={SIZE}&hold_head=g");
+    // The leader reads nothing: once its socket buffers are full it holds the flight's
+    // buffer full, and the reader behind it stops getting bytes.
+    let stuck = non_reader(&h, &path).await;
+    assert!(h.origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    let mut sender = connect(h.addr).await;
+    let (response, ()) = tokio::join!(
+        send_head(
+            &mut sender,
+            request(Method::GET, &path, &[], Default::default())
+        ),
+        h.open_when_followers(1, "g")
+    );
+    let mut body = response.into_body();
+    let mut received = 0usize;
+    // Read until the flow stops (the buffer is full, held by the leader).
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(300), body.frame()).await {
+            Ok(Some(frame)) => {
+                received += frame.expect("data").into_data().map_or(0, |d| d.len());
+            }
+            Ok(None) => panic!("the whole body arrived while the leader held the buffer"),
+            Err(_) => break,
+        }
+    }
+    // The leader leaves: what it held is freed, and the fetch must go on now, not after
+    // client_stall_timeout (after which the reader, the slowest left, would be cut off).
+    drop(stuck);
+    let rest = tokio::time::timeout(PATIENCE, body.collect())
+        .await
+        .expect("the rest in time")
+        .expect("the rest of the body, not a cut-off");
+    assert_eq!(received + rest.to_bytes().len(), SIZE);
+    assert_eq!(h.proxy.stats().snapshot().clients_cut_off, 0);
+}
