@@ -243,3 +243,32 @@ async fn the_path_and_query_exactly_as_received_are_the_key() {
     expected.sort();
     assert_eq!(targets, expected, "forwarded exactly as received");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_is_admitted_while_the_body_so_far_fits_max_replay_body_exactly() {
+    let h = route_with(r#"max_replay_body = "64KiB""#).await;
+    // The first piece is exactly 64 KiB; the rest is held at gate h.
+    let path = "/r/edge?size=131072&hold=h";
+    let mut leader = connect(h.addr).await;
+    let response = send_head(&mut leader, request(Method::GET, path, &[], Bytes::new())).await;
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while received.len() < 65_536 {
+        let frame = body.frame().await.expect("a frame").expect("data");
+        received.extend_from_slice(&frame.into_data().expect("data"));
+    }
+    // The body so far fits (it equals the limit): the flight is still open to joiners.
+    assert_eq!(h.flights(), 1);
+    let late = tokio::spawn({
+        let addr = h.addr;
+        async move { get(addr, path).await }
+    });
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 1).await);
+    h.origin.open_gate("h");
+    received.extend_from_slice(&body.collect().await.expect("rest").to_bytes());
+    assert_eq!(received, origin::body(131_072));
+    let late = late.await.expect("late");
+    assert_eq!(late.outcome(), "follower");
+    assert_eq!(late.body(), &origin::body(131_072));
+    assert_eq!(h.origin.hits(), 1);
+}
