@@ -70,16 +70,6 @@ async fn harness() -> Harness {
     Harness::start_with(OriginSettings::default(), "pool_max_idle = 0", "").await
 }
 
-/// Sends raw bytes on a new connection and returns everything the proxy sends back until it
-/// closes the connection.
-async fn raw_exchange(h: &Harness, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
-    stream.write_all(bytes).await.expect("send");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_upstream_heads_give_502_to_the_whole_flight() {
     let h = harness().await;

@@ -290,20 +290,7 @@ async fn a_get_with_content_length_0_shares_but_a_get_with_a_streamed_body_passe
         "the test sent no length"
     );
     // The same over HTTP/1.1: a chunked GET keeps its body.
-    let mut stream = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /chunked-get HTTP/1.1\r\nhost: proxy.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-        .await
-        .expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(&h, b"GET /chunked-get HTTP/1.1\r\nhost: proxy.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await;
     assert!(answer.contains("x-coalesce: pass"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
 }
@@ -311,20 +298,7 @@ async fn a_get_with_content_length_0_shares_but_a_get_with_a_streamed_body_passe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_request_is_forwarded_with_a_1_0_via_entry() {
     let h = Harness::start().await;
-    let mut stream = tokio::net::TcpStream::connect(h.addr)
-        .await
-        .expect("connect");
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /old?size=4 HTTP/1.0\r\nhost: proxy.test\r\n\r\n")
-        .await
-        .expect("send");
-    let mut answer = Vec::new();
-    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_exchange(&h, b"GET /old?size=4 HTTP/1.0\r\nhost: proxy.test\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(answer.ends_with("\r\n\r\n0123"), "{answer}");
     let seen = h.origin.requests().pop().expect("request");

@@ -524,3 +524,16 @@ impl Harness {
         replies
     }
 }
+
+/// Sends raw bytes on a new connection and returns everything the proxy sends back until it
+/// closes the connection.
+pub async fn raw_exchange(h: &Harness, bytes: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(h.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
