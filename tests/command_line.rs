@@ -75,17 +75,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let origin = Origin::start(OriginSettings::default())
         .await
         .expect("origin");
-    let file = write_config(
-        &config_text(&origin.url(), "", "")
-            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"20s\""),
-    );
-    let (mut child, mut lines) = spawn_with_log(
-        Command::new(BINARY)
-            .arg("--config")
-            .arg(&file.0)
-            .env("RUST_LOG", "info"),
-    );
-    let addr = listen_address(&mut lines).await;
+    let (_file, mut child, mut lines, addr) = start_binary(&origin, "20s").await;
 
     // The response is held at the origin until the test has seen the drain begin.
     let in_flight = tokio::spawn(async move { get(addr, "/slow?size=3000&hold_head=g").await });
@@ -115,6 +105,31 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// The proxy binary in front of `origin` with `shutdown_grace`, its log as lines, and the
+/// address it listens on (keep the config file alive as long as the process).
+async fn start_binary(
+    origin: &Origin,
+    grace: &str,
+) -> (
+    TempFile,
+    std::process::Child,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    std::net::SocketAddr,
+) {
+    let file = write_config(&config_text(&origin.url(), "", "").replace(
+        "shutdown_grace = \"2s\"",
+        &format!("shutdown_grace = \"{grace}\""),
+    ));
+    let (child, mut lines) = spawn_with_log(
+        Command::new(BINARY)
+            .arg("--config")
+            .arg(&file.0)
+            .env("RUST_LOG", "info"),
+    );
+    let addr = listen_address(&mut lines).await;
+    (file, child, lines, addr)
+}
+
 /// Reads log lines until one contains `text`, and returns it.
 async fn wait_for_line(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -136,17 +151,7 @@ async fn a_drain_longer_than_shutdown_grace_is_cut_off_with_a_warning() {
     let origin = Origin::start(OriginSettings::default())
         .await
         .expect("origin");
-    let file = write_config(
-        &config_text(&origin.url(), "", "")
-            .replace("shutdown_grace = \"2s\"", "shutdown_grace = \"200ms\""),
-    );
-    let (mut child, mut lines) = spawn_with_log(
-        Command::new(BINARY)
-            .arg("--config")
-            .arg(&file.0)
-            .env("RUST_LOG", "info"),
-    );
-    let addr = listen_address(&mut lines).await;
+    let (_file, mut child, mut lines, addr) = start_binary(&origin, "200ms").await;
     // This response never comes: the gate is never opened.
     let stuck = tokio::spawn(async move {
         let mut sender = connect(addr).await;
