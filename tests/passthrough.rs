@@ -216,7 +216,9 @@ async fn h2c_clients_are_served_and_coalesced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_reused_unless_pool_max_idle_is_0() {
-    for (pool, connections) in [("", 1), ("pool_max_idle = 0", 5)] {
+    // Each `fetch` is a new client connection, handed to the two workers in turn; each
+    // worker keeps its own pool, so five requests need two upstream connections.
+    for (pool, connections) in [("", 2), ("pool_max_idle = 0", 5)] {
         let h = Harness::start_with(OriginSettings::default(), pool, "").await;
         for i in 0..5 {
             let reply = fetch(h.addr, Method::POST, &format!("/pool/{i}"), &[], "x".into()).await;

@@ -46,6 +46,7 @@ pub fn config_text(origin: &str, upstream_extra: &str, rest: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 shutdown_grace = "2s"
+workers = 2
 
 [log]
 stats_interval = "0s"

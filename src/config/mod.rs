@@ -85,6 +85,9 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Open client connections at most; past it, new connections get a 503 and are closed.
     pub max_connections: usize,
+    /// Worker threads serving client connections (`server::workers`): one per core unless
+    /// set, as nginx's `worker_processes auto`.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

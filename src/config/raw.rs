@@ -35,6 +35,7 @@ pub struct Server {
     pub send_timeout: Option<Spanned<String>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_connections: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 #[derive(Deserialize)]

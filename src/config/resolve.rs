@@ -170,6 +170,10 @@ impl Resolver<'_> {
             header_read_timeout: self
                 .positive_duration_or(&raw.header_read_timeout, Duration::from_secs(30))?,
             max_connections: raw.max_connections.unwrap_or(10_000).max(1),
+            workers: match raw.workers {
+                None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(workers) => workers,
+            },
         })
     }
 

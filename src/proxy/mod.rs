@@ -58,7 +58,10 @@ impl Routing {
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(name, upstream)| (name.as_str(), Arc::new(Upstream::new(upstream.clone()))))
+            .map(|(name, upstream)| {
+                let upstream = Upstream::with_workers(upstream.clone(), config.server.workers);
+                (name.as_str(), Arc::new(upstream))
+            })
             .collect();
         Routing {
             routes: RouteTable::new(config, |name| upstreams[name].clone(), metrics),

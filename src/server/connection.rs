@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::stall_guard::StallGuard;
+use super::workers::Workers;
 use crate::config::ServerConfig;
 use crate::proxy::Proxy;
 
@@ -22,6 +23,7 @@ use crate::proxy::Proxy;
 pub(super) struct ConnectionServer {
     protocols: Protocols,
     proxy: Arc<Proxy>,
+    workers: Workers,
     send_timeout: Duration,
     /// How long a new connection may take to send its first bytes (hyper's
     /// `header_read_timeout` takes over from there).
@@ -29,7 +31,11 @@ pub(super) struct ConnectionServer {
 }
 
 impl ConnectionServer {
-    pub(super) fn new(config: &ServerConfig, proxy: Arc<Proxy>) -> ConnectionServer {
+    pub(super) fn new(
+        config: &ServerConfig,
+        proxy: Arc<Proxy>,
+        workers: Workers,
+    ) -> ConnectionServer {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -39,17 +45,18 @@ impl ConnectionServer {
         ConnectionServer {
             protocols: Protocols { http1, http2 },
             proxy,
+            workers,
             send_timeout: config.send_timeout,
             first_bytes_timeout: config.header_read_timeout,
         }
     }
 
-    /// Serves `stream` on a task of its own until it ends. It holds `draining` (the server
-    /// counts open connections by its receivers) and `permit` (its `max_connections` slot)
-    /// until then.
+    /// Serves `stream` on a task of its own, on the next worker, until it ends. It holds
+    /// `draining` (the server counts open connections by its receivers) and `permit` (its
+    /// `max_connections` slot) until then.
     pub(super) fn spawn(
         self: &Arc<Self>,
-        stream: TcpStream,
+        stream: std::net::TcpStream,
         peer: SocketAddr,
         mut draining: watch::Receiver<bool>,
         permit: OwnedSemaphorePermit,
@@ -61,7 +68,11 @@ impl ConnectionServer {
             let request = detach_head(request);
             async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
         });
-        tokio::spawn(async move {
+        self.workers.spawn(move || async move {
+            // Registered with the worker's reactor here, on the worker.
+            let Ok(stream) = TcpStream::from_std(stream) else {
+                return;
+            };
             let http2 = tokio::select! {
                 peeked = tokio::time::timeout(server.first_bytes_timeout, speaks_h2(&stream)) => {
                     match peeked {

@@ -20,6 +20,7 @@ pub mod admin;
 mod connection;
 mod listener;
 mod stall_guard;
+pub mod workers;
 
 use crate::config::Config;
 use crate::observe::stats::{Stats, StatsReporter};
@@ -27,6 +28,7 @@ use crate::proxy::Proxy;
 use admin::Readiness;
 use connection::ConnectionServer;
 use listener::{accept_loop, refuse};
+use workers::Workers;
 
 /// A proxy bound to its listeners, ready to run.
 pub struct Server {
@@ -175,7 +177,18 @@ impl Server {
         }
         drop(accepted_tx);
 
-        let connection_server = Arc::new(ConnectionServer::new(&config.server, proxy.clone()));
+        let workers = match Workers::start(config.server.workers) {
+            Ok(workers) => workers,
+            Err(err) => {
+                tracing::error!(error = %err, "starting the worker threads failed");
+                return;
+            }
+        };
+        let connection_server = Arc::new(ConnectionServer::new(
+            &config.server,
+            proxy.clone(),
+            workers,
+        ));
         // Set when draining starts. Every connection holds a receiver until it ends, so the
         // receivers count the open connections and the drain ends when the last one is gone.
         let (draining_tx, draining) = watch::channel(false);
@@ -193,7 +206,12 @@ impl Server {
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    connection_server.spawn(stream, peer, draining.clone(), permit);
+                    match stream.into_std() {
+                        Ok(stream) => {
+                            connection_server.spawn(stream, peer, draining.clone(), permit);
+                        }
+                        Err(err) => tracing::debug!(%peer, error = %err, "handing over a connection failed"),
+                    }
                 }
             }
         }

@@ -88,30 +88,50 @@ impl FetchError {
     }
 }
 
-/// One upstream: its settings and its connection pool. Shared by every route that names it.
+/// One upstream: its settings and its connection pools. Shared by every route that names it.
 #[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
-    client: Client<UpstreamConnector, RequestBody>,
+    /// One pool per worker thread (`server::workers`), so that a request, its upstream
+    /// connection and that connection's task all run on one thread: a connection pooled by
+    /// another worker would wake that worker twice per request. `pool_max_idle` is shared out
+    /// between them.
+    clients: Box<[Client<UpstreamConnector, RequestBody>]>,
     balancer: Balancer,
 }
 
 impl Upstream {
+    /// An upstream for a server with one worker (tests, tools).
     pub fn new(config: UpstreamConfig) -> Upstream {
+        Upstream::with_workers(config, 1)
+    }
+
+    /// An upstream with a connection pool for each of `workers` worker threads.
+    pub fn with_workers(config: UpstreamConfig, workers: usize) -> Upstream {
+        let workers = workers.max(1);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         let connector = tls::connector(&config, connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_only(config.http2)
-            .build(connector);
+        let clients = (0..workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(config.pool_max_idle.div_ceil(workers))
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .http2_only(config.http2)
+                    .build(connector.clone())
+            })
+            .collect();
         Upstream {
             balancer: Balancer::new(&config),
             config,
-            client,
+            clients,
         }
+    }
+
+    /// The calling worker's pool.
+    fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
+        &self.clients[crate::server::workers::current() % self.clients.len()]
     }
 
     /// Sends a request whose URI and headers are already upstream-ready. Resolves when the
@@ -136,7 +156,7 @@ impl Upstream {
                 *request.uri_mut() = uri;
             }
         }
-        let response = picked.map(|_| self.client.request(request));
+        let response = picked.map(|_| self.client().request(request));
         let upstream = self.clone();
         let response_timeout = self.config.response_timeout;
         let idle_timeout = self.config.idle_timeout;
