@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Instructions per request under valgrind's callgrind: a figure machine load does not move,
+# for judging an optimisation of the everyday request (issue 14).
+#
+#   bench/callgrind.sh [REQUESTS]        default 2000
+#   BIN=path/to/coalesce-proxy bench/callgrind.sh    another build (bench/compare.sh style)
+#
+# Runs the proxy and the bare hyper proxy (bench/bare.rs) each under callgrind with one worker
+# thread, warms each up, zeroes the counters, sends REQUESTS pass-through GETs (distinct keys,
+# 1 KiB answers, over HTTP/1.1 keep-alive from h2load --h1, and then over HTTP/2 from h2load),
+# dumps, and prints instructions per request and the ratio. Loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${1:-2000}
+source bench/lib.sh
+install_missing valgrind
+command -v h2load >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; }
+cargo build --release --quiet --bin coalesce-proxy --example origin --example bare
+proxy_bin=${BIN:-target/release/coalesce-proxy}
+
+origin_port=$(port)
+target/release/examples/origin --listen "127.0.0.1:$origin_port" >/dev/null &
+pids+=($!); wait_port "$origin_port"
+
+# Distinct keys: nothing can coalesce. h2load cycles through the file.
+uris() { # port count
+  for i in $(seq "$2"); do echo "http://127.0.0.1:$1/cg$i-$RANDOM?size=1024&delay=0"; done
+}
+
+# Runs "$@" (listening on $port) under callgrind; prints "h1 h2" instructions per request.
+measure() {
+  local out=$work/callgrind.$RANDOM
+  valgrind --tool=callgrind --callgrind-out-file="$out.%p" --collect-atstart=yes "$@" >/dev/null 2>&1 &
+  local pid=$!; pids+=("$pid")
+  wait_port "$port" 127.0.0.1
+  uris "$port" 300 >"$work/warm"
+  h2load --h1 -n 300 -c 4 -i "$work/warm" >/dev/null
+  h2load -n 300 -c 4 -m 10 -i "$work/warm" >/dev/null
+  local result=()
+  for mode in h1 h2; do
+    uris "$port" "$requests" >"$work/uris"
+    callgrind_control --zero "$pid" >/dev/null 2>&1
+    if [ $mode = h1 ]; then
+      h2load --h1 -n "$requests" -c 4 -i "$work/uris" | grep -q "succeeded, 0 failed, 0 errored" || echo "$mode: some requests failed" >&2
+    else
+      h2load -n "$requests" -c 4 -m 10 -i "$work/uris" | grep -q "succeeded, 0 failed, 0 errored" || echo "$mode: some requests failed" >&2
+    fi
+    rm -f "$out".*
+    callgrind_control --dump "$pid" >/dev/null 2>&1
+    # The dump lands a moment after the command returns.
+    for _ in $(seq 100); do ls "$out".* >/dev/null 2>&1 && break; sleep 0.1; done
+    sleep 0.5
+    local total
+    total=$(cat "$out".* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s}')
+    result+=("$((total / requests))")
+    # KEEP=DIR keeps each dump, for callgrind_annotate.
+    [ -n "${KEEP:-}" ] && cp "$(ls "$out".* | head -1)" "$KEEP/$(basename "$1").$mode.callgrind"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "${result[@]}"
+}
+
+port=$(port)
+printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n' \
+  "$port" "$origin_port" >"$work/p.toml"
+read -r proxy_h1 proxy_h2 <<<"$(measure "$proxy_bin" --config "$work/p.toml")"
+port=$(port)
+read -r bare_h1 bare_h2 <<<"$(measure target/release/examples/bare --listen "127.0.0.1:$port" --upstream "127.0.0.1:$origin_port" --threads 1)"
+
+echo "instructions per pass-through request ($requests requests, one worker, callgrind)"
+echo "| client | coalesce-proxy | bare hyper proxy | ratio |"
+echo "|---|---|---|---|"
+for mode in h1 h2; do
+  p=proxy_$mode; b=bare_$mode
+  echo "| $mode | ${!p} | ${!b} | $(python3 -c "print(f'{${!p}/${!b}:.2f}')") |"
+done

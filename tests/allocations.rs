@@ -1,0 +1,244 @@
+//! Heap allocations on the proxy's worker threads, per pass-through request and per follower,
+//! with a ceiling at the figure reached (issue 14): an allocation regression fails here
+//! instead of waiting for the next benchmark.
+//!
+//! A test binary of its own, because it installs a counting global allocator. It counts
+//! `alloc` and `realloc` calls made on threads named `worker-*` (the proxy's workers,
+//! `server::workers`); the origin and the clients run on the test's runtime and are not
+//! counted. Requests go over connections opened (and warmed) before counting starts, so the
+//! figures are per request, not per connection.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coalesce_proxy::config::Config;
+use coalesce_proxy::origin::{Origin, OriginSettings};
+use coalesce_proxy::proxy::Proxy;
+use coalesce_proxy::server::Server;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Allocations a pass-through GET (a leader nobody joins) may cost the proxy.
+const PASS_THROUGH_CEILING: f64 = 80.0;
+/// Allocations each follower of a flight may cost the proxy.
+const FOLLOWER_CEILING: f64 = 20.0;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// 0: not yet known; 1: a worker thread; 2: any other thread.
+    static KIND: Cell<u8> = const { Cell::new(0) };
+    /// Set while the thread's name is being looked up, which may itself allocate.
+    static LOOKING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn on_worker() -> bool {
+    let kind = KIND.try_with(Cell::get).unwrap_or(2);
+    if kind != 0 {
+        return kind == 1;
+    }
+    if LOOKING
+        .try_with(|looking| looking.replace(true))
+        .unwrap_or(true)
+    {
+        return false;
+    }
+    let worker = std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with("worker-"));
+    let _ = KIND.try_with(|k| k.set(if worker { 1 } else { 2 }));
+    let _ = LOOKING.try_with(|looking| looking.set(false));
+    worker
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if on_worker() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if on_worker() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A proxy with one route to a fresh origin, on one worker.
+async fn start() -> (Origin, SocketAddr, Arc<Proxy>) {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin starts");
+    let config = Config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[log]\nstats_interval = \"0s\"\n\
+         [upstreams.origin]\nurl = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\n",
+        origin.url()
+    ))
+    .expect("valid config");
+    let server = Server::bind(config).await.expect("proxy binds");
+    let addr = server.local_addrs()[0];
+    let proxy = server.proxy().clone();
+    tokio::spawn(server.run(std::future::pending()));
+    (origin, addr, proxy)
+}
+
+/// One keep-alive HTTP/1.1 client connection that reads whole responses.
+struct Client(BufReader<TcpStream>);
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client(BufReader::new(
+            TcpStream::connect(addr).await.expect("connect"),
+        ))
+    }
+
+    async fn send(&mut self, path: &str) {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: alloc.test\r\n\r\n");
+        self.0
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("send");
+    }
+
+    /// Reads one response and returns its status and body length.
+    async fn receive(&mut self) -> (u16, usize) {
+        let mut line = String::new();
+        self.0.read_line(&mut line).await.expect("status line");
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("content-length");
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body).await.expect("body");
+        (status, length)
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, usize) {
+        self.send(path).await;
+        self.receive().await
+    }
+}
+
+/// Waits until `done` holds, checking on every scheduler turn; false after `PATIENCE`.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_request_allocates_at_most_the_ceiling() {
+    let (_origin, addr, proxy) = start().await;
+    let mut client = Client::connect(addr).await;
+    for i in 0..50 {
+        assert_eq!(
+            client.get(&format!("/warm/{i}?size=1024")).await,
+            (200, 1024)
+        );
+    }
+    assert!(eventually(|| proxy.stats().snapshot().flights_done == 50).await);
+    let requests = 500;
+    let done = proxy.stats().snapshot().flights_done;
+    let before = allocations();
+    for i in 0..requests {
+        assert_eq!(client.get(&format!("/k/{i}?size=1024")).await, (200, 1024));
+    }
+    // The last flight's end is recorded just after its last byte is out.
+    assert!(eventually(|| proxy.stats().snapshot().flights_done == done + requests).await);
+    let per_request = (allocations() - before) as f64 / requests as f64;
+    println!("allocations per pass-through request: {per_request:.1}");
+    assert!(
+        per_request <= PASS_THROUGH_CEILING,
+        "{per_request:.1} allocations per pass-through request; the ceiling is {PASS_THROUGH_CEILING}"
+    );
+}
+
+/// The allocations of one herd of `n` GETs of `path`, on connections opened and warmed
+/// before counting starts, released once all have joined.
+async fn herd_allocations(
+    origin: &Origin,
+    addr: SocketAddr,
+    proxy: &Proxy,
+    n: usize,
+    gate: &str,
+) -> u64 {
+    let warmed = proxy.stats().snapshot().flights_done + n as u64;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut client = Client::connect(addr).await;
+        assert_eq!(client.get(&format!("/warm-{gate}/{i}")).await.0, 200);
+        clients.push(client);
+    }
+    assert!(eventually(|| proxy.stats().snapshot().flights_done == warmed).await);
+    let joined = proxy.stats().snapshot().joined;
+    let done = proxy.stats().snapshot().flights_done;
+    let before = allocations();
+    let path = format!("/herd-{gate}?size=1024&hold_head={gate}");
+    for client in &mut clients {
+        client.send(&path).await;
+    }
+    let target = joined + n as u64 - 1;
+    assert!(eventually(|| proxy.stats().snapshot().joined == target).await);
+    origin.open_gate(gate);
+    for client in &mut clients {
+        assert_eq!(client.receive().await, (200, 1024));
+    }
+    assert!(eventually(|| proxy.stats().snapshot().flights_done == done + 1).await);
+    allocations() - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_allocates_at_most_the_ceiling() {
+    let (origin, addr, proxy) = start().await;
+    // Two herds that differ only in size: the difference is what the extra followers cost.
+    let small = herd_allocations(&origin, addr, &proxy, 11, "a").await;
+    let large = herd_allocations(&origin, addr, &proxy, 111, "b").await;
+    let per_follower = large.saturating_sub(small) as f64 / 100.0;
+    println!("allocations per follower: {per_follower:.1}");
+    assert!(
+        per_follower <= FOLLOWER_CEILING,
+        "{per_follower:.1} allocations per follower; the ceiling is {FOLLOWER_CEILING}"
+    );
+}
