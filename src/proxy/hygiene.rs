@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::Scheme;
+use http::uri::{PathAndQuery, Scheme};
 use http::{request, Uri, Version};
 
 use crate::route::Route;
@@ -45,26 +45,44 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The `Via` entry this proxy adds for a message received with `version`.
-fn via_entry(version: Version) -> &'static str {
-    match version {
+fn via_entry(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
         Version::HTTP_10 => "1.0 coalesce-proxy",
         Version::HTTP_2 => "2 coalesce-proxy",
         _ => "1.1 coalesce-proxy",
-    }
+    })
 }
 
 /// Appends `entry` to a comma-separated list header (`Via`, `X-Forwarded-For`), folding any
-/// existing values into one.
-fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, entry: &str) {
-    let mut list: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    list.push(entry);
-    if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+/// existing values into one. `entry` is reused as it is when the list is new, which is the
+/// usual case and then costs no copy.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, entry: HeaderValue) {
+    let mut existing = headers.get_all(name).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(name.clone(), entry);
+        return;
+    }
+    let mut list = Vec::new();
+    for value in existing.chain(std::iter::once(&entry)) {
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(list)) {
         headers.insert(name.clone(), value);
     }
+}
+
+/// The client's address as an `X-Forwarded-For` entry.
+fn forwarded_for(client: SocketAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    // Long enough for any IPv6 address; written in place, then copied once.
+    let mut text = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    write!(cursor, "{}", client.ip()).ok()?;
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 /// Whether a request asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
@@ -95,38 +113,53 @@ pub fn upstream_request(
     parts: &request::Parts,
     client: SocketAddr,
 ) -> Result<(Uri, HeaderMap), http::Error> {
-    let upstream = &route.upstream.config;
-    let mut path_and_query = route.upstream_path(parts.uri.path());
-    if let Some(query) = parts.uri.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
-    let scheme = upstream.origins[0]
-        .scheme()
-        .cloned()
-        .unwrap_or(Scheme::HTTP);
-    let mut builder = Uri::builder().scheme(scheme);
-    if let Some(authority) = upstream.origins[0].authority() {
-        builder = builder.authority(authority.clone());
-    }
-    let uri = builder.path_and_query(path_and_query).build()?;
+    let upstream = &route.upstream;
+    let origin = &upstream.config.origins[0];
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(origin.scheme().cloned().unwrap_or(Scheme::HTTP));
+    uri.authority = origin.authority().cloned();
+    uri.path_and_query = Some(upstream_path_and_query(route, &parts.uri)?);
+    let uri = Uri::from_parts(uri)?;
 
     let mut headers = parts.headers.clone();
     remove_hop_by_hop(&mut headers);
-    let original_host = requested_host(parts).and_then(|h| HeaderValue::from_str(h).ok());
+    let original_host = match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     headers.remove(header::HOST);
-    if let Some(authority) = upstream.origins[0].authority() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(header::HOST, host);
-        }
+    if let Some(host) = upstream.host() {
+        headers.insert(header::HOST, host.clone());
     }
-    append_to_list(&mut headers, &X_FORWARDED_FOR, &client.ip().to_string());
+    if let Some(entry) = forwarded_for(client) {
+        append_to_list(&mut headers, &X_FORWARDED_FOR, entry);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     append_to_list(&mut headers, &header::VIA, via_entry(parts.version));
     Ok((uri, headers))
+}
+
+/// The path and query to send upstream. Without a prefix to strip or a base path, that is
+/// the client's own, shared rather than copied.
+fn upstream_path_and_query(route: &Route, uri: &Uri) -> Result<PathAndQuery, http::Error> {
+    if !route.strip_prefix && route.upstream.config.base_path.is_empty() {
+        return Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+    let mut path_and_query = route.upstream_path(uri.path());
+    if let Some(query) = uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    Ok(PathAndQuery::try_from(path_and_query)?)
 }
 
 /// Cleans an upstream response head before any client sees it.
@@ -165,7 +198,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        append_to_list(&mut headers, &X_FORWARDED_FOR, "127.0.0.1");
+        append_to_list(
+            &mut headers,
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("127.0.0.1"),
+        );
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
     }
 }

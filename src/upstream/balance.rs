@@ -14,12 +14,15 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
+use http::HeaderValue;
 
 use crate::config::{Balance, UpstreamConfig};
 
 #[derive(Debug)]
 struct Endpoint {
     authority: Authority,
+    /// `authority` as a `Host` header value.
+    host: Option<HeaderValue>,
     /// Requests sent and not yet answered with a head, for `least_requests`.
     in_flight: AtomicUsize,
     health: Mutex<Health>,
@@ -68,6 +71,7 @@ impl Balancer {
                 .iter()
                 .filter_map(|uri| uri.authority().cloned())
                 .map(|authority| Endpoint {
+                    host: HeaderValue::from_str(authority.as_str()).ok(),
                     authority,
                     in_flight: AtomicUsize::new(0),
                     health: Mutex::new(Health::default()),
@@ -125,6 +129,11 @@ impl Balancer {
 
     pub fn authority(&self, index: usize) -> &Authority {
         &self.endpoints[index].authority
+    }
+
+    /// The `Host` header for address `index`, made once: cloning it costs no allocation.
+    pub fn host(&self, index: usize) -> Option<&HeaderValue> {
+        self.endpoints[index].host.as_ref()
     }
 
     pub fn start(&self, index: usize) -> InFlight<'_> {

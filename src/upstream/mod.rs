@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -129,6 +129,12 @@ impl Upstream {
         }
     }
 
+    /// The `Host` header for the upstream's first address, which hygiene addresses requests
+    /// to.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.balancer.host(0)
+    }
+
     /// The calling worker's pool.
     fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
         &self.clients[crate::server::workers::current() % self.clients.len()]
@@ -141,15 +147,16 @@ impl Upstream {
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
-        let name = self.config.name.clone();
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let picked = self.balancer.pick(path_and_query);
         if let Some(index) = picked.filter(|&i| i > 0) {
             // Hygiene addressed the first address; this request goes to another one.
             let authority = self.balancer.authority(index).clone();
             let mut parts = request.uri().clone().into_parts();
-            if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
-                request.headers_mut().insert(http::header::HOST, value);
+            if let Some(host) = self.balancer.host(index) {
+                request
+                    .headers_mut()
+                    .insert(http::header::HOST, host.clone());
             }
             parts.authority = Some(authority);
             if let Ok(uri) = Uri::from_parts(parts) {
@@ -161,8 +168,9 @@ impl Upstream {
         let response_timeout = self.config.response_timeout;
         let idle_timeout = self.config.idle_timeout;
         async move {
+            let name = || upstream.config.name.clone();
             let (Some(index), Some(response)) = (picked, response) else {
-                return Err(FetchError::NoHealthyAddress { upstream: name });
+                return Err(FetchError::NoHealthyAddress { upstream: name() });
             };
             let in_flight = upstream.balancer.start(index);
             let response = tokio::time::timeout(response_timeout, response).await;
@@ -173,19 +181,19 @@ impl Upstream {
             let response = match response {
                 Err(_) => {
                     return Err(FetchError::ResponseTimeout {
-                        upstream: name,
+                        upstream: name(),
                         timeout: response_timeout,
                     })
                 }
                 Ok(Err(err)) if err.is_connect() => {
                     return Err(FetchError::Connect {
-                        upstream: name,
+                        upstream: name(),
                         reason: error_chain(&err),
                     })
                 }
                 Ok(Err(err)) => {
                     return Err(FetchError::BeforeHead {
-                        upstream: name,
+                        upstream: name(),
                         reason: error_chain(&err),
                     })
                 }
