@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two proxy binaries side by side in one run, alternating A B A B, on the pass-through load
-# (wrk -c128 over distinct keys, 1 KiB, origin 0 ms) and on a 2,000-client herd (memory).
+# (wrk -c128 over distinct keys, 1 KiB, origin 0 ms: req/s, p99 and the proxy's CPU time per
+# request from /proc) and on a 2,000-client herd (memory).
 #
 #   bench/compare.sh BEFORE_BINARY AFTER_BINARY [ROUNDS]
 #
@@ -16,7 +17,7 @@ origin_port=$(port)
 target/release/examples/origin --listen "127.0.0.1:$origin_port" >/dev/null &
 pids+=($!); wait_port "$origin_port"
 
-measure() { # binary → "req/s p99_ms herd_rss_kib_per_client"
+measure() { # binary → "req/s, p99, CPU per request, herd RSS per client"
   local port; port=$(port)
   printf '[server]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\npool_max_idle = 256\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n' \
     "$port" "$origin_port" >"$work/p.toml"
@@ -33,15 +34,18 @@ measure() { # binary → "req/s p99_ms herd_rss_kib_per_client"
     [ "$now" -gt "$busy" ] && busy=$now
   done
   wait "$herd" || true
+  local ticks0; ticks0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   local wrk_out; wrk_out=$(wrk -t2 -c128 -d5s --latency -s bench/distinct.lua "http://127.0.0.1:$port" 2>/dev/null)
+  local ticks=$(( $(awk '{print $14 + $15}' "/proc/$pid/stat") - ticks0 ))
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 - "$wrk_out" "$idle" "$busy" <<'PY'
+  python3 - "$wrk_out" "$idle" "$busy" "$ticks" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-text, idle, busy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+text, idle, busy, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
+total = int(re.search(r"(\d+) requests in", text).group(1))
 m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-print(f"{float(rps):.0f} req/s, p99 {p99:.2f} ms, {(busy - idle) / 2000:.1f} KiB per waiting client")
+print(f"{float(rps):.0f} req/s, p99 {p99:.2f} ms, {ticks / hz / total * 1e6:.1f} µs CPU per request, {(busy - idle) / 2000:.1f} KiB per waiting client")
 PY
 }
 for round in $(seq "$rounds"); do
