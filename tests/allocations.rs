@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +26,15 @@ use tokio::net::TcpStream;
 const PASS_THROUGH_CEILING: f64 = 80.0;
 /// Allocations each follower of a flight may cost the proxy.
 const FOLLOWER_CEILING: f64 = 20.0;
+/// Heap bytes the workers may hold for each follower waiting for its flight's head, beyond
+/// what its idle connection holds.
+const FOLLOWER_HELD_CEILING: f64 = 20_000.0;
 
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated on worker threads, less the bytes freed there: what the workers hold.
+static HELD: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
     /// 0: not yet known; 1: a worker thread; 2: any other thread.
@@ -61,17 +66,22 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if on_worker() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            HELD.fetch_add(layout.size() as i64, Ordering::Relaxed);
         }
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if on_worker() {
+            HELD.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if on_worker() {
             ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            HELD.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         }
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -195,16 +205,25 @@ async fn a_pass_through_request_allocates_at_most_the_ceiling() {
     );
 }
 
-/// The allocations of one herd of `n` GETs of `path`, on connections opened and warmed
-/// before counting starts, released once all have joined.
-async fn herd_allocations(
+/// What one herd of `n` GETs costs the workers, on connections opened and warmed before
+/// counting starts: the allocations from its start to its end, and the heap bytes held
+/// while all of it waits for the head.
+struct HerdCost {
+    allocations: u64,
+    held_while_waiting: i64,
+    /// By the herd's connections, open and idle after one request each.
+    held_by_connections: i64,
+}
+
+async fn herd_cost(
     origin: &Origin,
     addr: SocketAddr,
     proxy: &Proxy,
     n: usize,
     gate: &str,
-) -> u64 {
+) -> HerdCost {
     let warmed = proxy.stats().snapshot().flights_done + n as u64;
+    let held_before_connecting = HELD.load(Ordering::Relaxed);
     let mut clients = Vec::new();
     for i in 0..n {
         let mut client = Client::connect(addr).await;
@@ -215,30 +234,47 @@ async fn herd_allocations(
     let joined = proxy.stats().snapshot().joined;
     let done = proxy.stats().snapshot().flights_done;
     let before = allocations();
+    let held_before = HELD.load(Ordering::Relaxed);
+    let held_by_connections = held_before - held_before_connecting;
     let path = format!("/herd-{gate}?size=1024&hold_head={gate}");
     for client in &mut clients {
         client.send(&path).await;
     }
     let target = joined + n as u64 - 1;
     assert!(eventually(|| proxy.stats().snapshot().joined == target).await);
+    assert!(eventually(|| origin.reached(gate)).await);
+    let held_while_waiting = HELD.load(Ordering::Relaxed) - held_before;
     origin.open_gate(gate);
     for client in &mut clients {
         assert_eq!(client.receive().await, (200, 1024));
     }
     assert!(eventually(|| proxy.stats().snapshot().flights_done == done + 1).await);
-    allocations() - before
+    HerdCost {
+        allocations: allocations() - before,
+        held_while_waiting,
+        held_by_connections,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_allocates_at_most_the_ceiling() {
+async fn a_follower_allocates_and_holds_at_most_the_ceilings() {
     let (origin, addr, proxy) = start().await;
     // Two herds that differ only in size: the difference is what the extra followers cost.
-    let small = herd_allocations(&origin, addr, &proxy, 11, "a").await;
-    let large = herd_allocations(&origin, addr, &proxy, 111, "b").await;
-    let per_follower = large.saturating_sub(small) as f64 / 100.0;
-    println!("allocations per follower: {per_follower:.1}");
+    let small = herd_cost(&origin, addr, &proxy, 11, "a").await;
+    let large = herd_cost(&origin, addr, &proxy, 111, "b").await;
+    let per_follower = large.allocations.saturating_sub(small.allocations) as f64 / 100.0;
+    let held = (large.held_while_waiting - small.held_while_waiting) as f64 / 100.0;
+    let connection = (large.held_by_connections - small.held_by_connections) as f64 / 100.0;
+    println!(
+        "allocations per follower: {per_follower:.1}; heap bytes held per waiting follower: \
+         {held:.0}, and per idle connection: {connection:.0}"
+    );
     assert!(
         per_follower <= FOLLOWER_CEILING,
         "{per_follower:.1} allocations per follower; the ceiling is {FOLLOWER_CEILING}"
+    );
+    assert!(
+        held <= FOLLOWER_HELD_CEILING,
+        "{held:.0} heap bytes held per waiting follower; the ceiling is {FOLLOWER_HELD_CEILING}"
     );
 }
