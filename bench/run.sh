@@ -77,10 +77,10 @@ stop_proxy() { kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/n
 
 nginx_pid=""; nginx_port=""
 start_nginx() {
-  nginx_port=$(port)
+  nginx_port=$(port); nginx_h2_port=$(port)
   rm -rf "$work/cache"; mkdir -p "$work/cache"; chmod 777 "$work/cache"
   for d in client_body proxy_temp fastcgi_temp uwsgi_temp scgi_temp; do mkdir -p "$work/$d"; chmod 777 "$work/$d"; done
-  sed -e "s|@WORK@|$work|g" -e "s|@ORIGIN@|$origin_port|g" -e "s|@PORT@|$nginx_port|g" \
+  sed -e "s|@WORK@|$work|g" -e "s|@ORIGIN@|$origin_port|g" -e "s|@PORT@|$nginx_port|g" -e "s|@H2PORT@|$nginx_h2_port|g" \
     bench/nginx.conf.template >"$work/nginx.conf"
   nginx -c "$work/nginx.conf" -p "$work" &
   nginx_pid=$!
