@@ -4,7 +4,7 @@
 #
 #   bench/run.sh            the full run (a few minutes)
 #   bench/run.sh --quick    smaller herds and shorter load, to check the harness works
-#   ONLY="1 4" bench/run.sh only those scenarios
+#   ONLY="1 4" bench/run.sh only those scenarios (9: bench/passthrough.sh, every target)
 #
 # Loopback only. Each proxy is started fresh per scenario, so peak RSS and CPU time belong to
 # that scenario; everything started is stopped by pid on exit. Installs nginx and wrk with
@@ -125,7 +125,7 @@ wrk_three() {
   stop_nginx
 }
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
-proxy_cpu1=0; nginx_cpu1=0; proxy_cpu5=0; nginx_cpu5=0; p_total=0; n_total=0
+proxy_cpu1=0; nginx_cpu1=0; proxy_cpu2=0; nginx_cpu2=0; proxy_cpu5=0; nginx_cpu5=0; p_total=0; n_total=0
 
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
@@ -158,9 +158,9 @@ echo "scenario 2: herd of $herd2" >&2
 path="/s2-$run_id?delay=200&size=1024"
 direct=$(herd "127.0.0.1:$origin_port" "$path" "$herd2" 1KiB)
 start_proxy
-before=$(origin_hits)
+before=$(origin_hits); t0=$(cpu_ticks "$proxy_pid")
 proxy=$(herd "127.0.0.1:$proxy_port" "$path" "$herd2" 1KiB)
-proxy_up=$(( $(origin_hits) - before ))
+proxy_up=$(( $(origin_hits) - before )); proxy_cpu2=$(( $(cpu_ticks "$proxy_pid") - t0 ))
 # The same herd through a route whose cache keeps responses for 1 s, as nginx's
 # proxy_cache_valid does here: late arrivals get the finished response instead of a new flight.
 before=$(origin_hits)
@@ -168,9 +168,9 @@ cached=$(herd "127.0.0.1:$proxy_port" "/microcached$path" "$herd2" 1KiB)
 cached_up=$(( $(origin_hits) - before ))
 stop_proxy
 start_nginx
-before=$(origin_hits)
+before=$(origin_hits); t0=$(cpu_ticks $(nginx_all))
 ngx=$(herd "127.0.0.1:$nginx_port" "$path" "$herd2" 1KiB)
-nginx_up=$(( $(origin_hits) - before ))
+nginx_up=$(( $(origin_hits) - before )); nginx_cpu2=$(( $(cpu_ticks $(nginx_all)) - t0 ))
 stop_nginx
 row 2 "herd: $herd2 identical GETs, origin 200 ms, 1 KiB" \
   "p99 $(field p99_ms "$direct") ms, ok $(field ok "$direct")/$herd2" \
@@ -272,10 +272,11 @@ fi
 
 # --- 7: CPU per request --------------------------------------------------------------------
 if want 7; then
-row 7 "CPU per request (scenario 1 / scenario 5)" "" \
-  "$(cpu_us "$proxy_cpu1" "$herd1") / $(cpu_us "$proxy_cpu5" "$p_total")" \
-  "$(cpu_us "$nginx_cpu1" "$herd1") / $(cpu_us "$nginx_cpu5" "$n_total")" \
-  "report (CPU ticks are $((1000 / ticks_per_second)) ms each)"
+cpu_ratio() { python3 -c "a, b = $1 / max($2, 1), $3 / max($4, 1); print(f'{a / b:.2f}' if b else 'n/a')"; }
+row 7 "CPU per request (scenario 1 / scenario 2 / scenario 5)" "" \
+  "$(cpu_us "$proxy_cpu1" "$herd1") / $(cpu_us "$proxy_cpu2" "$herd2") / $(cpu_us "$proxy_cpu5" "$p_total")" \
+  "$(cpu_us "$nginx_cpu1" "$herd1") / $(cpu_us "$nginx_cpu2" "$herd2") / $(cpu_us "$nginx_cpu5" "$n_total")" \
+  "proxy/nginx herds $(cpu_ratio "$proxy_cpu1" "$herd1" "$nginx_cpu1" "$herd1") / $(cpu_ratio "$proxy_cpu2" "$herd2" "$nginx_cpu2" "$herd2") (target ≤ 1.0); CPU ticks are $((1000 / ticks_per_second)) ms each"
 fi
 
 mode=full; [ $quick = 1 ] && mode=quick
@@ -285,3 +286,12 @@ echo
 echo "| # | scenario | direct origin | coalesce-proxy | nginx | ratio / target |"
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
+
+# --- 9: the everyday request against every target (issue 14) -------------------------------
+if want 9; then
+  echo >&2 "scenario 9: pass-through against the bare hyper proxy, nginx and haproxy"
+  echo
+  echo "Pass-through, HTTP/1.1 and HTTP/2 (bench/passthrough.sh):"
+  echo
+  bash bench/passthrough.sh $([ $quick = 1 ] && echo --quick)
+fi
