@@ -22,8 +22,8 @@ use coalesce_proxy::server::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-// The ceilings sit just above the figures reached (issue 14), so that one more allocation per
-// request fails here. Measured: 36.0 per pass-through request (39.8 in one run of five, when
+// The ceilings sit just above the figures reached (issue 14), so that a regression of a few
+// allocations per request fails here. Measured: 36.0 per pass-through request (39.8 in one run of five, when
 // the worker opened an extra upstream connection), 11.2 per follower, 141-147 bytes held per
 // waiting follower. Before issue 14: 72-76, 18.2, and (not measured then) more.
 
