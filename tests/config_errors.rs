@@ -52,6 +52,9 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("{ok}[coalesce]\nmax_replay_body = \"lots\"\n"), "line 7, column 19", "invalid size"),
         (format!("{ok}[coalesce]\nmax_replay_body = \"64MiB\"\n"), "line 7, column 19", "must be at least max_replay_body"),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncoalesce = {{ enabeld = true }}\n"), "line 6, column 14", "unknown field `enabeld`"),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncache = {{ enabled = true, heuristic_fraction = 1.5 }}\n"), "line 6, column 48", "between 0 and 1"),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncache = {{ enabled = true, targeted_field = \"a b\" }}\n"), "line 6, column 44", "not a header name"),
+        (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncache = {{ enabled = true, status_name = \"my cache\" }}\n"), "line 6, column 41", "must be a token"),
         ("[server]\nlisten = \"127.0.0.1:1\"\n".to_string(), "line 3, column 1", "no [[routes]]"),
         ("[server\nlisten = 1\n".to_string(), "line 1, column 8", "expected"),
     ]

@@ -1,11 +1,12 @@
 //! RFC 9111 decisions as pure functions: whether a response may be stored, and for how long
-//! it is fresh and may be served stale.
+//! it is fresh and may be served stale. Section numbers are RFC 9111's unless named.
 
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
 
+use super::directives::CacheControl;
 use crate::config::CachePolicy;
 
 /// How long a stored response may be served, fresh and stale.
@@ -19,85 +20,194 @@ pub struct Freshness {
     pub always_revalidate: bool,
 }
 
+/// Statuses a cache may give heuristic freshness (RFC 9110 §15.1): any other needs explicit
+/// freshness to be stored. 206 is left out: this cache stores complete responses only.
+fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The longest heuristic freshness given, whatever `Last-Modified` says: a day, past which
+/// RFC 7234 had caches warn (`113 Heuristic Expiration`).
+const MAX_HEURISTIC: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How long a response may be served from the cache, or `None` if it must not be stored.
+/// The policy's targeted fields (RFC 9213), the first one present and valid, replace
+/// `Cache-Control` and `Expires`.
 pub fn freshness(
     policy: &CachePolicy,
     status: StatusCode,
     headers: &HeaderMap,
     request_has_authorization: bool,
 ) -> Option<Freshness> {
-    // RFC 9111 §3: statuses a shared cache may store, with explicit or default freshness.
-    if !matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 404 | 410) {
+    freshness_at(
+        policy,
+        status,
+        headers,
+        request_has_authorization,
+        SystemTime::now(),
+    )
+}
+
+/// [`freshness`] with the time the response arrived given, for tests.
+pub fn freshness_at(
+    policy: &CachePolicy,
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_has_authorization: bool,
+    now: SystemTime,
+) -> Option<Freshness> {
+    // §3: a final status; 304 renews a stored response and is never stored itself; 206 is
+    // a part, and this cache stores complete responses only (§3.4 makes parts optional).
+    if status.is_informational()
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::PARTIAL_CONTENT
+    {
         return None;
     }
-    let directives: Vec<(String, Option<u64>)> = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| {
-            let (name, value) = d.split_once('=').unwrap_or((d, ""));
-            let value = value.trim().trim_matches('"').parse().ok();
-            (name.trim().to_ascii_lowercase(), value)
-        })
-        .collect();
-    let has = |name: &str| directives.iter().any(|(n, _)| n == name);
-    let seconds = |name: &str| {
-        directives
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| *v)
-    };
-    if has("no-store") || has("private") {
+    let targeted = targeted_directives(&policy.targeted_fields, headers);
+    let directives = targeted
+        .clone()
+        .unwrap_or_else(|| CacheControl::parse(headers.get_all(header::CACHE_CONTROL)));
+    if directives.has("no-store") || directives.has("private") {
         return None;
     }
     // no-cache: stored, but only ever served after the upstream confirms it with a 304,
     // which needs a validator to ask with.
-    let no_cache = has("no-cache");
-    if no_cache
-        && !(headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED))
+    let no_cache = directives.has("no-cache");
+    let has_validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    if no_cache && !has_validator {
+        return None;
+    }
+    // §3.5: a response to a request with credentials is stored only when it says it may be.
+    if request_has_authorization
+        && !(directives.has("public")
+            || directives.has("s-maxage")
+            || directives.has("must-revalidate"))
     {
         return None;
     }
-    // A response to a request with credentials is stored only when it says it may be
-    // (RFC 9111 §3.5).
-    if request_has_authorization && !(has("public") || has("s-maxage") || has("must-revalidate")) {
-        return None;
-    }
-    let lifetime = if let Some(s) = seconds("s-maxage").or_else(|| seconds("max-age")) {
-        Duration::from_secs(s)
-    } else if let Some(expires) = header_date(headers, &header::EXPIRES) {
-        let date = header_date(headers, &header::DATE).unwrap_or_else(SystemTime::now);
-        expires.duration_since(date).unwrap_or(Duration::ZERO)
-    } else if headers.contains_key(header::EXPIRES) {
-        // An Expires that does not parse means "already expired" (RFC 9111 §5.3).
-        Duration::ZERO
-    } else {
-        policy.default_ttl
+    let date = header_date(headers, &header::DATE);
+    // A targeted field replaces Expires too (RFC 9213 §2.2).
+    let expires = match targeted {
+        Some(_) => None,
+        None => expires(headers, date.unwrap_or(now)),
     };
-    let age = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let window = |name: &str| seconds(name).map_or(policy.grace, Duration::from_secs);
+    // §4.2.1: s-maxage for a shared cache, then max-age, then Expires; else heuristics.
+    let explicit = directives
+        .seconds("s-maxage")
+        .or_else(|| directives.seconds("max-age"))
+        .map(Duration::from_secs)
+        .or(expires);
+    let lifetime = match explicit {
+        Some(lifetime) => lifetime,
+        // Revalidated before every use: its lifetime does not matter.
+        None if no_cache => Duration::ZERO,
+        // Without explicit freshness, a response is stored only for as long as heuristics
+        // give it; none means not at all.
+        None if directives.has("public") || heuristically_cacheable(status) => {
+            Some(heuristic(policy, headers, date.unwrap_or(now))).filter(|h| !h.is_zero())?
+        }
+        None => return None,
+    };
+    let initial_age = initial_age(headers, date, now);
+    // §5.2.2.2 and §5.2.2.8: once stale, must-revalidate and proxy-revalidate responses are
+    // never served without a successful revalidation, whatever else would allow it.
+    let revalidate_when_stale =
+        directives.has("must-revalidate") || directives.has("proxy-revalidate");
+    let window = |name: &str| match directives.seconds(name) {
+        _ if revalidate_when_stale => Duration::ZERO,
+        Some(seconds) => Duration::from_secs(seconds),
+        None => policy.grace,
+    };
     if no_cache {
         return Some(Freshness {
             fresh_for: Duration::ZERO,
-            initial_age: age,
+            initial_age,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             always_revalidate: true,
         });
     }
-    let fresh_for = lifetime.checked_sub(age)?;
-    (!fresh_for.is_zero()).then_some(Freshness {
+    let fresh_for = lifetime.saturating_sub(initial_age);
+    let stale_while_revalidate = window("stale-while-revalidate");
+    let stale_if_error = window("stale-if-error");
+    // A response that is never fresh is worth storing only to revalidate (it has a
+    // validator) or to serve stale as it allows.
+    let worth_storing = !fresh_for.is_zero()
+        || has_validator
+        || !stale_while_revalidate.is_zero()
+        || !stale_if_error.is_zero();
+    worth_storing.then_some(Freshness {
         fresh_for,
-        initial_age: age,
-        stale_while_revalidate: window("stale-while-revalidate"),
-        stale_if_error: window("stale-if-error"),
+        initial_age,
+        stale_while_revalidate,
+        stale_if_error,
         always_revalidate: false,
     })
+}
+
+/// The directives of the first of `fields` present with a valid, non-empty value (RFC 9213
+/// §2.2), or `None` when `Cache-Control` applies.
+fn targeted_directives(fields: &[HeaderName], headers: &HeaderMap) -> Option<CacheControl> {
+    fields.iter().find_map(|name| {
+        let values = headers.get_all(name);
+        values.iter().next()?;
+        CacheControl::parse_targeted(values)
+    })
+}
+
+/// The lifetime `Expires` gives, measured from `date` (§5.3); an `Expires` that does not
+/// parse means "already expired".
+fn expires(headers: &HeaderMap, date: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::EXPIRES)?;
+    let Some(expires) = value
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return Some(Duration::ZERO);
+    };
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// Heuristic freshness (§4.2.2): the route's `default_ttl` when it sets one, else
+/// `heuristic_fraction` of the time since `Last-Modified`, at most a day.
+fn heuristic(policy: &CachePolicy, headers: &HeaderMap, date: SystemTime) -> Duration {
+    if !policy.default_ttl.is_zero() {
+        return policy.default_ttl;
+    }
+    let Some(modified) = header_date(headers, &header::LAST_MODIFIED) else {
+        return Duration::ZERO;
+    };
+    let since = date.duration_since(modified).unwrap_or(Duration::ZERO);
+    since.mul_f64(policy.heuristic_fraction).min(MAX_HEURISTIC)
+}
+
+/// The response's age when it arrived (§4.2.3): the larger of its `Age` and the time since
+/// its `Date`. An `Age` that is not a plain number is ignored (§5.1).
+fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Duration {
+    let age_value = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(delta_seconds)
+        .map_or(Duration::ZERO, Duration::from_secs);
+    // Whole seconds, as `Date` has: a response dated this second is not a second old.
+    let apparent = date
+        .and_then(|date| now.duration_since(date).ok())
+        .map_or(Duration::ZERO, |d| Duration::from_secs(d.as_secs()));
+    age_value.max(apparent)
+}
+
+/// `delta-seconds` (§1.2.2): digits only; too many of them is the largest value.
+pub(super) fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u64::from(u32::MAX)))
 }
 
 fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {

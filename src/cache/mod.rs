@@ -14,6 +14,7 @@
 //! three moments in a request's life. The cache never sends anything upstream itself: the
 //! proxy sends what a [`Refresh`] asks for, and a flight fetches what a miss needs.
 
+mod directives;
 mod freshness;
 mod lookup;
 mod put;
@@ -23,7 +24,7 @@ mod stored;
 #[cfg(test)]
 mod tests;
 
-pub use freshness::{freshness, Freshness};
+pub use freshness::{freshness, freshness_at, Freshness};
 pub use lookup::{cacheable_request, look_up, response, Lookup, Miss};
 pub use put::{Store, StorePlan};
 pub use refresh::Refresh;

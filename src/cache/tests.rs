@@ -14,6 +14,12 @@ fn policy() -> CachePolicy {
         max_size: 1 << 20,
         default_ttl: Duration::ZERO,
         grace: Duration::ZERO,
+        heuristic_fraction: 0.1,
+        targeted_fields: vec![
+            HeaderName::from_static("coalesce-proxy-cache-control"),
+            HeaderName::from_static("cdn-cache-control"),
+        ],
+        status_name: "coalesce-proxy".into(),
     }
 }
 
@@ -29,7 +35,17 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 }
 
 fn fresh(pairs: &[(&str, &str)]) -> Option<u64> {
-    freshness(&policy(), StatusCode::OK, &headers(pairs), false).map(|f| f.fresh_for.as_secs())
+    fresh_with(StatusCode::OK, pairs)
+}
+
+/// Freshness in seconds for a response with `status` and `pairs`, arriving at `NOW`.
+fn fresh_with(status: StatusCode, pairs: &[(&str, &str)]) -> Option<u64> {
+    freshness_at(&policy(), status, &headers(pairs), false, now()).map(|f| f.fresh_for.as_secs())
+}
+
+/// The moment responses in these tests arrive: 10:00:00 on 26 November 2026.
+fn now() -> std::time::SystemTime {
+    httpdate::parse_http_date("Thu, 26 Nov 2026 10:00:00 GMT").unwrap()
 }
 
 fn stored(pairs: &[(&str, &str)], fresh_for: u64, initial_age: u64) -> StoredResponse {
@@ -120,7 +136,7 @@ fn freshness_comes_from_each_header_in_order() {
     assert_eq!(
         fresh(&[]),
         None,
-        "default_ttl 0: nothing stored without freshness"
+        "no explicit freshness and no Last-Modified: nothing to go on"
     );
     for never in ["no-store", "private", "no-cache", "max-age=60, private"] {
         // (no-cache without a validator: nothing to revalidate with)
@@ -128,7 +144,13 @@ fn freshness_comes_from_each_header_in_order() {
     }
     let mut with_default = policy();
     with_default.default_ttl = Duration::from_secs(7);
-    let found = freshness(&with_default, StatusCode::OK, &HeaderMap::new(), false);
+    let found = freshness_at(
+        &with_default,
+        StatusCode::OK,
+        &HeaderMap::new(),
+        false,
+        now(),
+    );
     assert_eq!(found.map(|f| f.fresh_for.as_secs()), Some(7));
     assert!(freshness(
         &policy(),
@@ -151,4 +173,173 @@ fn freshness_comes_from_each_header_in_order() {
         true
     )
     .is_some());
+}
+
+#[test]
+fn rfc9111_5_2_2_10_s_maxage_overrides_max_age_and_expires_even_when_longer() {
+    assert_eq!(
+        fresh(&[("cache-control", "max-age=5, s-maxage=60")]),
+        Some(60)
+    );
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "s-maxage=60"),
+            ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
+            ("expires", "Thu, 26 Nov 2026 10:00:05 GMT"),
+        ]),
+        Some(60)
+    );
+}
+
+#[test]
+fn rfc9111_5_2_quoted_or_malformed_delta_seconds_are_ignored() {
+    assert_eq!(fresh(&[("cache-control", "max-age=\"3600\"")]), None);
+    assert_eq!(fresh(&[("cache-control", "max-age=60s")]), None);
+    assert_eq!(
+        fresh(&[("cache-control", "max-age=\"3600\", s-maxage=10")]),
+        Some(10)
+    );
+}
+
+#[test]
+fn rfc9111_5_1_an_age_that_is_not_a_number_is_ignored_and_a_late_date_adds_age() {
+    assert_eq!(
+        fresh(&[("cache-control", "max-age=60"), ("age", "50x")]),
+        Some(60)
+    );
+    // §4.2.3: the apparent age (arrival minus Date) counts when it is larger than Age.
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "max-age=60"),
+            ("date", "Thu, 26 Nov 2026 09:59:20 GMT"),
+            ("age", "10"),
+        ]),
+        Some(20)
+    );
+}
+
+#[test]
+fn rfc9111_3_any_status_with_explicit_freshness_is_stored_others_only_heuristically() {
+    for status in [302, 307, 400, 403, 500, 503] {
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_eq!(
+            fresh_with(status, &[("cache-control", "max-age=9")]),
+            Some(9),
+            "{status}"
+        );
+        assert_eq!(
+            fresh_with(
+                status,
+                &[("last-modified", "Wed, 25 Nov 2026 10:00:00 GMT")]
+            ),
+            None,
+            "{status} is not heuristically cacheable"
+        );
+    }
+    for never in [206, 304, 103] {
+        let status = StatusCode::from_u16(never).unwrap();
+        assert_eq!(
+            fresh_with(status, &[("cache-control", "max-age=9")]),
+            None,
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn rfc9111_4_2_2_heuristic_freshness_is_a_tenth_of_the_time_since_last_modified() {
+    let modified_a_day_ago = [
+        ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
+        ("last-modified", "Wed, 25 Nov 2026 10:00:00 GMT"),
+    ];
+    for status in [200, 301, 404, 410, 501] {
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_eq!(
+            fresh_with(status, &modified_a_day_ago),
+            Some(8640),
+            "{status}"
+        );
+    }
+    // At most a day, however old the resource.
+    assert_eq!(
+        fresh(&[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")]),
+        Some(86400)
+    );
+    let mut off = policy();
+    off.heuristic_fraction = 0.0;
+    assert!(freshness_at(
+        &off,
+        StatusCode::OK,
+        &headers(&modified_a_day_ago),
+        false,
+        now()
+    )
+    .is_none());
+}
+
+#[test]
+fn rfc9111_5_2_2_2_must_revalidate_and_proxy_revalidate_allow_no_stale_serving() {
+    let mut generous = policy();
+    generous.grace = Duration::from_secs(30);
+    for directive in ["must-revalidate", "proxy-revalidate"] {
+        let h = headers(&[(
+            "cache-control",
+            &format!("max-age=10, stale-while-revalidate=60, stale-if-error=60, {directive}"),
+        )]);
+        let f = freshness_at(&generous, StatusCode::OK, &h, false, now()).expect("stored");
+        assert_eq!(f.stale_while_revalidate, Duration::ZERO, "{directive}");
+        assert_eq!(f.stale_if_error, Duration::ZERO, "{directive}");
+    }
+}
+
+#[test]
+fn rfc9111_4_2_4_stale_only_when_the_response_or_the_operator_allows_it() {
+    let h = headers(&[("cache-control", "max-age=10")]);
+    let f = freshness_at(&policy(), StatusCode::OK, &h, false, now()).expect("stored");
+    assert_eq!(
+        (f.stale_while_revalidate, f.stale_if_error),
+        (Duration::ZERO, Duration::ZERO)
+    );
+    let h = headers(&[(
+        "cache-control",
+        "max-age=10, stale-while-revalidate=7, stale-if-error=9",
+    )]);
+    let f = freshness_at(&policy(), StatusCode::OK, &h, false, now()).expect("stored");
+    assert_eq!(f.stale_while_revalidate, Duration::from_secs(7));
+    assert_eq!(f.stale_if_error, Duration::from_secs(9));
+}
+
+#[test]
+fn rfc9213_2_2_a_targeted_field_replaces_cache_control_and_expires() {
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600")
+        ]),
+        Some(600)
+    );
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "max-age=600"),
+            ("expires", "Thu, 26 Nov 2026 11:00:00 GMT"),
+            ("cdn-cache-control", "no-store"),
+        ]),
+        None
+    );
+    // Our own field comes first in the target list.
+    assert_eq!(
+        fresh(&[
+            ("cdn-cache-control", "max-age=600"),
+            ("coalesce-proxy-cache-control", "max-age=30"),
+        ]),
+        Some(30)
+    );
+    // An invalid targeted field is ignored: Cache-Control applies.
+    assert_eq!(
+        fresh(&[
+            ("cache-control", "max-age=5"),
+            ("cdn-cache-control", "Max-Age=600")
+        ]),
+        Some(5)
+    );
 }

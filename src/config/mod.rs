@@ -199,10 +199,21 @@ pub struct CoalescePolicy {
 pub struct CachePolicy {
     /// Bytes of responses (bodies, headers and bookkeeping) the route's cache may hold.
     pub max_size: u64,
-    /// Freshness for responses that state none.
+    /// Freshness for responses that state none; zero leaves it to `heuristic_fraction`.
     pub default_ttl: Duration,
-    /// How long past freshness a stale response may still be served (not used yet).
+    /// How long past freshness a stale response may be served (while one refresh runs, or
+    /// when the upstream fails) when the response itself does not say
+    /// (`stale-while-revalidate`, `stale-if-error`). Zero by default: RFC 9111 §4.2.4 lets a
+    /// shared cache serve stale only when allowed.
     pub grace: Duration,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for a response without explicit freshness: this
+    /// fraction of the time since its `Last-Modified`, at most a day.
+    pub heuristic_fraction: f64,
+    /// Targeted cache-control fields, in order (RFC 9213): this cache's own, then
+    /// `CDN-Cache-Control`.
+    pub targeted_fields: Vec<http::header::HeaderName>,
+    /// The cache's name in `Cache-Status` (RFC 9211).
+    pub status_name: String,
 }
 
 #[derive(Debug, Clone)]

@@ -116,4 +116,7 @@ pub struct Cache {
     pub max_size: Option<Spanned<String>>,
     pub default_ttl: Option<Spanned<String>>,
     pub grace: Option<Spanned<String>>,
+    pub heuristic_fraction: Option<Spanned<f64>>,
+    pub targeted_field: Option<Spanned<String>>,
+    pub status_name: Option<Spanned<String>>,
 }

@@ -175,14 +175,7 @@ impl Resolver<'_> {
             None => defaults.clone(),
         };
         let cache = match raw.cache {
-            Some(cache) if cache.enabled.unwrap_or(false) => Some(CachePolicy {
-                max_size: cache
-                    .max_size
-                    .as_ref()
-                    .map_or(Ok(256 << 20), |s| self.size(s))?,
-                default_ttl: self.duration_or(&cache.default_ttl, Duration::ZERO)?,
-                grace: self.duration_or(&cache.grace, Duration::from_secs(10))?,
-            }),
+            Some(cache) if cache.enabled.unwrap_or(false) => Some(self.cache_policy(cache)?),
             _ => None,
         };
         Ok((
@@ -198,4 +191,62 @@ impl Resolver<'_> {
             name_span,
         ))
     }
+
+    fn cache_policy(&self, cache: raw::Cache) -> Result<CachePolicy, ConfigError> {
+        let heuristic_fraction = match &cache.heuristic_fraction {
+            None => 0.1,
+            Some(f) if (0.0..=1.0).contains(f.get_ref()) => *f.get_ref(),
+            Some(f) => {
+                return Err(self.error_at(
+                    f.span(),
+                    "heuristic_fraction must be between 0 and 1 (0 turns heuristics off)",
+                ))
+            }
+        };
+        let targeted_field = match &cache.targeted_field {
+            None => http::header::HeaderName::from_static("coalesce-proxy-cache-control"),
+            Some(name) => {
+                http::header::HeaderName::from_bytes(name.get_ref().as_bytes()).map_err(|_| {
+                    self.error_at(
+                        name.span(),
+                        format!("{:?} is not a header name", name.get_ref()),
+                    )
+                })?
+            }
+        };
+        let status_name = match &cache.status_name {
+            None => "coalesce-proxy".to_owned(),
+            Some(name) if is_token(name.get_ref()) => name.get_ref().clone(),
+            Some(name) => {
+                return Err(self.error_at(
+                    name.span(),
+                    format!(
+                        "status_name {:?} must be a token (letters, digits, - . _)",
+                        name.get_ref()
+                    ),
+                ))
+            }
+        };
+        Ok(CachePolicy {
+            max_size: cache
+                .max_size
+                .as_ref()
+                .map_or(Ok(256 << 20), |s| self.size(s))?,
+            default_ttl: self.duration_or(&cache.default_ttl, Duration::ZERO)?,
+            grace: self.duration_or(&cache.grace, Duration::ZERO)?,
+            heuristic_fraction,
+            targeted_fields: vec![
+                targeted_field,
+                http::header::HeaderName::from_static("cdn-cache-control"),
+            ],
+            status_name,
+        })
+    }
+}
+
+/// An sf-token's start and a conservative set after it, for `Cache-Status` names.
+fn is_token(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
