@@ -5,7 +5,7 @@ use http::{Method, StatusCode};
 
 use crate::util::*;
 
-const CACHED_ROUTE: &str = r#"
+pub const CACHED_ROUTE: &str = r#"
 [admin]
 listen = "127.0.0.1:0"
 
@@ -22,11 +22,11 @@ upstream = "origin"
 cache = { enabled = true, default_ttl = "60s" }
 "#;
 
-async fn harness() -> Harness {
+pub async fn harness() -> Harness {
     Harness::start_with(OriginSettings::default(), "", CACHED_ROUTE).await
 }
 
-const FRESH: &str = "header=cache-control:max-age=60";
+pub const FRESH: &str = "header=cache-control:max-age=60";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_responses_are_served_from_memory_with_an_age() {
@@ -275,12 +275,12 @@ async fn no_cache_responses_are_stored_but_served_only_after_a_304() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn range_and_conditional_requests_bypass_a_stored_response() {
+async fn range_requests_bypass_a_stored_response() {
     let h = harness().await;
     let path = format!("/c/ranged?size=1000&{FRESH}");
     assert_eq!(get(h.addr, &path).await.outcome(), "leader");
     assert_eq!(get(h.addr, &path).await.outcome(), "hit");
-    // Each goes upstream (through a flight keyed by its headers), and gets what it asked for.
+    // It goes upstream (through a flight keyed by its headers), and gets what it asked for.
     let range = fetch(
         h.addr,
         Method::GET,
@@ -292,18 +292,8 @@ async fn range_and_conditional_requests_bypass_a_stored_response() {
     assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(range.outcome(), "leader");
     assert_eq!(range.body(), &origin::body(1000).slice(0..10));
-    let conditional = fetch(
-        h.addr,
-        Method::GET,
-        &path,
-        &[("if-none-match", "\"v1\"")],
-        Default::default(),
-    )
-    .await;
-    assert_eq!(conditional.status, StatusCode::NOT_MODIFIED);
-    assert_eq!(conditional.outcome(), "leader");
-    assert_eq!(h.origin.hits(), 3);
-    // Neither replaced the stored full response.
+    assert_eq!(h.origin.hits(), 2);
+    // It did not replace the stored full response.
     let again = get(h.addr, &path).await;
     assert_eq!(again.outcome(), "hit");
     assert_eq!(again.body(), &origin::body(1000));

@@ -324,6 +324,11 @@ impl Reply {
     pub fn body(&self) -> &Bytes {
         self.body.as_ref().expect("complete body")
     }
+
+    /// The value of header `name`, if it has one that is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{request, Method, Response, StatusCode};
 
+use super::conditional;
 use super::refresh::Refresh;
 use super::store::Found;
 use super::stored::StoredResponse;
@@ -41,19 +42,31 @@ pub struct Miss {
 /// Looks `parts` up in `route`'s cache, if it has one and the request asks for the plain
 /// resource. HEAD is answered from a stored GET.
 pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
-    let Some(cache) = route.cache.as_ref().filter(|_| cacheable_request(parts)) else {
+    let Some(cache) = route.cache.as_ref().filter(|_| may_look_up(parts)) else {
         return Lookup::Miss(Miss::default());
     };
     let key = key(route, parts);
-    match cache.lookup(&key, &parts.headers) {
+    let found = cache.lookup(&key, &parts.headers);
+    if !cacheable_request(parts) {
+        // A conditional request (§4.3.2) is answered from a fresh or servable stale entry;
+        // otherwise it goes upstream as it is, in a flight keyed by its conditions.
+        return match found {
+            Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
+            Some(Found::Stale(entry)) => Lookup::Stale(entry, None),
+            _ => Lookup::Miss(Miss::default()),
+        };
+    }
+    match found {
         Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
         Some(Found::Stale(entry)) => {
             let refresh = Refresh::begin(route, cache, key, &entry, &parts.headers);
             Lookup::Stale(entry, refresh.map(Box::new))
         }
+        // §4.3.1: a stale response with validators is revalidated, not fetched again; a 304
+        // renews it. It may still stand in for an upstream failure as it allows.
         Some(Found::Expired(entry)) => Lookup::Miss(Miss {
+            revalidating: entry.has_validators().then(|| entry.clone()),
             fallback: Some(entry),
-            revalidating: None,
         }),
         Some(Found::Revalidate(entry)) => Lookup::Miss(Miss {
             fallback: None,
@@ -95,44 +108,71 @@ impl Miss {
         failed.then_some(entry)
     }
 
-    /// The stored response a 304 to its revalidation confirmed (renewed by the fetch).
+    /// The stored response a 304 to its revalidation confirmed, renewed by the 304's fields
+    /// (§4.3.4), so that clients see the new values (the fetch stores the same renewal).
     pub fn confirmed_by(
         &self,
         head: &Result<Arc<SharedHead>, FetchError>,
-    ) -> Option<&Arc<StoredResponse>> {
-        let confirmed = head
+        route: &Route,
+        request_headers: &HeaderMap,
+    ) -> Option<Arc<StoredResponse>> {
+        let head = head
             .as_ref()
-            .is_ok_and(|h| h.status == StatusCode::NOT_MODIFIED);
-        self.revalidating.as_ref().filter(|_| confirmed)
+            .ok()
+            .filter(|h| h.status == StatusCode::NOT_MODIFIED)?;
+        let entry = self.revalidating.as_ref()?;
+        let renewed = route.cache_policy.as_ref().and_then(|policy| {
+            let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
+            entry.renewed(&head.headers, policy, has_authorization)
+        });
+        // A 304 that makes the response unstorable still confirms this one use of it.
+        Some(renewed.map_or_else(|| entry.clone(), Arc::new))
     }
 }
 
-/// The key a request's stored response is found under: the key of a GET for the same
-/// resource, so that HEAD is answered from a stored GET.
+/// The key a request's stored response is found under: the key of a plain GET for the same
+/// resource (no Range, no conditions), so that HEAD and conditional GETs are answered from a
+/// stored GET.
 pub fn key(route: &Route, parts: &request::Parts) -> Key {
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Key::new(route, &Method::GET, path_and_query, &parts.headers)
+    Key::resource(route, path_and_query, &parts.headers)
 }
 
-/// Whether a request asks for the plain resource, so that the cache may answer it: no Range
-/// and no conditional headers (those go through flights keyed by their values).
+/// Whether a request asks for the plain resource, so that a response to it may be stored:
+/// no Range and no conditional headers (those go through flights keyed by their values).
 pub fn cacheable_request(parts: &request::Parts) -> bool {
     !RANGE_AND_CONDITIONAL
         .iter()
         .any(|name| parts.headers.contains_key(name))
 }
 
-/// A stored response as the answer to a request, with its current `Age` (HEAD gets the
-/// head only).
-pub fn response(entry: &StoredResponse, method: &Method) -> Response<Bytes> {
-    let body = if method == Method::HEAD {
+/// Whether the cache may answer a request: a plain one, or one whose only conditions are
+/// `If-None-Match` / `If-Modified-Since`, which it evaluates itself (RFC 9111 §4.3.2).
+fn may_look_up(parts: &request::Parts) -> bool {
+    RANGE_AND_CONDITIONAL
+        .iter()
+        .filter(|name| **name != header::IF_NONE_MATCH && **name != header::IF_MODIFIED_SINCE)
+        .all(|name| !parts.headers.contains_key(name))
+}
+
+/// A stored response as the answer to a request, with its current `Age`: HEAD gets the head
+/// only, and a conditional request whose condition fails a 304 (RFC 9111 §4.3.2).
+pub fn response(entry: &StoredResponse, method: &Method, request: &HeaderMap) -> Response<Bytes> {
+    let not_modified =
+        entry.status == StatusCode::OK && conditional::not_modified(request, &entry.headers);
+    let body = if method == Method::HEAD || not_modified {
         Bytes::new()
     } else {
         entry.body.clone()
     };
     let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.headers_mut() = conditional::not_modified_headers(&entry.headers);
+    } else {
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+    }
     response
         .headers_mut()
         .insert(header::AGE, entry.age_header(Instant::now()));

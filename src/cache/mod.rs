@@ -14,6 +14,7 @@
 //! three moments in a request's life. The cache never sends anything upstream itself: the
 //! proxy sends what a [`Refresh`] asks for, and a flight fetches what a miss needs.
 
+pub mod conditional;
 mod directives;
 mod freshness;
 mod lookup;

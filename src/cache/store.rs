@@ -145,17 +145,7 @@ impl ResponseCache {
         let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
-        let entry = Arc::new(StoredResponse {
-            status,
-            headers,
-            body,
-            stored_at: Instant::now(),
-            initial_age: freshness.initial_age,
-            fresh_for: freshness.fresh_for,
-            stale_while_revalidate: freshness.stale_while_revalidate,
-            stale_if_error: freshness.stale_if_error,
-            always_revalidate: freshness.always_revalidate,
-        });
+        let entry = Arc::new(StoredResponse::new(status, headers, body, freshness));
         if vary.is_empty() {
             self.varies.invalidate(&key);
             self.entries.insert(key, entry);

@@ -74,6 +74,48 @@ impl StoredResponse {
         Some((headers, freshness))
     }
 
+    /// Whether it can be revalidated (it has an `ETag` or a `Last-Modified`).
+    pub fn has_validators(&self) -> bool {
+        self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED)
+    }
+
+    /// A copy renewed by a 304's fields, fresh from now as they say; `None` if they make it
+    /// unstorable.
+    pub fn renewed(
+        &self,
+        not_modified: &HeaderMap,
+        policy: &CachePolicy,
+        request_has_authorization: bool,
+    ) -> Option<StoredResponse> {
+        let (headers, freshness) =
+            self.renewed_by(not_modified, policy, request_has_authorization)?;
+        Some(StoredResponse::new(
+            self.status,
+            headers,
+            self.body.clone(),
+            freshness,
+        ))
+    }
+
+    pub(super) fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        freshness: Freshness,
+    ) -> StoredResponse {
+        StoredResponse {
+            status,
+            headers,
+            body,
+            stored_at: Instant::now(),
+            initial_age: freshness.initial_age,
+            fresh_for: freshness.fresh_for,
+            stale_while_revalidate: freshness.stale_while_revalidate,
+            stale_if_error: freshness.stale_if_error,
+            always_revalidate: freshness.always_revalidate,
+        }
+    }
+
     pub(super) fn stale_for(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.stored_at)
             .saturating_sub(self.fresh_for)

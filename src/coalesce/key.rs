@@ -82,6 +82,22 @@ fn random_state() -> &'static RandomState {
 
 impl Key {
     pub fn new(route: &Route, method: &Method, path_and_query: &str, headers: &HeaderMap) -> Key {
+        Key::encode(route, method, path_and_query, headers, true)
+    }
+
+    /// The key of a plain GET of the resource: as [`Key::new`], without the Range and
+    /// conditional headers. What the cache stores responses under.
+    pub fn resource(route: &Route, path_and_query: &str, headers: &HeaderMap) -> Key {
+        Key::encode(route, &Method::GET, path_and_query, headers, false)
+    }
+
+    fn encode(
+        route: &Route,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        conditions: bool,
+    ) -> Key {
         let mut out = Writer(Vec::with_capacity(64 + path_and_query.len()));
         out.0.extend_from_slice(&route.id.to_le_bytes());
         out.bytes(method.as_str().as_bytes());
@@ -91,8 +107,15 @@ impl Key {
         let key_headers = &route.coalesce.key_headers;
         out.0
             .extend_from_slice(&(key_headers.len() as u32).to_le_bytes());
-        for name in key_headers.iter().chain(&RANGE_AND_CONDITIONAL) {
+        for name in key_headers {
             out.values(headers, name);
+        }
+        for name in &RANGE_AND_CONDITIONAL {
+            if conditions {
+                out.values(headers, name);
+            } else {
+                out.values(&HeaderMap::new(), name);
+            }
         }
         out.values(headers, &AUTHORIZATION);
         out.values(headers, &COOKIE);

@@ -257,8 +257,8 @@ impl Proxy {
                 self.stats.metrics.cache_stale_served.inc();
                 return cached(entry, parts, route, Outcome::Stale);
             }
-            if let Some(entry) = miss.confirmed_by(&head) {
-                let mut reply = cached(entry, parts, route, outcome);
+            if let Some(entry) = miss.confirmed_by(&head, route, &parts.headers) {
+                let mut reply = cached(&entry, parts, route, outcome);
                 reply.flight = Some(subscription.flight().id);
                 return reply;
             }

@@ -76,7 +76,7 @@ pub fn cached(
     route: &Route,
     outcome: Outcome,
 ) -> Reply {
-    let response = cache::response(entry, &parts.method);
+    let response = cache::response(entry, &parts.method, &parts.headers);
     let mut response = response.map(|body| Full::new(body).map_err(BoxError::from).boxed_unsync());
     set_outcome(
         &mut response,
