@@ -5,6 +5,7 @@ mod util;
 mod balancing;
 mod bounds;
 mod cache;
+mod cache_invalidation;
 mod cache_validation;
 mod coalescing;
 mod command_line;

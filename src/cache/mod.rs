@@ -17,6 +17,7 @@
 pub mod conditional;
 mod directives;
 mod freshness;
+mod invalidate;
 mod lookup;
 mod put;
 mod refresh;
@@ -26,6 +27,7 @@ mod stored;
 mod tests;
 
 pub use freshness::{freshness, freshness_at, Freshness};
+pub use invalidate::after_unsafe_request;
 pub use lookup::{cacheable_request, look_up, response, Lookup, Miss};
 pub use put::{Store, StorePlan};
 pub use refresh::Refresh;

@@ -2,6 +2,7 @@
 //! whole body is in (if the flight still holds all of it).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
@@ -24,6 +25,9 @@ pub struct StorePlan {
     cache: Arc<ResponseCache>,
     key: Key,
     request_headers: HeaderMap,
+    /// When the request was about to go upstream: a response to it is not stored if its
+    /// resource was invalidated after this (RFC 9111 §4.4).
+    sent: Instant,
 }
 
 impl StorePlan {
@@ -34,6 +38,7 @@ impl StorePlan {
             cache: cache.clone(),
             key: key(route, parts),
             request_headers: parts.headers.clone(),
+            sent: Instant::now(),
         })
     }
 
@@ -56,6 +61,7 @@ impl StorePlan {
             self.cache.store(
                 self.key,
                 &self.request_headers,
+                self.sent,
                 entry.status,
                 headers,
                 body,
@@ -72,6 +78,7 @@ impl StorePlan {
             self.cache.store(
                 self.key,
                 &self.request_headers,
+                self.sent,
                 status,
                 headers,
                 body,

@@ -58,11 +58,13 @@ impl Refresh {
         response: impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static,
     ) {
         self.cache.count_revalidation();
+        let sent = std::time::Instant::now();
         tokio::spawn(async move {
             if let Some((status, headers, body, freshness)) = self.renewal(response.await).await {
                 self.cache.store(
                     self.key.clone(),
                     &self.request_headers,
+                    sent,
                     status,
                     headers,
                     body,

@@ -36,6 +36,9 @@ pub struct ResponseCache {
     varies: moka::sync::Cache<Key, Arc<Vec<HeaderName>>>,
     /// Keys being refreshed in the background now: at most one refresh per key.
     refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
+    /// When each recently invalidated path and query was invalidated (RFC 9111 §4.4), so
+    /// that a response fetched before that moment is not stored after it.
+    invalidated: moka::sync::Cache<String, Instant>,
     hits: Counter,
     misses: Counter,
     revalidations: Counter,
@@ -80,6 +83,9 @@ impl ResponseCache {
                 .support_invalidation_closures()
                 .build(),
             refreshing: Default::default(),
+            // Bounded, so a flood of unsafe requests costs little memory; no expiry, since an
+            // entry invalidated long ago must stay invalid until it is gone.
+            invalidated: moka::sync::Cache::builder().max_capacity(100_000).build(),
             hits: metrics.cache_hits.clone(),
             misses: metrics.cache_misses.clone(),
             revalidations: metrics.cache_revalidations.clone(),
@@ -91,7 +97,8 @@ impl ResponseCache {
         let entry = match self.varies.get(key) {
             Some(vary) => self.entries.get(&key.variant(&vary, headers)),
             None => self.entries.get(key),
-        };
+        }
+        .filter(|entry| !self.invalidated_since(key, entry.stored_at));
         let now = Instant::now();
         let found = entry.map(|entry| {
             if entry.always_revalidate {
@@ -132,16 +139,22 @@ impl ResponseCache {
             .remove(key);
     }
 
-    /// Stores a complete response fetched for a request with `key` and `request_headers`.
+    /// Stores a complete response fetched for a request with `key` and `request_headers`,
+    /// sent upstream at `sent` (unless its resource was invalidated since).
+    #[allow(clippy::too_many_arguments)]
     pub fn store(
         &self,
         key: Key,
         request_headers: &HeaderMap,
+        sent: Instant,
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
         freshness: Freshness,
     ) {
+        if self.invalidated_since(&key, sent) {
+            return;
+        }
         let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -180,6 +193,21 @@ impl ResponseCache {
             .varies
             .invalidate_entries_if(move |key, _| matches(key, &path));
         doomed.len() as u64
+    }
+
+    /// Invalidates every stored response for `path_and_query`, all its variants (RFC 9111
+    /// §4.4): from now on lookups do not find them, and a response fetched before now is not
+    /// stored. O(1): the entries themselves go when next looked up, evicted or replaced.
+    pub fn invalidate(&self, path_and_query: &str) {
+        self.invalidated
+            .insert(path_and_query.to_owned(), Instant::now());
+    }
+
+    /// Whether `entry`, stored under `key`, was invalidated after it was stored.
+    fn invalidated_since(&self, key: &Key, stored_at: Instant) -> bool {
+        self.invalidated
+            .get(key.path_and_query())
+            .is_some_and(|at| at >= stored_at)
     }
 
     pub fn entry_count(&self) -> u64 {

@@ -156,7 +156,8 @@ impl Key {
         std::str::from_utf8(&self.0.bytes[12..12 + len]).unwrap_or("")
     }
 
-    fn path_and_query(&self) -> &str {
+    /// The path and query exactly as received.
+    pub fn path_and_query(&self) -> &str {
         // Written from a `&str` in `new`.
         std::str::from_utf8(&self.0.bytes[self.0.path_and_query.clone()]).unwrap_or("")
     }

@@ -204,7 +204,15 @@ impl Proxy {
             self.share(&route, &parts, client).await
         } else {
             let body = body.map_err(BoxError::from).boxed();
-            self.pass(&route, &parts, client, body, None).await
+            let reply = self.pass(&route, &parts, client, body, None).await;
+            let response = &reply.response;
+            cache::after_unsafe_request(
+                |host, path| routing.routes.find(host, path),
+                &parts,
+                response.status(),
+                response.headers(),
+            );
+            reply
         };
         (Some(route), reply)
     }
