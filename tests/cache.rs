@@ -403,8 +403,8 @@ async fn the_cache_counts_its_entries_bytes_hits_and_misses() {
     let stored_headers: usize = hit
         .headers
         .iter()
-        // What the proxy adds on the way out: Age, the outcome, and hyper's Date.
-        .filter(|(name, _)| !["age", "x-coalesce", "date"].contains(&name.as_str()))
+        // What the proxy adds on the way out: Age, the outcome, Cache-Status, hyper's Date.
+        .filter(|(name, _)| !["age", "x-coalesce", "cache-status", "date"].contains(&name.as_str()))
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
         .sum();
     let weight = 10_000 + stored_headers + "/c/w".len() + 256;

@@ -6,6 +6,7 @@ mod balancing;
 mod bounds;
 mod cache;
 mod cache_invalidation;
+mod cache_status;
 mod cache_validation;
 mod coalescing;
 mod command_line;

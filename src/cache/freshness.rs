@@ -150,6 +150,31 @@ pub fn freshness_at(
     })
 }
 
+/// The response's fields as this cache reads them: when a targeted field applies (RFC 9213
+/// §2.2), its value stands in for `Cache-Control`, so that rules about `Cache-Control` (the
+/// coalescing layer's `not_shareable`, above all) see what this cache was told. Borrowed
+/// unchanged otherwise.
+pub fn as_targeted<'a>(
+    policy: Option<&CachePolicy>,
+    headers: &'a HeaderMap,
+) -> std::borrow::Cow<'a, HeaderMap> {
+    let Some(name) = policy.and_then(|policy| {
+        policy.targeted_fields.iter().find(|name| {
+            let values = headers.get_all(*name);
+            values.iter().next().is_some() && CacheControl::parse_targeted(values).is_some()
+        })
+    }) else {
+        return std::borrow::Cow::Borrowed(headers);
+    };
+    let mut targeted = headers.clone();
+    targeted.remove(header::CACHE_CONTROL);
+    targeted.remove(header::EXPIRES);
+    for value in headers.get_all(name) {
+        targeted.append(header::CACHE_CONTROL, value.clone());
+    }
+    std::borrow::Cow::Owned(targeted)
+}
+
 /// The directives of the first of `fields` present with a valid, non-empty value (RFC 9213
 /// §2.2), or `None` when `Cache-Control` applies.
 fn targeted_directives(fields: &[HeaderName], headers: &HeaderMap) -> Option<CacheControl> {

@@ -11,6 +11,7 @@ use http::{request, Method, Response, StatusCode};
 
 use super::conditional;
 use super::refresh::Refresh;
+use super::status::Forward;
 use super::store::Found;
 use super::stored::StoredResponse;
 use crate::coalesce::sharing::RANGE_AND_CONDITIONAL;
@@ -30,8 +31,9 @@ pub enum Lookup {
 }
 
 /// What a request that missed still takes from the cache to its flight.
-#[derive(Default)]
 pub struct Miss {
+    /// Why it missed, for `Cache-Status`.
+    pub reason: Forward,
     /// A stale response that may stand in if the upstream fails (stale-if-error).
     fallback: Option<Arc<StoredResponse>>,
     /// A `no-cache` response to revalidate: the flight asks with its validators, and a 304
@@ -42,9 +44,12 @@ pub struct Miss {
 /// Looks `parts` up in `route`'s cache, if it has one and the request asks for the plain
 /// resource. HEAD is answered from a stored GET.
 pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
-    let Some(cache) = route.cache.as_ref().filter(|_| may_look_up(parts)) else {
-        return Lookup::Miss(Miss::default());
+    let Some(cache) = route.cache.as_ref() else {
+        return Lookup::Miss(Miss::because(Forward::Bypass));
     };
+    if !may_look_up(parts) {
+        return Lookup::Miss(Miss::because(Forward::Request));
+    }
     let key = key(route, parts);
     let found = cache.lookup(&key, &parts.headers);
     if !cacheable_request(parts) {
@@ -53,7 +58,7 @@ pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
         return match found {
             Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
             Some(Found::Stale(entry)) => Lookup::Stale(entry, None),
-            _ => Lookup::Miss(Miss::default()),
+            _ => Lookup::Miss(Miss::because(Forward::Request)),
         };
     }
     match found {
@@ -65,18 +70,29 @@ pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
         // §4.3.1: a stale response with validators is revalidated, not fetched again; a 304
         // renews it. It may still stand in for an upstream failure as it allows.
         Some(Found::Expired(entry)) => Lookup::Miss(Miss {
+            reason: Forward::Stale,
             revalidating: entry.has_validators().then(|| entry.clone()),
             fallback: Some(entry),
         }),
         Some(Found::Revalidate(entry)) => Lookup::Miss(Miss {
+            reason: Forward::Stale,
             fallback: None,
             revalidating: Some(entry),
         }),
-        None => Lookup::Miss(Miss::default()),
+        None if cache.varies_on(&key) => Lookup::Miss(Miss::because(Forward::VaryMiss)),
+        None => Lookup::Miss(Miss::because(Forward::UriMiss)),
     }
 }
 
 impl Miss {
+    fn because(reason: Forward) -> Miss {
+        Miss {
+            reason,
+            fallback: None,
+            revalidating: None,
+        }
+    }
+
     /// The conditional headers the flight asks with: the stored response's validators when it
     /// is being revalidated, else none.
     pub fn validators(&self) -> HeaderMap {

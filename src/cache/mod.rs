@@ -21,12 +21,13 @@ mod invalidate;
 mod lookup;
 mod put;
 mod refresh;
+pub mod status;
 mod store;
 mod stored;
 #[cfg(test)]
 mod tests;
 
-pub use freshness::{freshness, freshness_at, Freshness};
+pub use freshness::{as_targeted, freshness, freshness_at, Freshness};
 pub use invalidate::after_unsafe_request;
 pub use lookup::{cacheable_request, look_up, response, Lookup, Miss};
 pub use put::{Store, StorePlan};

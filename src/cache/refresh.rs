@@ -96,8 +96,11 @@ impl Refresh {
                 freshness,
             ));
         }
-        let sharing =
-            sharing::judge_response(&route.coalesce, response.status(), response.headers());
+        let sharing = sharing::judge_response(
+            &route.coalesce,
+            response.status(),
+            &super::as_targeted(Some(policy), response.headers()),
+        );
         if !sharing.shareable() {
             return None;
         }

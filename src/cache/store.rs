@@ -119,6 +119,12 @@ impl ResponseCache {
         found
     }
 
+    /// Whether responses for `key` were last stored per `Vary` variant (a miss then is a
+    /// `vary-miss`).
+    pub fn varies_on(&self, key: &Key) -> bool {
+        self.varies.contains_key(key)
+    }
+
     /// Counts a background refresh sent upstream.
     pub(super) fn count_revalidation(&self) {
         self.revalidations.inc();

@@ -126,6 +126,18 @@ impl StoredResponse {
         self.stale_for(now) <= self.stale_if_error
     }
 
+    /// Seconds of freshness left at `now`, negative once stale (`Cache-Status` `ttl`).
+    pub fn ttl(&self, now: Instant) -> i64 {
+        let held = now.saturating_duration_since(self.stored_at);
+        if self.always_revalidate {
+            return -(held.as_secs() as i64);
+        }
+        match self.fresh_for.checked_sub(held) {
+            Some(left) => left.as_secs() as i64,
+            None => -(held.saturating_sub(self.fresh_for).as_secs() as i64),
+        }
+    }
+
     /// The value of the `Age` header to send now, in whole seconds.
     pub fn age_header(&self, now: Instant) -> HeaderValue {
         HeaderValue::from(self.age(now).as_secs())

@@ -233,6 +233,7 @@ where
         status: parts.status,
         headers: parts.headers,
         sharing,
+        stored: store.is_some(),
     });
     if !shareable {
         // New requests must not queue behind a response only the leader may have.

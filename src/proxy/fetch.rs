@@ -40,8 +40,11 @@ impl Proxy {
         async move {
             let mut response = response?.await?;
             hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);
-            let sharing =
-                sharing::judge_response(&route.coalesce, response.status(), response.headers());
+            let sharing = sharing::judge_response(
+                &route.coalesce,
+                response.status(),
+                &crate::cache::as_targeted(route.cache_policy.as_ref(), response.headers()),
+            );
             if let Some(rule) = &sharing.matched_rule {
                 tracing::debug!(route = %route.name, path = key.path(), rule, "response not shareable; releasing followers");
                 // Remembered before the flight leaves the table, so no request slips into a

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use super::hygiene;
 use super::reply::{error_reply, set_outcome, text_reply, Reply};
 use super::Proxy;
+use crate::cache;
 use crate::coalesce::{sharing, Key};
 use crate::observe::outcome::Outcome;
 use crate::observe::stats::Stats;
@@ -134,8 +135,8 @@ impl Proxy {
                 let (mut head, body) = response.into_parts();
                 hygiene::clean_response_headers(&mut head.headers, Version::HTTP_11);
                 if let Some(key) = remembered {
-                    if sharing::judge_response(&route.coalesce, head.status, &head.headers)
-                        .shareable()
+                    let targeted = cache::as_targeted(route.cache_policy.as_ref(), &head.headers);
+                    if sharing::judge_response(&route.coalesce, head.status, &targeted).shareable()
                     {
                         self.pass_memory.forget(key);
                     }

@@ -26,6 +26,7 @@ mod forward;
 pub mod hygiene;
 mod reply;
 
+use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, Lookup};
 use crate::coalesce::{
     follower_verdict, join_and_wait, sharing, FanoutBody, Group, Key, PassMemory, Role, SharedHead,
@@ -214,6 +215,7 @@ impl Proxy {
             );
             reply
         };
+        let reply = with_cache_status(&route, &parts, reply);
         (Some(route), reply)
     }
 
@@ -235,8 +237,18 @@ impl Proxy {
         };
         let validators = miss.validators();
         let mut key = flight_key(route, parts, &validators);
+        let alone = |reply: Reply| {
+            let status = CacheStatus::Forward {
+                reason: miss.reason,
+                status: Some(reply.response.status()),
+                stored: false,
+                collapsed: false,
+                ttl: None,
+            };
+            reply.with_cache_status(status)
+        };
         if self.pass_memory.should_pass(&key) {
-            return self.pass_alone(route, parts, client, Some(&key)).await;
+            return alone(self.pass_alone(route, parts, client, Some(&key)).await);
         }
         loop {
             let fetch = || {
@@ -257,26 +269,41 @@ impl Proxy {
                 head,
             } = waited.await
             else {
-                return self.pass_alone(route, parts, client, None).await;
+                return alone(self.pass_alone(route, parts, client, None).await);
             };
             let outcome = outcome_of(role);
+            let collapsed = role == Role::Follower;
             if let Some(entry) = miss.stands_in_for(&head) {
                 drop(subscription);
                 self.stats.metrics.cache_stale_served.inc();
-                return cached(entry, parts, route, Outcome::Stale);
+                let reply = cached(entry, parts, route, Outcome::Stale);
+                let status = CacheStatus::Forward {
+                    reason: miss.reason,
+                    status: head.as_ref().ok().map(|h| h.status),
+                    stored: false,
+                    collapsed,
+                    ttl: Some(entry.ttl(std::time::Instant::now())),
+                };
+                return reply.with_cache_status(status);
             }
             if let Some(entry) = miss.confirmed_by(&head, route, &parts.headers) {
                 let mut reply = cached(&entry, parts, route, outcome);
                 reply.flight = Some(subscription.flight().id);
-                return reply;
+                return reply.with_cache_status(CacheStatus::Forward {
+                    reason: Forward::Stale,
+                    status: Some(StatusCode::NOT_MODIFIED),
+                    stored: true,
+                    collapsed,
+                    ttl: None,
+                });
             }
             let head = match head {
                 Ok(head) => head,
                 Err(_) if role == Role::Follower && !route.coalesce.share_errors => {
                     drop(subscription);
-                    return self.pass_alone(route, parts, client, None).await;
+                    return alone(self.pass_alone(route, parts, client, None).await);
                 }
-                Err(err) => return shared_error(route, role, &subscription, &err),
+                Err(err) => return shared_error(route, role, miss.reason, &subscription, &err),
             };
             if role == Role::Follower {
                 let flight = subscription.flight();
@@ -284,7 +311,7 @@ impl Proxy {
                     Verdict::Take => {}
                     Verdict::GoAlone => {
                         drop(subscription);
-                        return self.pass_alone(route, parts, client, None).await;
+                        return alone(self.pass_alone(route, parts, client, None).await);
                     }
                     Verdict::Rejoin(variant) => {
                         drop(subscription);
@@ -293,7 +320,7 @@ impl Proxy {
                     }
                 }
             }
-            return fan_out(route, outcome, &head, subscription);
+            return fan_out(route, outcome, miss.reason, &head, subscription);
         }
     }
 }
@@ -311,6 +338,39 @@ fn flight_key(route: &Route, parts: &request::Parts, validators: &http::HeaderMa
     Key::new(route, &parts.method, path_and_query, &headers)
 }
 
+/// Adds `Cache-Status` (RFC 9211) to a reply on a route with a cache or with coalescing:
+/// what the layers recorded, or, for a request that went upstream on its own, why.
+fn with_cache_status(route: &Route, parts: &request::Parts, mut reply: Reply) -> Reply {
+    if route.cache.is_none() && !route.coalesce.enabled {
+        return reply;
+    }
+    let status = reply.cache_status.unwrap_or_else(|| {
+        let reason = if route.cache.is_none() {
+            Forward::Bypass
+        } else if parts.method != Method::GET && parts.method != Method::HEAD {
+            Forward::Method
+        } else {
+            Forward::Request
+        };
+        CacheStatus::Forward {
+            reason,
+            status: Some(reply.response.status()),
+            stored: false,
+            collapsed: false,
+            ttl: None,
+        }
+    });
+    let name = route
+        .cache_policy
+        .as_ref()
+        .map_or("coalesce-proxy", |policy| policy.status_name.as_str());
+    reply
+        .response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), status.header_value(name));
+    reply
+}
+
 fn outcome_of(role: Role) -> Outcome {
     match role {
         Role::Leader => Outcome::Leader,
@@ -323,6 +383,7 @@ fn outcome_of(role: Role) -> Outcome {
 fn fan_out(
     route: &Route,
     outcome: Outcome,
+    reason: Forward,
     head: &SharedHead,
     subscription: Subscription,
 ) -> Reply {
@@ -340,11 +401,24 @@ fn fan_out(
         response,
         outcome,
         flight: Some(flight),
+        cache_status: Some(CacheStatus::Forward {
+            reason,
+            status: Some(head.status),
+            stored: head.stored,
+            collapsed: outcome == Outcome::Follower,
+            ttl: None,
+        }),
     }
 }
 
 /// The answer every client of a flight gets when its fetch failed before the head.
-fn shared_error(route: &Route, role: Role, subscription: &Subscription, err: &FetchError) -> Reply {
+fn shared_error(
+    route: &Route,
+    role: Role,
+    reason: Forward,
+    subscription: &Subscription,
+    err: &FetchError,
+) -> Reply {
     let flight = subscription.flight();
     if role == Role::Leader {
         tracing::warn!(
@@ -360,5 +434,12 @@ fn shared_error(route: &Route, role: Role, subscription: &Subscription, err: &Fe
         response: error_reply(route.coalesce.outcome_header.as_ref(), outcome, err),
         outcome,
         flight: Some(flight.id),
+        cache_status: Some(CacheStatus::Forward {
+            reason,
+            status: None,
+            stored: false,
+            collapsed: role == Role::Follower,
+            ttl: None,
+        }),
     }
 }

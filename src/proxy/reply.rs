@@ -7,6 +7,7 @@ use http::{request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
+use crate::cache::status::CacheStatus;
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
 use crate::route::Route;
@@ -18,6 +19,9 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The flight that served it, if any.
     pub flight: Option<u64>,
+    /// How the cache layer handled it, when that is decided along the way; otherwise the
+    /// request path works it out at the end (`proxy::cache_status`).
+    pub cache_status: Option<CacheStatus>,
 }
 
 impl Reply {
@@ -26,7 +30,14 @@ impl Reply {
             response,
             outcome: Outcome::Pass,
             flight: None,
+            cache_status: None,
         }
+    }
+
+    /// Records how the cache layer handled it.
+    pub fn with_cache_status(mut self, status: CacheStatus) -> Reply {
+        self.cache_status = Some(status);
+        self
     }
 }
 
@@ -83,9 +94,11 @@ pub fn cached(
         route.coalesce.outcome_header.as_ref(),
         outcome,
     );
+    let ttl = entry.ttl(std::time::Instant::now());
     Reply {
         response,
         outcome,
         flight: None,
+        cache_status: Some(CacheStatus::Hit { ttl }),
     }
 }

@@ -21,6 +21,8 @@ pub struct SharedHead {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub sharing: Sharing,
+    /// The cache will store the response once it is complete (`Cache-Status: stored`).
+    pub stored: bool,
 }
 
 /// A fetch in progress and the response so far.
