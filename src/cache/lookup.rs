@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap};
 use http::{request, Method, Response, StatusCode};
 
 use super::conditional;
+use super::range::{byte_range, RangeAnswer};
 use super::refresh::Refresh;
 use super::status::Forward;
 use super::store::Found;
@@ -162,12 +163,18 @@ pub fn cacheable_request(parts: &request::Parts) -> bool {
         .any(|name| parts.headers.contains_key(name))
 }
 
-/// Whether the cache may answer a request: a plain one, or one whose only conditions are
-/// `If-None-Match` / `If-Modified-Since`, which it evaluates itself (RFC 9111 §4.3.2).
+/// Whether the cache may answer a request: a plain one, or one that asks only for a byte
+/// range or with `If-None-Match` / `If-Modified-Since`, which it works out itself (RFC 9111
+/// §4.3.2, RFC 9110 §14).
 fn may_look_up(parts: &request::Parts) -> bool {
+    let answered_here = [
+        header::RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+    ];
     RANGE_AND_CONDITIONAL
         .iter()
-        .filter(|name| **name != header::IF_NONE_MATCH && **name != header::IF_MODIFIED_SINCE)
+        .filter(|name| !answered_here.contains(name))
         .all(|name| !parts.headers.contains_key(name))
 }
 
@@ -176,7 +183,7 @@ fn may_look_up(parts: &request::Parts) -> bool {
 pub fn response(entry: &StoredResponse, method: &Method, request: &HeaderMap) -> Response<Bytes> {
     let not_modified =
         entry.status == StatusCode::OK && conditional::not_modified(request, &entry.headers);
-    let body = if method == Method::HEAD || not_modified {
+    let body = if not_modified {
         Bytes::new()
     } else {
         entry.body.clone()
@@ -188,9 +195,42 @@ pub fn response(entry: &StoredResponse, method: &Method, request: &HeaderMap) ->
     } else {
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers.clone();
+        if entry.status == StatusCode::OK {
+            if let Some(range) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+                answer_range(&mut response, range);
+            }
+        }
+    }
+    if method == Method::HEAD {
+        *response.body_mut() = Bytes::new();
     }
     response
         .headers_mut()
         .insert(header::AGE, entry.age_header(Instant::now()));
     response
+}
+
+/// Turns a stored 200 into the answer to a `Range` request: 206 with the slice, or 416.
+fn answer_range(response: &mut Response<Bytes>, range: &str) {
+    let len = response.body().len();
+    let (status, content_range, body) = match byte_range(range, len) {
+        RangeAnswer::Whole => return,
+        RangeAnswer::Part(part) => (
+            StatusCode::PARTIAL_CONTENT,
+            format!("bytes {}-{}/{len}", part.start, part.end - 1),
+            response.body().slice(part),
+        ),
+        RangeAnswer::Unsatisfiable => (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("bytes */{len}"),
+            Bytes::new(),
+        ),
+    };
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(value) = http::HeaderValue::try_from(content_range) {
+        headers.insert(header::CONTENT_RANGE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    *response.body_mut() = body;
 }

@@ -20,6 +20,7 @@ mod freshness;
 mod invalidate;
 mod lookup;
 mod put;
+mod range;
 mod refresh;
 pub mod status;
 mod store;
