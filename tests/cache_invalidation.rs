@@ -122,3 +122,33 @@ async fn an_invalidation_racing_a_flight_keeps_the_older_response_out_of_the_cac
     assert_eq!(outcome_of_get(&h, &path).await, "leader");
     assert_eq!(outcome_of_get(&h, &path).await, "hit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_surrogate_key_removes_every_response_tagged_with_it() {
+    let h = harness().await;
+    let tagged = [
+        format!("/c/s/a?{FRESH}&header=surrogate-key:product-1%20list"),
+        format!("/c/s/b?{FRESH}&header=surrogate-key:product-2%20list"),
+        format!("/c/s/c?{FRESH}&header=surrogate-key:product-10"),
+    ];
+    for path in &tagged {
+        assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    }
+    let admin = h.admin.expect("admin");
+    let purge = |query: &'static str| async move {
+        fetch(admin, Method::POST, query, &[], Bytes::new()).await
+    };
+    // Whole keys only: product-1 is not product-10.
+    assert_eq!(
+        purge("/purge?tag=product-1").await.body(),
+        "purged 1\n".as_bytes()
+    );
+    assert_eq!(get(h.addr, &tagged[0]).await.outcome(), "leader");
+    assert_eq!(get(h.addr, &tagged[2]).await.outcome(), "hit");
+    assert_eq!(
+        purge("/purge?tag=list").await.body(),
+        "purged 2\n".as_bytes()
+    );
+    assert_eq!(get(h.addr, &tagged[1]).await.outcome(), "leader");
+    assert_eq!(purge("/purge?tag=").await.status, StatusCode::BAD_REQUEST);
+}

@@ -201,6 +201,20 @@ impl ResponseCache {
         doomed.len() as u64
     }
 
+    /// Removes every entry whose `Surrogate-Key` names `tag`; returns how many.
+    pub fn purge_tag(&self, tag: &str) -> u64 {
+        let doomed: Vec<Arc<Key>> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.has_surrogate_key(tag))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            self.entries.invalidate(key.as_ref());
+        }
+        doomed.len() as u64
+    }
+
     /// Invalidates every stored response for `path_and_query`, all its variants (RFC 9111
     /// §4.4): from now on lookups do not find them, and a response fetched before now is not
     /// stored. O(1): the entries themselves go when next looked up, evicted or replaced.

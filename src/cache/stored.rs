@@ -74,6 +74,17 @@ impl StoredResponse {
         Some((headers, freshness))
     }
 
+    /// Whether its `Surrogate-Key` field names `tag` (space-separated keys, as Fastly and
+    /// Varnish's xkey read them).
+    pub fn has_surrogate_key(&self, tag: &str) -> bool {
+        self.headers
+            .get_all("surrogate-key")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(str::split_ascii_whitespace)
+            .any(|key| key == tag)
+    }
+
     /// Whether it can be revalidated (it has an `ETag` or a `Last-Modified`).
     pub fn has_validators(&self) -> bool {
         self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED)

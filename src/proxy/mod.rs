@@ -144,6 +144,18 @@ impl Proxy {
             .sum()
     }
 
+    /// Purges cached responses whose `Surrogate-Key` names `tag`, on every route. Returns how
+    /// many were removed.
+    pub fn purge_tag(&self, tag: &str) -> u64 {
+        let routing = self.routing.load();
+        routing
+            .routes
+            .iter()
+            .filter_map(|r| r.cache.as_ref())
+            .map(|cache| cache.purge_tag(tag))
+            .sum()
+    }
+
     /// The whole life of one request: serve it, count it once, and observe its body to the end.
     pub async fn handle(
         &self,

@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (serving), and
-//! `POST /purge` for the response caches.
+//! `POST /purge` (by prefix, path or surrogate key) for the response caches.
 //!
 //! It runs on its own address (`[admin] listen`), separate from client traffic, so probes and
 //! scrapes never queue behind a herd. It keeps answering while the proxy drains, which is when
@@ -92,26 +92,27 @@ fn answer(
 }
 
 /// `POST /purge?prefix=/path` removes every cached response under a path; `?key=/path` the
-/// ones exactly at it. Answers how many were purged.
+/// ones exactly at it; `?tag=name` the ones whose `Surrogate-Key` names it. Answers how many
+/// were purged.
 fn purge(request: &Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
     }
     let query = request.uri().query().unwrap_or("");
-    let target = query
+    let purged = query
         .split('&')
         .find_map(|pair| match pair.split_once('=') {
-            Some(("prefix", path)) => Some((path, false)),
-            Some(("key", path)) => Some((path, true)),
+            Some(("prefix", path)) if path.starts_with('/') => Some(proxy.purge(path, false)),
+            Some(("key", path)) if path.starts_with('/') => Some(proxy.purge(path, true)),
+            Some(("tag", tag)) if !tag.is_empty() => Some(proxy.purge_tag(tag)),
             _ => None,
         });
-    let Some((path, exact)) = target.filter(|(path, _)| path.starts_with('/')) else {
+    let Some(purged) = purged else {
         return text(
             StatusCode::BAD_REQUEST,
-            "use /purge?prefix=/path or /purge?key=/path\n",
+            "use /purge?prefix=/path, /purge?key=/path or /purge?tag=name\n",
         );
     };
-    let purged = proxy.purge(path, exact);
     let mut response = Response::new(Full::new(Bytes::from(format!("purged {purged}\n"))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
