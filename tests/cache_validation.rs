@@ -54,3 +54,34 @@ async fn rfc9111_4_3_2_conditional_requests_are_answered_from_a_fresh_stored_res
     assert_eq!(other.body(), &origin::body(100));
     assert_eq!(h.origin.hits(), 1, "neither went upstream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_1_vary_values_are_normalised_and_vary_star_never_matches() {
+    let h = harness().await;
+    let path = format!("/c/encoded?size=10&{FRESH}&header=vary:accept-encoding");
+    let ask = |value: &'static str| {
+        let path = path.clone();
+        async move {
+            fetch(
+                h.addr,
+                Method::GET,
+                &path,
+                &[("accept-encoding", value)],
+                Default::default(),
+            )
+            .await
+            .outcome()
+            .to_owned()
+        }
+    };
+    assert_eq!(ask("gzip, br").await, "leader");
+    assert_eq!(
+        ask("GZIP,br").await,
+        "hit",
+        "case and spacing do not make a variant"
+    );
+    assert_eq!(ask("br, gzip").await, "leader", "order does");
+    let star = format!("/c/star?size=10&{FRESH}&header=vary:*");
+    assert_eq!(get(h.addr, &star).await.outcome(), "leader");
+    assert_ne!(get(h.addr, &star).await.outcome(), "hit");
+}

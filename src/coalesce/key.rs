@@ -65,6 +65,17 @@ impl Writer {
         self.0.extend_from_slice(bytes);
     }
 
+    /// A field's value as `Vary` compares it ([`sharing::vary_value`]), or a marker for none.
+    fn normalised(&mut self, headers: &HeaderMap, name: &HeaderName) {
+        match crate::coalesce::sharing::vary_value(headers, name) {
+            None => self.0.push(0),
+            Some(value) => {
+                self.0.push(1);
+                self.bytes(value.as_bytes());
+            }
+        }
+    }
+
     fn values(&mut self, headers: &HeaderMap, name: &HeaderName) {
         let values = headers.get_all(name);
         self.0
@@ -108,7 +119,9 @@ impl Key {
         out.0
             .extend_from_slice(&(key_headers.len() as u32).to_le_bytes());
         for name in key_headers {
-            out.values(headers, name);
+            // Normalised as `Vary` values are, so that spacing and case in, say,
+            // Accept-Encoding do not split flights or stored responses.
+            out.normalised(headers, name);
         }
         for name in &RANGE_AND_CONDITIONAL {
             if conditions {
@@ -141,7 +154,8 @@ impl Key {
         out.0.extend_from_slice(&(vary.len() as u32).to_le_bytes());
         for name in vary {
             out.bytes(name.as_str().as_bytes());
-            out.values(headers, name);
+            // Normalised (RFC 9111 §4.1): `gzip,br` and `gzip, br` are one variant.
+            out.normalised(headers, name);
         }
         Key::seal(out.0, self.0.path_and_query.clone(), true)
     }

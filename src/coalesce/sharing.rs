@@ -89,7 +89,43 @@ pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &Hea
 /// the response's `Vary` names.
 pub fn vary_matches(vary: &[HeaderName], ours: &HeaderMap, leaders: &HeaderMap) -> bool {
     vary.iter()
-        .all(|name| ours.get_all(name).iter().eq(leaders.get_all(name).iter()))
+        .all(|name| vary_value(ours, name) == vary_value(leaders, name))
+}
+
+/// Fields whose values compare without regard to case (RFC 9110 §12.5.3-§12.5.4, and the
+/// charset tokens): the request fields responses most often vary on.
+static CASE_INSENSITIVE: [HeaderName; 3] = [
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::ACCEPT_CHARSET,
+];
+
+/// A request field's value as `Vary` compares it (RFC 9111 §4.1, which lets a cache normalise
+/// what the field's syntax allows): all its lines as one list, each member trimmed of
+/// whitespace, lower-cased for the fields above. `None` when the request has no such field.
+pub fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut normal = String::new();
+    // Values that are not visible ASCII compare as they are.
+    for member in values
+        .flat_map(|v| {
+            v.to_str()
+                .unwrap_or_else(|_| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}"))
+                .split(',')
+        })
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        if !normal.is_empty() {
+            normal.push(',');
+        }
+        normal.push_str(member);
+    }
+    if CASE_INSENSITIVE.contains(name) {
+        normal.make_ascii_lowercase();
+    }
+    Some(normal)
 }
 
 /// Whether a request may join a flight at all.
