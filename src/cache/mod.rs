@@ -32,6 +32,7 @@ pub use freshness::{as_targeted, freshness, freshness_at, Freshness};
 pub use invalidate::after_unsafe_request;
 pub use lookup::{cacheable_request, look_up, response, Lookup, Miss};
 pub use put::{Store, StorePlan};
+pub use range::{byte_range, RangeAnswer};
 pub use refresh::Refresh;
 pub use store::{Found, ResponseCache};
 pub use stored::StoredResponse;

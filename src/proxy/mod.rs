@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 mod fetch;
 mod forward;
 pub mod hygiene;
+mod ranged;
 mod reply;
 
 use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
@@ -247,6 +248,17 @@ impl Proxy {
             }
             Lookup::Miss(miss) => miss,
         };
+        if let Some(whole) = ranged::whole_resource(route, parts) {
+            // Fetched whole so the cache stores it; the client gets its range of it. Boxed:
+            // `share` cannot hold itself inline.
+            let range = parts
+                .headers
+                .get(http::header::RANGE)
+                .and_then(|v| v.to_str().ok());
+            let range = range.unwrap_or_default().to_owned();
+            let reply = Box::pin(self.share(route, &whole, client)).await;
+            return ranged::cut(reply, &range);
+        }
         let validators = miss.validators();
         let mut key = flight_key(route, parts, &validators);
         let alone = |reply: Reply| {

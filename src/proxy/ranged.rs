@@ -1,0 +1,155 @@
+//! A `Range` request that missed a route's cache (RFC 9110 §14, RFC 9111 §3.4): the proxy
+//! fetches (or joins the flight for) the whole resource, so that the cache stores it, and
+//! gives the client only the bytes it asked for.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{request, Method, Request, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+
+use super::reply::Reply;
+use super::ProxyBody;
+use crate::cache::{byte_range, RangeAnswer};
+use crate::route::Route;
+use crate::upstream::BoxError;
+
+/// The request for the whole resource, when `parts` asks a cached route for one byte range
+/// of it (and nothing makes the range conditional): the same request without `Range`.
+pub(super) fn whole_resource(route: &Route, parts: &request::Parts) -> Option<request::Parts> {
+    let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
+    if route.cache.is_none()
+        || parts.method != Method::GET
+        || parts.headers.contains_key(header::IF_RANGE)
+        || !range.trim_start().starts_with("bytes=")
+        || range.contains(',')
+    {
+        return None;
+    }
+    let mut headers = parts.headers.clone();
+    headers.remove(header::RANGE);
+    let mut whole = Request::builder()
+        .method(Method::GET)
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(())
+        .ok()?
+        .into_parts()
+        .0;
+    whole.headers = headers;
+    Some(whole)
+}
+
+/// The reply for the range asked for in `range`, cut from `reply` for the whole resource:
+/// a 206 streaming only those bytes (the rest is still read, so that the flight completes
+/// and the cache stores it), a 416, or the reply unchanged when it is not a 200 of known
+/// length.
+pub(super) fn cut(mut reply: Reply, range: &str) -> Reply {
+    let response = &mut reply.response;
+    let length = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let (StatusCode::OK, Some(length)) = (response.status(), length) else {
+        return reply;
+    };
+    let part = match byte_range(range, length) {
+        RangeAnswer::Whole => return reply,
+        RangeAnswer::Part(part) => part,
+        RangeAnswer::Unsatisfiable => {
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            set(
+                response.headers_mut(),
+                header::CONTENT_RANGE,
+                format!("bytes */{length}"),
+            );
+            set(response.headers_mut(), header::CONTENT_LENGTH, "0".into());
+            let whole = std::mem::replace(response.body_mut(), empty());
+            drain(whole);
+            return reply;
+        }
+    };
+    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    let content_range = format!("bytes {}-{}/{length}", part.start, part.end - 1);
+    set(response.headers_mut(), header::CONTENT_RANGE, content_range);
+    set(
+        response.headers_mut(),
+        header::CONTENT_LENGTH,
+        part.len().to_string(),
+    );
+    let whole = std::mem::replace(response.body_mut(), empty());
+    *response.body_mut() = RangeBody {
+        inner: Some(whole),
+        offset: 0,
+        part,
+    }
+    .boxed_unsync();
+    reply
+}
+
+fn set(headers: &mut http::HeaderMap, name: header::HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Reads the rest of a body on a task of its own, so that the flight it comes from completes
+/// (and is stored) after the client has what it asked for.
+fn drain(mut body: ProxyBody) {
+    tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+}
+
+/// The bytes `part` of a body, by their offsets in it.
+struct RangeBody {
+    inner: Option<ProxyBody>,
+    offset: usize,
+    part: std::ops::Range<usize>,
+}
+
+impl Body for RangeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.offset >= self.part.end {
+                if let Some(rest) = self.inner.take() {
+                    drain(rest);
+                }
+                return Poll::Ready(None);
+            }
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let data = match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            };
+            let start = self.offset;
+            let end = start + data.len();
+            self.offset = end;
+            let from = self.part.start.max(start);
+            let to = self.part.end.min(end);
+            if from < to {
+                return Poll::Ready(Some(Ok(Frame::data(data.slice(from - start..to - start)))));
+            }
+        }
+    }
+}
