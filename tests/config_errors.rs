@@ -50,6 +50,7 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("{ok}[coalesce]\ncredentials = \"share\"\n"), "line 7, column 15", "unknown credentials policy"),
         (format!("{ok}[coalesce]\nnot_shareable = [\"cache-control:\"]\n"), "line 7, column 18", "needs one token"),
         (format!("{ok}[coalesce]\nmax_replay_body = \"lots\"\n"), "line 7, column 19", "invalid size"),
+        (format!("{ok}[coalesce]\nbody_max = \"big\"\n"), "line 7, column 12", "invalid size"),
         (format!("{ok}[coalesce]\nmax_replay_body = \"64MiB\"\n"), "line 7, column 19", "must be at least max_replay_body"),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncoalesce = {{ enabeld = true }}\n"), "line 6, column 14", "unknown field `enabeld`"),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\ncache = {{ enabled = true, heuristic_fraction = 1.5 }}\n"), "line 6, column 48", "between 0 and 1"),

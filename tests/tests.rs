@@ -17,6 +17,7 @@ mod fuzz_regressions;
 mod keys;
 mod operations;
 mod passthrough;
+mod post_coalescing;
 mod protocols;
 mod routing;
 mod sharing;

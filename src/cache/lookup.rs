@@ -48,6 +48,10 @@ pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
     let Some(cache) = route.cache.as_ref() else {
         return Lookup::Miss(Miss::because(Forward::Bypass));
     };
+    // Only GET and HEAD are answered from stored GETs (a shared POST, say, never is).
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return Lookup::Miss(Miss::because(Forward::Method));
+    }
     if !may_look_up(parts) {
         return Lookup::Miss(Miss::because(Forward::Request));
     }

@@ -93,13 +93,25 @@ fn random_state() -> &'static RandomState {
 
 impl Key {
     pub fn new(route: &Route, method: &Method, path_and_query: &str, headers: &HeaderMap) -> Key {
-        Key::encode(route, method, path_and_query, headers, true)
+        Key::encode(route, method, path_and_query, headers, true, &[])
+    }
+
+    /// As [`Key::new`], for a request whose body is part of what it asks (a read-only POST):
+    /// the whole body is in the key, compared byte for byte, never by a hash alone.
+    pub fn with_body(
+        route: &Route,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Key {
+        Key::encode(route, method, path_and_query, headers, true, body)
     }
 
     /// The key of a plain GET of the resource: as [`Key::new`], without the Range and
     /// conditional headers. What the cache stores responses under.
     pub fn resource(route: &Route, path_and_query: &str, headers: &HeaderMap) -> Key {
-        Key::encode(route, &Method::GET, path_and_query, headers, false)
+        Key::encode(route, &Method::GET, path_and_query, headers, false, &[])
     }
 
     fn encode(
@@ -108,8 +120,9 @@ impl Key {
         path_and_query: &str,
         headers: &HeaderMap,
         conditions: bool,
+        body: &[u8],
     ) -> Key {
-        let mut out = Writer(Vec::with_capacity(64 + path_and_query.len()));
+        let mut out = Writer(Vec::with_capacity(64 + path_and_query.len() + body.len()));
         out.0.extend_from_slice(&route.id.to_le_bytes());
         out.bytes(method.as_str().as_bytes());
         let start = out.0.len() + 4;
@@ -132,6 +145,7 @@ impl Key {
         }
         out.values(headers, &AUTHORIZATION);
         out.values(headers, &COOKIE);
+        out.bytes(body);
         // Not a variant; a variant replaces this marker with its own part.
         out.0.push(0);
         Key::seal(out.0, path_and_query, false)

@@ -128,7 +128,8 @@ pub fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     Some(normal)
 }
 
-/// Whether a request may join a flight at all.
+/// Whether a request may join a flight at all. A request with a body may only on a route
+/// with `body_max`, and only with a `Content-Length` within it ([`shareable_body_length`]).
 pub fn request_may_share(
     policy: &CoalescePolicy,
     parts: &request::Parts,
@@ -139,13 +140,34 @@ pub fn request_may_share(
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|len| len.as_bytes() != b"0");
+    let body_ok = if declares_body || !body_is_empty {
+        shareable_body_length(policy, parts).is_some()
+    } else {
+        true
+    };
     let has_credentials =
         headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE);
     policy.enabled
         && policy.methods.contains(&parts.method)
-        && !declares_body
-        && body_is_empty
+        && body_ok
         && !(policy.credentials == Credentials::Pass && has_credentials)
+}
+
+/// The length of a request body the route lets share: a `Content-Length` (no
+/// `Transfer-Encoding`) within `body_max`. A chunked body of unknown length passes through.
+pub fn shareable_body_length(policy: &CoalescePolicy, parts: &request::Parts) -> Option<u64> {
+    let max = policy.body_max?;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let length: u64 = parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    (length <= max).then_some(length)
 }
 
 #[cfg(test)]

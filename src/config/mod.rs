@@ -192,6 +192,10 @@ pub struct CoalescePolicy {
     /// True: an upstream error or 5xx is the answer for every client of the flight.
     /// False: followers try upstream on their own.
     pub share_errors: bool,
+    /// Requests with a body (a read-only POST, when `methods` lists POST) share when the body
+    /// has a `Content-Length` of at most this; it is read whole and becomes part of the key.
+    /// `None`: requests with a body never share.
+    pub body_max: Option<u64>,
 }
 
 /// A route's response cache (`cache = { enabled = true, ... }`).

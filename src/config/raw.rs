@@ -95,6 +95,7 @@ pub struct Coalesce {
     pub max_flight_buffer: Option<Spanned<String>>,
     pub client_stall_timeout: Option<Spanned<String>>,
     pub share_errors: Option<bool>,
+    pub body_max: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -30,6 +30,7 @@ impl Resolver<'_> {
             max_flight_buffer: 32 << 20,
             client_stall_timeout: Duration::from_secs(30),
             share_errors: true,
+            body_max: None,
         };
         self.coalesce_overrides(&builtin, raw)
     }
@@ -108,6 +109,9 @@ impl Resolver<'_> {
         }
         if let Some(share) = raw.share_errors {
             policy.share_errors = share;
+        }
+        if let Some(size) = &raw.body_max {
+            policy.body_max = Some(self.size(size)?);
         }
         if policy.max_flight_buffer < policy.max_replay_body {
             let span = raw

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::HeaderMap;
+use bytes::Bytes;
 use http::{request, Method, Version};
 
-use super::forward::{empty_request_body, send_upstream, upstream_request};
+use super::forward::{empty_request_body, request_body, send_upstream, upstream_request};
 use super::{hygiene, Proxy};
-use crate::cache::{Refresh, StorePlan, StoredResponse};
+use crate::cache::{Miss, Refresh, StorePlan};
 use crate::coalesce::{sharing, Fetched, Key};
 use crate::route::Route;
 use crate::upstream::FetchError;
@@ -26,12 +26,14 @@ impl Proxy {
         parts: &request::Parts,
         client: SocketAddr,
         key: Key,
-        validators: &HeaderMap,
-        revalidating: Option<Arc<StoredResponse>>,
+        miss: &Miss,
+        body: &Bytes,
     ) -> impl Future<Output = Result<Fetched, FetchError>> + Send + 'static {
+        let validators = miss.validators();
+        let revalidating = miss.revalidating();
         let response =
-            upstream_request(route, parts, client, empty_request_body()).map(|mut request| {
-                request.headers_mut().extend(validators.clone());
+            upstream_request(route, parts, client, request_body(body)).map(|mut request| {
+                request.headers_mut().extend(validators);
                 send_upstream(&self.stats, route, request)
             });
         let route = route.clone();

@@ -104,8 +104,9 @@ impl Proxy {
         parts: &request::Parts,
         client: SocketAddr,
         key: Option<&Key>,
+        body: &Bytes,
     ) -> Reply {
-        Box::pin(self.pass(route, parts, client, empty_request_body(), key)).await
+        Box::pin(self.pass(route, parts, client, request_body(body), key)).await
     }
 
     /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a
@@ -216,6 +217,16 @@ pub(super) fn send_upstream(
         }
         response
     }
+}
+
+/// A request body already read whole (a shared POST's), or none.
+pub(super) fn request_body(body: &Bytes) -> RequestBody {
+    if body.is_empty() {
+        return empty_request_body();
+    }
+    http_body_util::Full::new(body.clone())
+        .map_err(BoxError::from)
+        .boxed()
 }
 
 pub(super) fn empty_request_body() -> RequestBody {

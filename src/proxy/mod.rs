@@ -215,7 +215,10 @@ impl Proxy {
             return (Some(route), reply);
         }
         let reply = if sharing::request_may_share(&route.coalesce, &parts, body.is_end_stream()) {
-            self.share(&route, &parts, client).await
+            match read_shared_body(&route, &parts, body).await {
+                Ok(body) => self.share(&route, &parts, client, &body).await,
+                Err(reply) => reply,
+            }
         } else {
             let body = body.map_err(BoxError::from).boxed();
             let reply = self.pass(&route, &parts, client, body, None).await;
@@ -236,7 +239,13 @@ impl Proxy {
     /// unless it has to go upstream on its own after all (its key is remembered as not
     /// shareable, it waited longer than `max_wait`, or the response turned out not to be for
     /// it: not shareable, a `Vary` mismatch, an error under `share_errors = false`).
-    async fn share(&self, route: &Arc<Route>, parts: &request::Parts, client: SocketAddr) -> Reply {
+    async fn share(
+        &self,
+        route: &Arc<Route>,
+        parts: &request::Parts,
+        client: SocketAddr,
+        body: &Bytes,
+    ) -> Reply {
         let miss = match cache::look_up(route, parts) {
             Lookup::Fresh(entry) => return cached(&entry, parts, route, Outcome::Hit),
             Lookup::Stale(entry, refresh) => {
@@ -256,11 +265,11 @@ impl Proxy {
                 .get(http::header::RANGE)
                 .and_then(|v| v.to_str().ok());
             let range = range.unwrap_or_default().to_owned();
-            let reply = Box::pin(self.share(route, &whole, client)).await;
+            let reply = Box::pin(self.share(route, &whole, client, body)).await;
             return ranged::cut(reply, &range);
         }
         let validators = miss.validators();
-        let mut key = flight_key(route, parts, &validators);
+        let mut key = flight_key(route, parts, &validators, body);
         let alone = |reply: Reply| {
             let status = CacheStatus::Forward {
                 reason: miss.reason,
@@ -272,13 +281,13 @@ impl Proxy {
             reply.with_cache_status(status)
         };
         if self.pass_memory.should_pass(&key) {
-            return alone(self.pass_alone(route, parts, client, Some(&key)).await);
+            return alone(
+                self.pass_alone(route, parts, client, Some(&key), body)
+                    .await,
+            );
         }
         loop {
-            let fetch = || {
-                let revalidating = miss.revalidating();
-                self.fetch(route, parts, client, key.clone(), &validators, revalidating)
-            };
+            let fetch = || self.fetch(route, parts, client, key.clone(), &miss, body);
             let waited = join_and_wait(
                 &self.group,
                 &self.stats,
@@ -293,7 +302,7 @@ impl Proxy {
                 head,
             } = waited.await
             else {
-                return alone(self.pass_alone(route, parts, client, None).await);
+                return alone(self.pass_alone(route, parts, client, None, body).await);
             };
             let outcome = outcome_of(role);
             let collapsed = role == Role::Follower;
@@ -325,7 +334,7 @@ impl Proxy {
                 Ok(head) => head,
                 Err(_) if role == Role::Follower && !route.coalesce.share_errors => {
                     drop(subscription);
-                    return alone(self.pass_alone(route, parts, client, None).await);
+                    return alone(self.pass_alone(route, parts, client, None, body).await);
                 }
                 Err(err) => return shared_error(route, role, miss.reason, &subscription, &err),
             };
@@ -335,7 +344,7 @@ impl Proxy {
                     Verdict::Take => {}
                     Verdict::GoAlone => {
                         drop(subscription);
-                        return alone(self.pass_alone(route, parts, client, None).await);
+                        return alone(self.pass_alone(route, parts, client, None, body).await);
                     }
                     Verdict::Rejoin(variant) => {
                         drop(subscription);
@@ -352,14 +361,43 @@ impl Proxy {
 /// The key of a request's flight. A revalidation is keyed with the validators, as a
 /// conditional request would be: only clients that found the same stored response share its
 /// flight, so its 304 means something to every one of them.
-fn flight_key(route: &Route, parts: &request::Parts, validators: &http::HeaderMap) -> Key {
+fn flight_key(
+    route: &Route,
+    parts: &request::Parts,
+    validators: &http::HeaderMap,
+    body: &[u8],
+) -> Key {
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     if validators.is_empty() {
-        return Key::new(route, &parts.method, path_and_query, &parts.headers);
+        return Key::with_body(route, &parts.method, path_and_query, &parts.headers, body);
     }
     let mut headers = parts.headers.clone();
     headers.extend(validators.clone());
-    Key::new(route, &parts.method, path_and_query, &headers)
+    Key::with_body(route, &parts.method, path_and_query, &headers, body)
+}
+
+/// The body of a request that may share: empty, or read whole when the route lets bodies
+/// share (`body_max`), so that it can be part of the key. A client that does not send the
+/// body it announced gets a 400.
+async fn read_shared_body(
+    route: &Route,
+    parts: &request::Parts,
+    body: Incoming,
+) -> Result<Bytes, Reply> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let limit = sharing::shareable_body_length(&route.coalesce, parts).unwrap_or(0);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(Reply::pass(text_reply(
+            route.coalesce.outcome_header.as_ref(),
+            Outcome::Pass,
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read whole\n".into(),
+        ))),
+    }
 }
 
 /// Adds `Cache-Status` (RFC 9211) to a reply on a route with a cache or with coalescing:
