@@ -2,6 +2,7 @@
 
 mod util;
 
+mod admission;
 mod balancing;
 mod bounds;
 mod cache;

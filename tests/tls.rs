@@ -139,7 +139,10 @@ async fn fetch_error(url: &str, upstream_table: &str) -> FetchError {
     let request = http::Request::get(format!("{url}/x"))
         .body(Empty::new().map_err(|never| match never {}).boxed())
         .expect("request");
-    match upstream.send(request).await {
+    match upstream
+        .send(request, coalesce_proxy::upstream::admission::Priority::Pass)
+        .await
+    {
         Ok(response) => panic!("expected a failed handshake, got {}", response.status()),
         Err(err) => err,
     }

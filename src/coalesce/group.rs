@@ -109,7 +109,7 @@ impl Group {
         self.len() == 0
     }
 
-    /// Joins the live flight for `key`, or starts one whose fetch is `fetch()`. The fetch runs
+    /// Joins the live flight for `key`, or starts one whose fetch is `fetch(&flight)`. The fetch runs
     /// on its own task, so it outlives the leader's request if followers still wait. A flight
     /// that is closed to joiners (past `max_replay_body`) or full (`max_followers`) is replaced
     /// in the table by the new one; it goes on serving its own clients.
@@ -121,7 +121,7 @@ impl Group {
         fetch: F,
     ) -> (Role, Subscription)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&Arc<Flight>) -> Fut,
         Fut: Future<Output = Result<Fetched, FetchError>> + Send + 'static,
     {
         let flight = {
@@ -148,7 +148,7 @@ impl Group {
             table.insert(key, flight.clone());
             flight
         };
-        let fetch = fetch();
+        let fetch = fetch(&flight);
         let task = tokio::spawn({
             let flight = flight.clone();
             let group = self.clone();

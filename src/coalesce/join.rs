@@ -36,7 +36,7 @@ pub async fn join_and_wait<F, Fut>(
     fetch: F,
 ) -> Waited
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(&Arc<Flight>) -> Fut,
     Fut: Future<Output = Result<Fetched, FetchError>> + Send + 'static,
 {
     let (role, subscription) = group.join(key, route, request_headers, fetch);

@@ -128,6 +128,18 @@ pub struct UpstreamConfig {
     pub http2: bool,
     /// `Some` exactly when the addresses are `https://`.
     pub tls: Option<UpstreamTls>,
+    /// At most this many requests outstanding, the rest queued (`upstream::admission`);
+    /// `None`: no limit.
+    pub concurrency: Option<ConcurrencyLimit>,
+}
+
+/// `concurrency = { max, queue, queue_timeout }` on an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConcurrencyLimit {
+    pub max: usize,
+    /// Requests that may wait for a slot; past it, a request is refused at once.
+    pub queue: usize,
+    pub queue_timeout: Duration,
 }
 
 /// How the proxy speaks TLS to an `https://` upstream.

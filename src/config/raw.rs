@@ -68,6 +68,16 @@ pub struct Upstream {
     pub pool_max_idle: Option<usize>,
     pub http2: Option<bool>,
     pub tls: Option<Spanned<Tls>>,
+    pub concurrency: Option<Concurrency>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    pub max: Spanned<usize>,
+    pub queue: Option<usize>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub adaptive: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]

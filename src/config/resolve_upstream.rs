@@ -84,7 +84,12 @@ impl Resolver<'_> {
                 ))
             }
         };
+        let concurrency = match raw.concurrency {
+            None => None,
+            Some(limit) => Some(self.concurrency(limit)?),
+        };
         Ok(UpstreamConfig {
+            concurrency,
             name: name.to_owned(),
             origins,
             balance,
@@ -98,6 +103,33 @@ impl Resolver<'_> {
             pool_max_idle: raw.pool_max_idle.unwrap_or(64),
             http2: raw.http2.unwrap_or(false),
             tls,
+        })
+    }
+
+    fn concurrency(&self, raw: raw::Concurrency) -> Result<ConcurrencyLimit, ConfigError> {
+        if *raw.max.get_ref() == 0 {
+            return Err(self.error_at(
+                raw.max.span(),
+                "concurrency max must be at least 1".to_owned(),
+            ));
+        }
+        if let Some(adaptive) = raw.adaptive.as_ref().filter(|a| *a.get_ref()) {
+            return Err(self.error_at(
+                adaptive.span(),
+                "concurrency adaptive = true is not supported yet; set a fixed max".to_owned(),
+            ));
+        }
+        let queue_timeout = self.duration_or(&raw.queue_timeout, Duration::from_secs(10))?;
+        if queue_timeout.is_zero() {
+            return Err(self.error_at(
+                raw.queue_timeout.as_ref().map_or(0..0, |t| t.span()),
+                "concurrency queue_timeout must be more than 0s: every queued request would be refused".to_owned(),
+            ));
+        }
+        Ok(ConcurrencyLimit {
+            max: *raw.max.get_ref(),
+            queue: raw.queue.unwrap_or(10_000),
+            queue_timeout,
         })
     }
 

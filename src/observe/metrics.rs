@@ -32,6 +32,47 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+/// The admission-control families (`upstream::admission`), by upstream.
+#[derive(Debug, Default)]
+struct AdmissionFamilies {
+    queued: Family<UpstreamLabels, Gauge>,
+    admitted: Family<UpstreamLabels, Counter>,
+    rejected: Family<UpstreamLabels, Counter>,
+    limit: Family<UpstreamLabels, Gauge>,
+}
+
+impl AdmissionFamilies {
+    fn register(registry: &mut Registry) -> AdmissionFamilies {
+        let families = AdmissionFamilies::default();
+        registry.register(
+            "upstream_queued",
+            "Requests waiting for a slot under the upstream's concurrency limit now",
+            families.queued.clone(),
+        );
+        registry.register(
+            "upstream_admitted",
+            "Requests admitted under the upstream's concurrency limit",
+            families.admitted.clone(),
+        );
+        registry.register(
+            "upstream_rejected",
+            "Requests refused with 503: the upstream's queue was full or they waited past queue_timeout",
+            families.rejected.clone(),
+        );
+        registry.register(
+            "upstream_concurrency_limit",
+            "The upstream's concurrency limit now",
+            families.limit.clone(),
+        );
+        families
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     route: String,
     kind: &'static str,
@@ -64,6 +105,7 @@ pub struct Metrics {
     pub cache_revalidations: Counter,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
+    admission: AdmissionFamilies,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -203,8 +245,10 @@ impl Metrics {
             "Bytes held by the caches now (bodies, headers and bookkeeping)",
             cache_bytes.clone(),
         );
+        let admission = AdmissionFamilies::register(&mut registry);
         Metrics {
             registry,
+            admission,
             cache_hits,
             cache_misses,
             cache_evictions,
@@ -256,6 +300,22 @@ impl Metrics {
             upstream_duration: self.upstream_duration.get_or_create_owned(&RouteLabels {
                 route: route.to_owned(),
             }),
+        }
+    }
+
+    /// The admission handles of upstream `name`.
+    pub fn for_upstream_admission(
+        &self,
+        name: &str,
+    ) -> crate::upstream::admission::AdmissionMetrics {
+        let labels = UpstreamLabels {
+            upstream: name.to_owned(),
+        };
+        crate::upstream::admission::AdmissionMetrics {
+            queued: self.admission.queued.get_or_create_owned(&labels),
+            admitted: self.admission.admitted.get_or_create_owned(&labels),
+            rejected: self.admission.rejected.get_or_create_owned(&labels),
+            limit: self.admission.limit.get_or_create_owned(&labels),
         }
     }
 

@@ -11,8 +11,9 @@ use http::{request, Method, Version};
 use super::forward::{empty_request_body, request_body, send_upstream, upstream_request};
 use super::{hygiene, Proxy};
 use crate::cache::{Miss, Refresh, StorePlan};
-use crate::coalesce::{sharing, Fetched, Key};
+use crate::coalesce::{sharing, Fetched, Flight, Key};
 use crate::route::Route;
+use crate::upstream::admission::Priority;
 use crate::upstream::FetchError;
 
 impl Proxy {
@@ -20,6 +21,9 @@ impl Proxy {
     /// stored response's validators when it revalidates one), judged for sharing when its
     /// head arrives. Built only for leaders: followers never pay for an upstream request they
     /// do not send.
+    // Everything here is what one fetch is for (the request, its key, what the cache offers,
+    // its body, its flight); bundling them would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn fetch(
         &self,
         route: &Arc<Route>,
@@ -28,13 +32,14 @@ impl Proxy {
         key: Key,
         miss: &Miss,
         body: &Bytes,
+        flight: &Arc<Flight>,
     ) -> impl Future<Output = Result<Fetched, FetchError>> + Send + 'static {
         let validators = miss.validators();
         let revalidating = miss.revalidating();
         let response =
             upstream_request(route, parts, client, request_body(body)).map(|mut request| {
                 request.headers_mut().extend(validators);
-                send_upstream(&self.stats, route, request)
+                send_upstream(&self.stats, route, request, Priority::leader(flight))
             });
         let route = route.clone();
         let pass_memory = self.pass_memory.clone();
@@ -88,7 +93,7 @@ impl Proxy {
         for (name, value) in refresh.validators().iter() {
             request.headers_mut().insert(name.clone(), value.clone());
         }
-        let response = send_upstream(&self.stats, route, request);
+        let response = send_upstream(&self.stats, route, request, Priority::Pass);
         refresh.run(async move {
             let mut response = response.await?;
             hygiene::clean_response_headers(response.headers_mut(), Version::HTTP_11);

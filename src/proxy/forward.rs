@@ -22,6 +22,7 @@ use crate::coalesce::{sharing, Key};
 use crate::observe::outcome::Outcome;
 use crate::observe::stats::Stats;
 use crate::route::Route;
+use crate::upstream::admission::Priority;
 use crate::upstream::{BoxError, FetchError, RequestBody, UpstreamBody};
 
 impl Proxy {
@@ -55,7 +56,7 @@ impl Proxy {
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let mut response = match send_upstream(&self.stats, route, request).await {
+        let mut response = match send_upstream(&self.stats, route, request, Priority::Pass).await {
             Ok(response) => response,
             Err(err) => {
                 return Reply::pass(error_reply(
@@ -131,7 +132,7 @@ impl Proxy {
                 return Reply::pass(response);
             }
         };
-        let response = match send_upstream(&self.stats, route, request).await {
+        let response = match send_upstream(&self.stats, route, request, Priority::Pass).await {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
                 hygiene::clean_response_headers(&mut head.headers, Version::HTTP_11);
@@ -195,9 +196,10 @@ pub(super) fn send_upstream(
     stats: &Arc<Stats>,
     route: &Arc<Route>,
     request: Request<RequestBody>,
+    priority: Priority,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
     let started = Instant::now();
-    let response = route.upstream.send(request);
+    let response = route.upstream.send(request, priority);
     let stats = stats.clone();
     let route = route.clone();
     async move {

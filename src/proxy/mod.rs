@@ -61,7 +61,8 @@ impl Routing {
             .upstreams
             .iter()
             .map(|(name, upstream)| {
-                let upstream = Upstream::with_workers(upstream.clone(), config.server.workers);
+                let upstream =
+                    Upstream::with_workers(upstream.clone(), config.server.workers, Some(metrics));
                 (name.as_str(), Arc::new(upstream))
             })
             .collect();
@@ -287,7 +288,9 @@ impl Proxy {
             );
         }
         loop {
-            let fetch = || self.fetch(route, parts, client, key.clone(), &miss, body);
+            let fetch = |flight: &Arc<_>| {
+                self.fetch(route, parts, client, key.clone(), &miss, body, flight)
+            };
             let waited = join_and_wait(
                 &self.group,
                 &self.stats,

@@ -58,9 +58,16 @@ pub fn error_reply(
 ) -> Response<ProxyBody> {
     let message = match err.status() {
         StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
+        StatusCode::SERVICE_UNAVAILABLE => "upstream is at its concurrency limit; try again soon\n",
         _ => "upstream request failed\n",
     };
-    text_reply(header, outcome, err.status(), message.into())
+    let mut response = text_reply(header, outcome, err.status(), message.into());
+    if err.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// A short plain-text answer from the proxy itself.

@@ -7,6 +7,7 @@
 //! happened; it does not rewrite headers (`hygiene`) or decide who shares a response
 //! (`coalesce`).
 
+pub mod admission;
 pub mod balance;
 pub mod tls;
 
@@ -27,6 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::UpstreamConfig;
+use crate::upstream::admission::{Admission, Priority, Refused};
 use crate::upstream::balance::Balancer;
 use crate::upstream::tls::UpstreamConnector;
 
@@ -60,6 +62,10 @@ pub enum FetchError {
     /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
     #[error("client read nothing for {0:?} while its flight's buffer was full")]
     StalledClient(Duration),
+    /// The upstream's concurrency limit was reached and its queue was full, or the request
+    /// waited past `queue_timeout`.
+    #[error("upstream {upstream} is at its concurrency limit: {reason}")]
+    Overloaded { upstream: String, reason: String },
 }
 
 impl FetchError {
@@ -68,6 +74,7 @@ impl FetchError {
         match self {
             FetchError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             FetchError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            FetchError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -84,6 +91,7 @@ impl FetchError {
             FetchError::Cancelled => "cancelled",
             FetchError::BadRequest(_) => "bad_request",
             FetchError::StalledClient(_) => "stalled_client",
+            FetchError::Overloaded { .. } => "overloaded",
         }
     }
 }
@@ -98,16 +106,22 @@ pub struct Upstream {
     /// between them.
     clients: Box<[Client<UpstreamConnector, RequestBody>]>,
     balancer: Balancer,
+    /// The concurrency limit and its queue, when the upstream has one.
+    admission: Option<Arc<Admission>>,
 }
 
 impl Upstream {
     /// An upstream for a server with one worker (tests, tools).
     pub fn new(config: UpstreamConfig) -> Upstream {
-        Upstream::with_workers(config, 1)
+        Upstream::with_workers(config, 1, None)
     }
 
     /// An upstream with a connection pool for each of `workers` worker threads.
-    pub fn with_workers(config: UpstreamConfig, workers: usize) -> Upstream {
+    pub fn with_workers(
+        config: UpstreamConfig,
+        workers: usize,
+        metrics: Option<&crate::observe::metrics::Metrics>,
+    ) -> Upstream {
         let workers = workers.max(1);
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -122,10 +136,17 @@ impl Upstream {
                     .build(connector.clone())
             })
             .collect();
+        let admission = config.concurrency.map(|limit| {
+            let handles = metrics
+                .map(|m| m.for_upstream_admission(&config.name))
+                .unwrap_or_default();
+            Arc::new(Admission::new(limit, handles))
+        });
         Upstream {
             balancer: Balancer::new(&config),
             config,
             clients,
+            admission,
         }
     }
 
@@ -146,6 +167,7 @@ impl Upstream {
     pub fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
+        priority: Priority,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let picked = self.balancer.pick(path_and_query);
@@ -171,6 +193,21 @@ impl Upstream {
             let name = || upstream.config.name.clone();
             let (Some(index), Some(response)) = (picked, response) else {
                 return Err(FetchError::NoHealthyAddress { upstream: name() });
+            };
+            // Admission first: the response timeout runs from when the request may go.
+            let permit = match &upstream.admission {
+                None => None,
+                Some(admission) => Some(admission.admit(priority).await.map_err(|refused| {
+                    FetchError::Overloaded {
+                        upstream: name(),
+                        reason: match refused {
+                            Refused::QueueFull => "its queue is full".to_owned(),
+                            Refused::QueueTimeout(wait) => {
+                                format!("waited {wait:?} in its queue")
+                            }
+                        },
+                    }
+                })?),
             };
             let in_flight = upstream.balancer.start(index);
             let response = tokio::time::timeout(response_timeout, response).await;
@@ -199,7 +236,7 @@ impl Upstream {
                 }
                 Ok(Ok(response)) => response,
             };
-            Ok(response.map(|body| UpstreamBody::new(body, idle_timeout)))
+            Ok(response.map(|body| UpstreamBody::new(body, idle_timeout, permit)))
         }
     }
 }
@@ -229,15 +266,23 @@ pub struct UpstreamBody {
     idle_timeout: Duration,
     /// True while the last poll returned `Pending`, i.e. the timer measures a real wait.
     waiting: bool,
+    /// The request's slot under the upstream's concurrency limit, held until the body ends
+    /// or is dropped.
+    permit: Option<admission::Permit>,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, idle_timeout: Duration) -> UpstreamBody {
+    fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        permit: Option<admission::Permit>,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner,
             idle: None,
             idle_timeout,
             waiting: false,
+            permit,
         }
     }
 }
@@ -268,6 +313,11 @@ impl Body for UpstreamBody {
             }
             ready => {
                 this.waiting = false;
+                if matches!(ready, Poll::Ready(None)) {
+                    // The upstream has answered in full: its slot is free, whoever still holds
+                    // this body.
+                    this.permit = None;
+                }
                 ready.map(|frame| {
                     frame.map(|frame| frame.map_err(|err| FetchError::Body(error_chain(&err))))
                 })

@@ -1,0 +1,294 @@
+//! Admission control for one upstream (`concurrency = { max, queue, queue_timeout }`): at most
+//! `max` requests outstanding, the rest waiting in a bounded queue, leaders first.
+//!
+//! Why leaders first: a flight's leader answers every follower waiting on it, and a follower
+//! never takes a slot at all, so when a slot frees, the leader with the most followers goes
+//! before a request that only serves itself; among equals, the one that has waited longest.
+//! A request that finds the queue full, or waits past `queue_timeout`, is refused (503 with
+//! `Retry-After`): it never hangs, and never goes upstream anyway.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::oneshot;
+
+use crate::coalesce::Flight;
+use crate::config::ConcurrencyLimit;
+
+/// Who is asking for a slot.
+#[derive(Debug, Clone)]
+pub enum Priority {
+    /// A request that serves only its own client.
+    Pass,
+    /// A flight's fetch: it ranks by the flight's followers when a slot frees.
+    Leader(Weak<Flight>),
+}
+
+impl Priority {
+    /// The priority of `flight`'s fetch.
+    pub fn leader(flight: &Arc<Flight>) -> Priority {
+        Priority::Leader(Arc::downgrade(flight))
+    }
+
+    /// Higher goes first: leaders by their followers, then requests that serve themselves.
+    fn rank(&self) -> u64 {
+        match self {
+            Priority::Pass => 0,
+            Priority::Leader(flight) => 1 + flight.upgrade().map_or(0, |f| f.followers() as u64),
+        }
+    }
+}
+
+/// The metric handles of one upstream's admission.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionMetrics {
+    pub queued: Gauge,
+    pub admitted: Counter,
+    pub rejected: Counter,
+    pub limit: Gauge,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    seq: u64,
+    priority: Priority,
+    slot: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    in_flight: usize,
+    /// In arrival order; the best is searched for when a slot frees (the queue is bounded).
+    queue: Vec<Waiter>,
+    next_seq: u64,
+}
+
+/// One upstream's limit and queue.
+#[derive(Debug)]
+pub struct Admission {
+    limit: ConcurrencyLimit,
+    state: Mutex<State>,
+    metrics: AdmissionMetrics,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    QueueFull,
+    QueueTimeout(Duration),
+}
+
+/// A slot, held while the request is outstanding (until its response body ends or is
+/// dropped). Dropping it hands the slot to the best waiter.
+#[derive(Debug)]
+pub struct Permit(Arc<Admission>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl Admission {
+    pub fn new(limit: ConcurrencyLimit, metrics: AdmissionMetrics) -> Admission {
+        metrics.limit.set(limit.max as i64);
+        Admission {
+            limit,
+            state: Mutex::new(State::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a slot, as `priority`.
+    pub async fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Refused> {
+        let (seq, slot) = {
+            let mut state = self.lock();
+            if state.in_flight < self.limit.max && state.queue.is_empty() {
+                state.in_flight += 1;
+                self.metrics.admitted.inc();
+                return Ok(Permit(self.clone()));
+            }
+            if state.queue.len() >= self.limit.queue {
+                self.metrics.rejected.inc();
+                return Err(Refused::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.queue.push(Waiter {
+                seq,
+                priority,
+                slot: tx,
+            });
+            self.metrics.queued.set(state.queue.len() as i64);
+            (seq, rx)
+        };
+        // The guard leaves the queue however this ends, even if this future is dropped.
+        let mut queued = Queued {
+            admission: self,
+            seq,
+            slot,
+            admitted: false,
+        };
+        let given = tokio::time::timeout(self.limit.queue_timeout, &mut queued.slot).await;
+        // Out of the queue first: from then on no slot can be sent, so one sent just as the
+        // timeout fired is seen here and taken rather than lost.
+        queued.leave();
+        queued.admitted = match given {
+            Ok(result) => result.is_ok(),
+            Err(_) => queued.slot.try_recv().is_ok(),
+        };
+        if queued.admitted {
+            self.metrics.admitted.inc();
+            Ok(Permit(self.clone()))
+        } else {
+            self.metrics.rejected.inc();
+            Err(Refused::QueueTimeout(self.limit.queue_timeout))
+        }
+    }
+
+    /// Hands a freed slot to the best waiter still waiting, or gives it back.
+    fn release(&self) {
+        let mut state = self.lock();
+        loop {
+            let best = state
+                .queue
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, w)| (w.priority.rank(), std::cmp::Reverse(w.seq)))
+                .map(|(i, _)| i);
+            let Some(best) = best else {
+                state.in_flight -= 1;
+                break;
+            };
+            let waiter = state.queue.remove(best);
+            if waiter.slot.send(()).is_ok() {
+                break;
+            }
+        }
+        self.metrics.queued.set(state.queue.len() as i64);
+    }
+}
+
+/// A waiter's place in the queue. Dropped, it leaves the queue, and if a slot was sent to it
+/// that it never took (its request was dropped meanwhile), hands the slot on: none is lost.
+struct Queued<'a> {
+    admission: &'a Admission,
+    seq: u64,
+    slot: oneshot::Receiver<()>,
+    admitted: bool,
+}
+
+impl Queued<'_> {
+    fn leave(&self) {
+        let mut state = self.admission.lock();
+        state.queue.retain(|w| w.seq != self.seq);
+        self.admission.metrics.queued.set(state.queue.len() as i64);
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.leave();
+        if !self.admitted && self.slot.try_recv().is_ok() {
+            self.admission.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max: usize, queue: usize) -> Arc<Admission> {
+        let limit = ConcurrencyLimit {
+            max,
+            queue,
+            queue_timeout: Duration::from_secs(10),
+        };
+        Arc::new(Admission::new(limit, AdmissionMetrics::default()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_are_admitted_and_the_queue_is_bounded() {
+        let limit = admission(2, 1);
+        let first = limit.admit(Priority::Pass).await.expect("a slot");
+        let _second = limit.admit(Priority::Pass).await.expect("a slot");
+        let waiting = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.admit(Priority::Pass).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            limit.admit(Priority::Pass).await.err(),
+            Some(Refused::QueueFull)
+        );
+        drop(first);
+        assert_eq!(waiting.await.expect("task"), Ok(()));
+        assert_eq!(limit.metrics.rejected.get(), 1);
+        assert_eq!(limit.metrics.admitted.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_waits_past_queue_timeout_is_refused_and_frees_its_place() {
+        let limit = admission(1, 1);
+        let held = limit.admit(Priority::Pass).await.expect("a slot");
+        let refused = limit.admit(Priority::Pass).await;
+        assert_eq!(
+            refused.err(),
+            Some(Refused::QueueTimeout(Duration::from_secs(10)))
+        );
+        assert_eq!(limit.metrics.queued.get(), 0);
+        drop(held);
+        assert!(
+            limit.admit(Priority::Pass).await.is_ok(),
+            "the slot came back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_freed_slot_goes_to_a_leader_before_an_earlier_pass_request() {
+        let limit = admission(1, 10);
+        let held = limit.admit(Priority::Pass).await.expect("a slot");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let queue = |name: &'static str, priority: Priority| {
+            let (limit, order) = (limit.clone(), order.clone());
+            tokio::spawn(async move {
+                let permit = limit.admit(priority).await.expect("admitted");
+                order.lock().unwrap().push(name);
+                drop(permit);
+            })
+        };
+        let pass = queue("pass", Priority::Pass);
+        tokio::task::yield_now().await;
+        // A leader whose flight is gone still outranks a request serving only itself.
+        let leader = queue("leader", Priority::Leader(Weak::new()));
+        tokio::task::yield_now().await;
+        drop(held);
+        pass.await.expect("pass");
+        leader.await.expect("leader");
+        assert_eq!(*order.lock().unwrap(), ["leader", "pass"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_is_dropped_leaves_no_slot_behind() {
+        let limit = admission(1, 10);
+        let held = limit.admit(Priority::Pass).await.expect("a slot");
+        let gone = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.admit(Priority::Pass).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        gone.abort();
+        let _ = gone.await;
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(1), limit.admit(Priority::Pass)).await;
+        assert!(matches!(again, Ok(Ok(_))), "the slot is free again");
+    }
+}
