@@ -42,7 +42,6 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("{UPSTREAM}pool_max_idle = -1\n{ROUTE}"), "line 3, column 17", "invalid value"),
         (format!("{UPSTREAM}concurrency = {{ max = 0 }}\n{ROUTE}"), "line 3, column 23", "at least 1"),
         (format!("{UPSTREAM}concurrency = {{ max = 8, queue_timeout = \"0s\" }}\n{ROUTE}"), "line 3, column 42", "queue_timeout must be more than 0s"),
-        (format!("{UPSTREAM}concurrency = {{ max = 8, adaptive = true }}\n{ROUTE}"), "line 3, column 37", "not supported yet"),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"/\"\nupstream = \"nope\"\n"), "line 5, column 12", "unknown upstream \"nope\""),
         (format!("{UPSTREAM}[[routes]]\npath_prefix = \"api\"\nupstream = \"app\"\n"), "line 4, column 15", "must start with \"/\""),
         (format!("{UPSTREAM}[[routes]]\nupstream = \"app\"\n"), "line 3, column 1", "missing field `path_prefix`"),

@@ -140,6 +140,8 @@ pub struct ConcurrencyLimit {
     /// Requests that may wait for a slot; past it, a request is refused at once.
     pub queue: usize,
     pub queue_timeout: Duration,
+    /// The limit moves with measured latency, up to `max` (`upstream::admission`).
+    pub adaptive: bool,
 }
 
 /// How the proxy speaks TLS to an `https://` upstream.

@@ -113,12 +113,6 @@ impl Resolver<'_> {
                 "concurrency max must be at least 1".to_owned(),
             ));
         }
-        if let Some(adaptive) = raw.adaptive.as_ref().filter(|a| *a.get_ref()) {
-            return Err(self.error_at(
-                adaptive.span(),
-                "concurrency adaptive = true is not supported yet; set a fixed max".to_owned(),
-            ));
-        }
         let queue_timeout = self.duration_or(&raw.queue_timeout, Duration::from_secs(10))?;
         if queue_timeout.is_zero() {
             return Err(self.error_at(
@@ -130,6 +124,7 @@ impl Resolver<'_> {
             max: *raw.max.get_ref(),
             queue: raw.queue.unwrap_or(10_000),
             queue_timeout,
+            adaptive: raw.adaptive.is_some_and(|a| *a.get_ref()),
         })
     }
 

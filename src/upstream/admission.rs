@@ -1,5 +1,12 @@
-//! Admission control for one upstream (`concurrency = { max, queue, queue_timeout }`): at most
-//! `max` requests outstanding, the rest waiting in a bounded queue, leaders first.
+//! Admission control for one upstream (`concurrency = { max, queue, queue_timeout, adaptive }`):
+//! at most `max` requests outstanding (or fewer, with `adaptive`), the rest waiting in a
+//! bounded queue, leaders first.
+//!
+//! The adaptive limit is AIMD on latency: every request that completes within twice the
+//! fastest recent latency raises the limit by 1/limit (one more slot per round of requests),
+//! and one that takes longer cuts it by a tenth, at most once a round; it stays between 1 and
+//! `max`, starting at 4. A backend past its capacity gets slower before it fails, so the limit
+//! settles where latency starts to climb: its best throughput, without anyone tuning a number.
 //!
 //! Why leaders first: a flight's leader answers every follower waiting on it, and a follower
 //! never takes a slot at all, so when a slot frees, the leader with the most followers goes
@@ -60,6 +67,14 @@ struct Waiter {
 #[derive(Debug, Default)]
 struct State {
     in_flight: usize,
+    /// The limit now: `max`, or the adaptive limit.
+    limit: f64,
+    /// The fastest latency seen, drifting up by 0.01 % a request (doubling over about 7,000)
+    /// so that a backend that got slower for good is re-learned; faster drift would follow
+    /// the congestion itself upwards.
+    baseline: Option<Duration>,
+    /// Samples since the last decrease: one decrease per round of `limit` requests.
+    since_decrease: f64,
     /// In arrival order; the best is searched for when a slot frees (the queue is bounded).
     queue: Vec<Waiter>,
     next_seq: u64,
@@ -81,24 +96,67 @@ pub enum Refused {
 }
 
 /// A slot, held while the request is outstanding (until its response body ends or is
-/// dropped). Dropping it hands the slot to the best waiter.
+/// dropped). Dropping it records the latency (for the adaptive limit) and hands the slot to
+/// the best waiter.
 #[derive(Debug)]
-pub struct Permit(Arc<Admission>);
+pub struct Permit {
+    admission: Arc<Admission>,
+    admitted: std::time::Instant,
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.release();
+        if self.admission.limit.adaptive {
+            self.admission.sample(self.admitted.elapsed());
+        }
+        self.admission.release();
     }
 }
 
 impl Admission {
     pub fn new(limit: ConcurrencyLimit, metrics: AdmissionMetrics) -> Admission {
-        metrics.limit.set(limit.max as i64);
+        // Adaptive starts low, where it sees the backend's uncongested latency, and climbs
+        // from there (from 4 to 32 in about 500 requests); fixed is just `max`.
+        let start = if limit.adaptive {
+            limit.max.min(4) as f64
+        } else {
+            limit.max as f64
+        };
+        metrics.limit.set(start as i64);
         Admission {
             limit,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                limit: start,
+                ..State::default()
+            }),
             metrics,
         }
+    }
+
+    fn permit(self: &Arc<Self>) -> Permit {
+        Permit {
+            admission: self.clone(),
+            admitted: std::time::Instant::now(),
+        }
+    }
+
+    /// AIMD on one completed request's latency (see the module's note).
+    fn sample(&self, latency: Duration) {
+        let mut state = self.lock();
+        let baseline = match state.baseline {
+            Some(best) => best.mul_f64(1.0001).min(latency),
+            None => latency,
+        };
+        state.baseline = Some(baseline);
+        state.since_decrease += 1.0;
+        let max = self.limit.max as f64;
+        if latency <= baseline * 2 {
+            state.limit = (state.limit + 1.0 / state.limit).min(max);
+        } else if state.since_decrease >= state.limit {
+            state.limit = (state.limit * 0.9).max(1.0);
+            state.since_decrease = 0.0;
+        }
+        self.metrics.limit.set(state.limit as i64);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -109,10 +167,10 @@ impl Admission {
     pub async fn admit(self: &Arc<Self>, priority: Priority) -> Result<Permit, Refused> {
         let (seq, slot) = {
             let mut state = self.lock();
-            if state.in_flight < self.limit.max && state.queue.is_empty() {
+            if state.in_flight < state.limit as usize && state.queue.is_empty() {
                 state.in_flight += 1;
                 self.metrics.admitted.inc();
-                return Ok(Permit(self.clone()));
+                return Ok(self.permit());
             }
             if state.queue.len() >= self.limit.queue {
                 self.metrics.rejected.inc();
@@ -146,16 +204,22 @@ impl Admission {
         };
         if queued.admitted {
             self.metrics.admitted.inc();
-            Ok(Permit(self.clone()))
+            Ok(self.permit())
         } else {
             self.metrics.rejected.inc();
             Err(Refused::QueueTimeout(self.limit.queue_timeout))
         }
     }
 
-    /// Hands a freed slot to the best waiter still waiting, or gives it back.
+    /// Hands a freed slot to the best waiter still waiting, or gives it back (also when the
+    /// adaptive limit has shrunk below what is outstanding).
     fn release(&self) {
         let mut state = self.lock();
+        if state.in_flight > state.limit as usize {
+            state.in_flight -= 1;
+            self.metrics.queued.set(state.queue.len() as i64);
+            return;
+        }
         loop {
             let best = state
                 .queue
@@ -211,6 +275,7 @@ mod tests {
             max,
             queue,
             queue_timeout: Duration::from_secs(10),
+            adaptive: false,
         };
         Arc::new(Admission::new(limit, AdmissionMetrics::default()))
     }
@@ -290,5 +355,37 @@ mod tests {
         drop(held);
         let again = tokio::time::timeout(Duration::from_secs(1), limit.admit(Priority::Pass)).await;
         assert!(matches!(again, Ok(Ok(_))), "the slot is free again");
+    }
+}
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+
+    #[test]
+    fn the_adaptive_limit_settles_where_a_saturated_backend_starts_to_slow_down() {
+        let limit = ConcurrencyLimit {
+            max: 64,
+            queue: 10,
+            queue_timeout: Duration::from_secs(1),
+            adaptive: true,
+        };
+        let admission = Admission::new(limit, AdmissionMetrics::default());
+        assert_eq!(admission.metrics.limit.get(), 4);
+        // A backend of capacity 16 with a 20 ms base latency that slows down as
+        // (in flight / capacity)² past its capacity; the limit is what is in flight.
+        let latency =
+            |in_flight: f64| Duration::from_millis(20).mul_f64((in_flight / 16.0).powi(2).max(1.0));
+        for _ in 0..3000 {
+            let now = admission.lock().limit;
+            admission.sample(latency(now));
+        }
+        let settled = admission.metrics.limit.get();
+        assert!((12..=28).contains(&settled), "settled at {settled}");
+        // A backend that answers fast again lets it grow to max.
+        for _ in 0..5000 {
+            admission.sample(Duration::from_millis(10));
+        }
+        assert_eq!(admission.metrics.limit.get(), 64);
     }
 }
