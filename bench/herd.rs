@@ -46,6 +46,9 @@ struct Args {
     /// epoch), so that herd processes sent to different proxies start together.
     #[arg(long)]
     release_at_ms: Option<u64>,
+    /// Give every client its own key (`k=INDEX` added to the query): nothing can coalesce.
+    #[arg(long)]
+    distinct: bool,
 }
 
 #[tokio::main]
@@ -66,7 +69,13 @@ async fn main() -> ExitCode {
             }
         }
     }
-    let paths = vec![args.path.clone(); args.clients];
+    let paths: Vec<String> = (0..args.clients)
+        .map(|i| match (args.distinct, args.path.contains('?')) {
+            (false, _) => args.path.clone(),
+            (true, true) => format!("{}&k={i}", args.path),
+            (true, false) => format!("{}?k={i}", args.path),
+        })
+        .collect();
     let release = async {
         let Some(at) = args.release_at_ms else { return };
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);

@@ -211,16 +211,12 @@ impl Admission {
         }
     }
 
-    /// Hands a freed slot to the best waiter still waiting, or gives it back (also when the
-    /// adaptive limit has shrunk below what is outstanding).
+    /// Gives a slot back, then fills every free slot (one, or more when the adaptive limit
+    /// has grown; none when it has shrunk) with the best waiters still waiting.
     fn release(&self) {
         let mut state = self.lock();
-        if state.in_flight > state.limit as usize {
-            state.in_flight -= 1;
-            self.metrics.queued.set(state.queue.len() as i64);
-            return;
-        }
-        loop {
+        state.in_flight -= 1;
+        while state.in_flight < state.limit as usize {
             let best = state
                 .queue
                 .iter()
@@ -228,12 +224,11 @@ impl Admission {
                 .max_by_key(|(_, w)| (w.priority.rank(), std::cmp::Reverse(w.seq)))
                 .map(|(i, _)| i);
             let Some(best) = best else {
-                state.in_flight -= 1;
                 break;
             };
             let waiter = state.queue.remove(best);
             if waiter.slot.send(()).is_ok() {
-                break;
+                state.in_flight += 1;
             }
         }
         self.metrics.queued.set(state.queue.len() as i64);

@@ -9,6 +9,7 @@
 //! | parameter | effect |
 //! |---|---|
 //! | `delay=MS` | wait before the head (default: [`OriginSettings::delay`]) |
+//! | `capacity=N` | past N requests in progress, the delay grows as (in progress / N)² (a saturated backend) |
 //! | `size=N` | body of N bytes of [`body`] (default: [`OriginSettings::body_size`]) |
 //! | `status=N` | response status (default 200) |
 //! | `chunked=1` | `Transfer-Encoding: chunked` instead of `Content-Length` |

@@ -188,6 +188,13 @@ async fn before_head(
         }
         _ => {}
     }
+    let delay = match script.capacity {
+        Some(capacity) => {
+            let load = shared.in_progress.load(Ordering::SeqCst) as f64 / capacity as f64;
+            delay.mul_f64(load.powi(2).max(1.0))
+        }
+        None => delay,
+    };
     if !delay.is_zero() {
         wait_or_hangup(stream, delay, shared).await?;
     }

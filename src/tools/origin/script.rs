@@ -6,6 +6,9 @@ use std::time::Duration;
 #[derive(Debug, Default)]
 pub(super) struct Script {
     pub(super) delay: Option<Duration>,
+    /// Requests in progress the origin handles at full speed; past it every request's delay
+    /// grows as (in progress / capacity)², as a saturated backend's does.
+    pub(super) capacity: Option<u64>,
     pub(super) size: Option<usize>,
     pub(super) status: Option<u16>,
     pub(super) chunked: bool,
@@ -36,6 +39,7 @@ impl Script {
             let millis = || value.parse().ok().map(Duration::from_millis);
             match name {
                 "delay" => script.delay = millis(),
+                "capacity" => script.capacity = value.parse().ok().filter(|c| *c > 0),
                 "size" => script.size = value.parse().ok(),
                 "status" => script.status = value.parse().ok(),
                 "chunked" => script.chunked = value == "1",
