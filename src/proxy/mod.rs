@@ -27,7 +27,7 @@ pub mod hygiene;
 mod ranged;
 mod reply;
 
-use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
+use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::{self, Lookup};
 use crate::coalesce::{
     follower_verdict, join_and_wait, sharing, FanoutBody, Group, Key, PassMemory, Role, SharedHead,
@@ -40,7 +40,7 @@ use crate::observe::outcome::Outcome;
 use crate::observe::stats::Stats;
 use crate::route::{Route, RouteTable};
 use crate::upstream::{BoxError, FetchError, Upstream};
-use reply::{cached, error_reply, set_outcome, text_reply, Reply};
+use reply::{cached, error_reply, set_outcome, text_reply, with_cache_status, Reply};
 
 /// Every response body the proxy sends: a flight's fan-out, an upstream stream, or a short
 /// message of its own.
@@ -401,39 +401,6 @@ async fn read_shared_body(
             "the request body could not be read whole\n".into(),
         ))),
     }
-}
-
-/// Adds `Cache-Status` (RFC 9211) to a reply on a route with a cache or with coalescing:
-/// what the layers recorded, or, for a request that went upstream on its own, why.
-fn with_cache_status(route: &Route, parts: &request::Parts, mut reply: Reply) -> Reply {
-    if route.cache.is_none() && !route.coalesce.enabled {
-        return reply;
-    }
-    let status = reply.cache_status.unwrap_or_else(|| {
-        let reason = if route.cache.is_none() {
-            Forward::Bypass
-        } else if parts.method != Method::GET && parts.method != Method::HEAD {
-            Forward::Method
-        } else {
-            Forward::Request
-        };
-        CacheStatus::Forward {
-            reason,
-            status: Some(reply.response.status()),
-            stored: false,
-            collapsed: false,
-            ttl: None,
-        }
-    });
-    let name = route
-        .cache_policy
-        .as_ref()
-        .map_or("coalesce-proxy", |policy| policy.status_name.as_str());
-    reply
-        .response
-        .headers_mut()
-        .insert(CACHE_STATUS.clone(), status.header_value(name));
-    reply
 }
 
 fn outcome_of(role: Role) -> Outcome {

@@ -1,13 +1,14 @@
-//! What the proxy answers: the reply of one request with its outcome, the outcome header, and
-//! the short messages the proxy writes itself (404, 405, 502, 504).
+//! What the proxy answers: the reply of one request with its outcome, the outcome and
+//! `Cache-Status` headers, and the short messages the proxy writes itself (404, 405, 502,
+//! 503, 504).
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{request, Response, StatusCode};
+use http::{request, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
-use crate::cache::status::CacheStatus;
+use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
 use crate::route::Route;
@@ -108,4 +109,37 @@ pub fn cached(
         flight: None,
         cache_status: Some(CacheStatus::Hit { ttl }),
     }
+}
+
+/// Adds `Cache-Status` (RFC 9211) to a reply on a route with a cache or with coalescing:
+/// what the layers recorded, or, for a request that went upstream on its own, why.
+pub fn with_cache_status(route: &Route, parts: &request::Parts, mut reply: Reply) -> Reply {
+    if route.cache.is_none() && !route.coalesce.enabled {
+        return reply;
+    }
+    let status = reply.cache_status.unwrap_or_else(|| {
+        let reason = if route.cache.is_none() {
+            Forward::Bypass
+        } else if parts.method != Method::GET && parts.method != Method::HEAD {
+            Forward::Method
+        } else {
+            Forward::Request
+        };
+        CacheStatus::Forward {
+            reason,
+            status: Some(reply.response.status()),
+            stored: false,
+            collapsed: false,
+            ttl: None,
+        }
+    });
+    let name = route
+        .cache_policy
+        .as_ref()
+        .map_or("coalesce-proxy", |policy| policy.status_name.as_str());
+    reply
+        .response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), status.header_value(name));
+    reply
 }
