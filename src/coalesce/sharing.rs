@@ -9,6 +9,8 @@
 //!
 //! This module only judges; the flight and the proxy act on the verdicts.
 
+use std::borrow::Cow;
+
 use http::header::{self, HeaderMap, HeaderName};
 use http::{request, StatusCode};
 
@@ -101,11 +103,19 @@ static CASE_INSENSITIVE: [HeaderName; 3] = [
 ];
 
 /// A request field's value as `Vary` compares it (RFC 9111 §4.1, which lets a cache normalise
-/// what the field's syntax allows): all its lines as one list, each member trimmed of
-/// whitespace, lower-cased for the fields above. `None` when the request has no such field.
-pub fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+/// what the field's syntax allows): all its lines as one list, members trimmed and joined by
+/// ", ", lower-cased for the fields above. Borrowed when the value is already so, which is how
+/// clients usually send it. `None` when the request has no such field.
+pub fn vary_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
     let mut values = headers.get_all(name).iter().peekable();
-    values.peek()?;
+    let first = *values.peek()?;
+    let case_insensitive = CASE_INSENSITIVE.contains(name);
+    let lines = headers.get_all(name).iter().count();
+    if let (1, Ok(text)) = (lines, first.to_str()) {
+        if is_normal(text, case_insensitive) {
+            return Some(Cow::Borrowed(text));
+        }
+    }
     let mut normal = String::new();
     // Values that are not visible ASCII compare as they are.
     for member in values
@@ -118,14 +128,24 @@ pub fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         .filter(|m| !m.is_empty())
     {
         if !normal.is_empty() {
-            normal.push(',');
+            normal.push_str(", ");
         }
         normal.push_str(member);
     }
-    if CASE_INSENSITIVE.contains(name) {
+    if case_insensitive {
         normal.make_ascii_lowercase();
     }
-    Some(normal)
+    Some(Cow::Owned(normal))
+}
+
+/// Whether `text` is already what [`vary_value`] would make of it.
+fn is_normal(text: &str, case_insensitive: bool) -> bool {
+    let needs_lowering = case_insensitive && text.bytes().any(|b| b.is_ascii_uppercase());
+    !text.is_empty()
+        && !needs_lowering
+        && text
+            .split(", ")
+            .all(|member| !member.is_empty() && !member.contains(',') && member.trim() == member)
 }
 
 /// Whether a request may join a flight at all. A request with a body may only on a route
@@ -185,6 +205,33 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn rfc9111_4_1_vary_values_normalise_and_are_borrowed_when_already_normal() {
+        let name = header::ACCEPT_ENCODING;
+        let value =
+            |pairs: &[(&str, &str)]| vary_value(&headers(pairs), &name).map(Cow::into_owned);
+        let usual = headers(&[("accept-encoding", "gzip, br")]);
+        assert!(matches!(
+            vary_value(&usual, &name),
+            Some(Cow::Borrowed("gzip, br"))
+        ));
+        for same in [
+            &[("accept-encoding", "gzip,br")][..],
+            &[("accept-encoding", " GZIP ,  br ")],
+            &[("accept-encoding", "gzip"), ("accept-encoding", "br")],
+            &[("accept-encoding", "gzip,, br")],
+        ] {
+            assert_eq!(value(same).as_deref(), Some("gzip, br"), "{same:?}");
+        }
+        assert_eq!(value(&[]), None);
+        // Case matters for fields not known to be case-insensitive.
+        let other = HeaderName::from_static("x-variant");
+        assert_eq!(
+            vary_value(&headers(&[("x-variant", "A,b")]), &other).as_deref(),
+            Some("A, b")
+        );
     }
 
     #[test]
