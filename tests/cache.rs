@@ -280,19 +280,9 @@ async fn rfc9110_14_range_requests_are_answered_from_a_stored_response() {
     let path = format!("/c/ranged?size=1000&{FRESH}");
     // A miss for a range fetches the whole resource (RFC 9111 §3.4 lets a cache store only
     // complete responses), stores it, and gives the client its range.
-    let range = |spec: &'static str| {
-        let path = path.clone();
-        async move {
-            fetch(
-                h.addr,
-                Method::GET,
-                &path,
-                &[("range", spec)],
-                Default::default(),
-            )
-            .await
-        }
-    };
+    let path = &path;
+    let range =
+        |spec: &'static str| async move { get_with(h.addr, path, &[("range", spec)]).await };
     let missed = range("bytes=10-19").await;
     assert_eq!(missed.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(missed.outcome(), "leader");
@@ -312,7 +302,7 @@ async fn rfc9110_14_range_requests_are_answered_from_a_stored_response() {
         .await,
         "stored once the whole body is in"
     );
-    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
+    assert_eq!(get(h.addr, path).await.outcome(), "hit");
     // Stored whole: ranges are sliced from it.
     let part = range("bytes=990-").await;
     assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);

@@ -2,7 +2,7 @@
 //! renewed by a 304; conditional requests from clients are answered from the cache.
 
 use coalesce_proxy::origin;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::cache::{harness, FRESH};
 use crate::util::*;
@@ -36,10 +36,7 @@ async fn rfc9111_4_3_2_conditional_requests_are_answered_from_a_fresh_stored_res
     let h = harness().await;
     let path = format!("/c/conditional?size=100&{FRESH}");
     assert_eq!(get(h.addr, &path).await.outcome(), "leader");
-    let ask = |headers: &'static [(&'static str, &'static str)]| {
-        let path = path.clone();
-        async move { fetch(h.addr, Method::GET, &path, headers, Default::default()).await }
-    };
+    let ask = |headers| get_with(h.addr, &path, headers);
     // A matching validator: 304 from the cache, with the stored fields and no body.
     let matched = ask(&[("if-none-match", "\"v1\"")]).await;
     assert_eq!(matched.status, StatusCode::NOT_MODIFIED);
@@ -59,20 +56,10 @@ async fn rfc9111_4_3_2_conditional_requests_are_answered_from_a_fresh_stored_res
 async fn rfc9111_4_1_vary_values_are_normalised_and_vary_star_never_matches() {
     let h = harness().await;
     let path = format!("/c/encoded?size=10&{FRESH}&header=vary:accept-encoding");
-    let ask = |value: &'static str| {
-        let path = path.clone();
-        async move {
-            fetch(
-                h.addr,
-                Method::GET,
-                &path,
-                &[("accept-encoding", value)],
-                Default::default(),
-            )
-            .await
-            .outcome()
-            .to_owned()
-        }
+    let path = &path;
+    let ask = |value: &'static str| async move {
+        let reply = get_with(h.addr, path, &[("accept-encoding", value)]).await;
+        reply.outcome().to_owned()
     };
     assert_eq!(ask("gzip, br").await, "leader");
     assert_eq!(

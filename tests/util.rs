@@ -427,6 +427,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     fetch(addr, Method::GET, path, &[], Bytes::new()).await
 }
 
+/// A GET with request headers.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    fetch(addr, Method::GET, path, headers, Bytes::new()).await
+}
+
 /// `n` clients, each on its own connection, connected first and then released at once.
 pub async fn herd(
     addr: SocketAddr,
