@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::observe::outcome::Outcome;
+use crate::upstream::admission::AdmissionMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -36,6 +37,15 @@ struct UpstreamLabels {
     upstream: String,
 }
 
+/// One upstream's admission figures: the queue and the limit now, counts since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionFigures {
+    pub queued: u64,
+    pub admitted: u64,
+    pub rejected: u64,
+    pub limit: u64,
+}
+
 /// The admission-control families (`upstream::admission`), by upstream.
 #[derive(Debug, Default)]
 struct AdmissionFamilies {
@@ -43,6 +53,9 @@ struct AdmissionFamilies {
     admitted: Family<UpstreamLabels, Counter>,
     rejected: Family<UpstreamLabels, Counter>,
     limit: Family<UpstreamLabels, Gauge>,
+    /// The handles given out, by upstream, so the stats line can read them (a `Family` cannot
+    /// be iterated). An upstream removed by a reload stays, as its metric series do.
+    handed_out: std::sync::Mutex<std::collections::BTreeMap<String, AdmissionMetrics>>,
 }
 
 impl AdmissionFamilies {
@@ -307,16 +320,43 @@ impl Metrics {
     pub fn for_upstream_admission(
         &self,
         name: &str,
-    ) -> crate::upstream::admission::AdmissionMetrics {
+    ) -> AdmissionMetrics {
         let labels = UpstreamLabels {
             upstream: name.to_owned(),
         };
-        crate::upstream::admission::AdmissionMetrics {
+        let handles = AdmissionMetrics {
             queued: self.admission.queued.get_or_create_owned(&labels),
             admitted: self.admission.admitted.get_or_create_owned(&labels),
             rejected: self.admission.rejected.get_or_create_owned(&labels),
             limit: self.admission.limit.get_or_create_owned(&labels),
-        }
+        };
+        self.admission
+            .handed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(labels.upstream, handles.clone());
+        handles
+    }
+
+    /// Each limited upstream's admission figures now (totals since start), by name.
+    pub fn admission_figures(&self) -> Vec<(String, AdmissionFigures)> {
+        let handed_out = self
+            .admission
+            .handed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        handed_out
+            .iter()
+            .map(|(name, m)| {
+                let figures = AdmissionFigures {
+                    queued: m.queued.get().max(0) as u64,
+                    admitted: m.admitted.get(),
+                    rejected: m.rejected.get(),
+                    limit: m.limit.get().max(0) as u64,
+                };
+                (name.clone(), figures)
+            })
+            .collect()
     }
 
     pub fn upstream_error(&self, route: &str, kind: &'static str) {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::observe::metrics::Metrics;
+use crate::observe::metrics::{AdmissionFigures, Metrics};
 use crate::observe::outcome::Outcome;
 
 /// Distinct keys tracked per interval for the top-5 list; past it, new keys are not tracked
@@ -205,6 +205,9 @@ pub struct StatsLine {
     pub largest_fanout: u64,
     /// `(route, path, followers)` of the interval's five most-followed keys.
     pub top_keys: Vec<(String, String, u64)>,
+    /// Each limited upstream's queue and limit now, with its admitted and rejected counts
+    /// over the interval.
+    pub admission: Vec<(String, AdmissionFigures)>,
 }
 
 impl StatsLine {
@@ -216,6 +219,21 @@ impl StatsLine {
             .collect::<Vec<_>>()
             .join(",")
     }
+
+    /// `name(queued=Q,admitted=A,rejected=R,limit=L)` per limited upstream, `;`-separated and
+    /// space-free; empty when no upstream has a concurrency limit.
+    pub fn admission_text(&self) -> String {
+        self.admission
+            .iter()
+            .map(|(name, a)| {
+                format!(
+                    "{name}(queued={},admitted={},rejected={},limit={})",
+                    a.queued, a.admitted, a.rejected, a.limit
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
 }
 
 impl std::fmt::Display for StatsLine {
@@ -223,7 +241,7 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={}",
             d.requests,
             d.leaders,
             d.followers,
@@ -233,7 +251,8 @@ impl std::fmt::Display for StatsLine {
             d.coalesce_ratio(),
             self.flights_in_flight,
             self.largest_fanout,
-            self.top_keys_text()
+            self.top_keys_text(),
+            self.admission_text()
         )
     }
 }
@@ -245,6 +264,8 @@ pub struct StatsReporter {
     /// How many flights are in the air now (the singleflight table's size).
     flights_in_flight: Box<dyn Fn() -> usize + Send>,
     last: StatsSnapshot,
+    /// Admission totals at the previous report, by upstream.
+    last_admission: HashMap<String, AdmissionFigures>,
 }
 
 impl StatsReporter {
@@ -256,6 +277,7 @@ impl StatsReporter {
             stats,
             flights_in_flight: Box::new(flights_in_flight),
             last: StatsSnapshot::default(),
+            last_admission: HashMap::new(),
         }
     }
 
@@ -269,7 +291,25 @@ impl StatsReporter {
             flights_in_flight: (self.flights_in_flight)(),
             largest_fanout: self.stats.take_largest_fanout(),
             top_keys: self.stats.take_top_keys(),
+            admission: self.admission_interval(),
         }
+    }
+
+    /// Admission figures with the counts made per interval.
+    fn admission_interval(&mut self) -> Vec<(String, AdmissionFigures)> {
+        let now = self.stats.metrics.admission_figures();
+        now.into_iter()
+            .map(|(name, total)| {
+                let before = self.last_admission.insert(name.clone(), total);
+                let before = before.unwrap_or_default();
+                let interval = AdmissionFigures {
+                    admitted: total.admitted - before.admitted,
+                    rejected: total.rejected - before.rejected,
+                    ..total
+                };
+                (name, interval)
+            })
+            .collect()
     }
 
     /// Logs the line for the interval since the previous report.
@@ -289,6 +329,7 @@ impl StatsReporter {
             flights_in_flight = line.flights_in_flight,
             largest_fanout = line.largest_fanout,
             top_keys = %line.top_keys_text(),
+            admission = %line.admission_text(),
             "stats"
         );
     }
@@ -333,7 +374,7 @@ mod tests {
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1"
+            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission="
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);
@@ -342,6 +383,32 @@ mod tests {
             line.starts_with("requests=1 leaders=0 followers=0 passed=1"),
             "{line}"
         );
-        assert!(line.ends_with("largest_fanout=0 top_keys="), "{line}");
+        assert!(
+            line.ends_with("largest_fanout=0 top_keys= admission="),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_stats_line_shows_each_limited_upstreams_queue_limit_and_interval_counts() {
+        let stats = Arc::new(Stats::default());
+        let mut reporter = StatsReporter::new(stats.clone(), || 0);
+        let api = stats.metrics.for_upstream_admission("api");
+        api.queued.set(7);
+        api.limit.set(32);
+        api.admitted.inc_by(120);
+        api.rejected.inc_by(3);
+        let line = reporter.next_line().to_string();
+        assert!(
+            line.ends_with(" admission=api(queued=7,admitted=120,rejected=3,limit=32)"),
+            "{line}"
+        );
+        api.admitted.inc_by(5);
+        api.queued.set(0);
+        let line = reporter.next_line().to_string();
+        assert!(
+            line.ends_with(" admission=api(queued=0,admitted=5,rejected=0,limit=32)"),
+            "{line}"
+        );
     }
 }
