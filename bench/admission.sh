@@ -2,7 +2,8 @@
 # A cold-start herd coalescing cannot merge (issue 16): CLIENTS clients over as many distinct
 # keys, at once, against an origin of capacity 32 (20 ms per request up to 32 in progress,
 # then 20 ms × (in progress / 32)²), four ways in one run: direct, the proxy without a limit,
-# with a fixed limit of 32, and with the adaptive limit (ceiling 256).
+# with a fixed limit of 32, with the adaptive limit (ceiling 256), and haproxy with
+# `maxconn 32` on the server and a queue (`timeout queue 60s`).
 #
 #   bench/admission.sh [CLIENTS]     default 5000
 #
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 clients=${1:-5000}
 source bench/lib.sh
+install_missing haproxy
 build_release
 
 origin_port=$(port)
@@ -50,6 +52,34 @@ proxy_row() { # name concurrency-line
 proxy_row "coalesce-proxy, no limit" ""
 proxy_row "coalesce-proxy, concurrency max = 32" 'concurrency = { max = 32, queue = 10000, queue_timeout = "60s" }'
 proxy_row "coalesce-proxy, adaptive (max = 256)" 'concurrency = { max = 256, queue = 10000, queue_timeout = "60s", adaptive = true }'
+
+haproxy_row() {
+  local p; p=$(port)
+  cat >"$work/haproxy.cfg" <<CFG
+global
+    maxconn 9000
+    nbthread 2
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout queue 60s
+    http-reuse always
+frontend cold
+    bind 127.0.0.1:$p
+    maxconn 9000
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$origin_port maxconn 32
+CFG
+  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
+  local pid=$!; pids+=("$pid"); wait_port "$p"
+  read -r ok max <<<"$(run_herd "$p")"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  row "haproxy, server maxconn 32, queued" "$ok" "$max"
+}
+haproxy_row
 
 echo "cold start: $clients distinct keys at once, origin capacity 32 at 20 ms ($(date -u +%Y-%m-%d), $(nproc) cores)"
 echo

@@ -317,10 +317,7 @@ impl Metrics {
     }
 
     /// The admission handles of upstream `name`.
-    pub fn for_upstream_admission(
-        &self,
-        name: &str,
-    ) -> AdmissionMetrics {
+    pub fn for_upstream_admission(&self, name: &str) -> AdmissionMetrics {
         let labels = UpstreamLabels {
             upstream: name.to_owned(),
         };

@@ -2,11 +2,13 @@
 //! at most `max` requests outstanding (or fewer, with `adaptive`), the rest waiting in a
 //! bounded queue, leaders first.
 //!
-//! The adaptive limit is AIMD on latency: every request that completes within twice the
-//! fastest recent latency raises the limit by 1/limit (one more slot per round of requests),
-//! and one that takes longer cuts it by a tenth, at most once a round; it stays between 1 and
-//! `max`, starting at 4. A backend past its capacity gets slower before it fails, so the limit
-//! settles where latency starts to climb: its best throughput, without anyone tuning a number.
+//! The adaptive limit follows TCP Vegas: a request's latency over the fastest latency seen
+//! tells how many requests were waiting inside the backend rather than being served
+//! (in flight × (1 − fastest / latency)). Fewer than 3, and the limit grows (doubling each
+//! round until the first time it must shrink, then one slot a round); more than 6, and it
+//! shrinks by a tenth, at most once a round. It starts at 4 and stays between 1 and `max`, so
+//! the backend runs just past the point where it starts to queue: its best throughput, without
+//! anyone tuning a number.
 //!
 //! Why leaders first: a flight's leader answers every follower waiting on it, and a follower
 //! never takes a slot at all, so when a slot frees, the leader with the most followers goes
@@ -75,6 +77,9 @@ struct State {
     baseline: Option<Duration>,
     /// Samples since the last decrease: one decrease per round of `limit` requests.
     since_decrease: f64,
+    /// Set by the first decrease; until then the limit grows by one a request, not one a
+    /// round (slow start).
+    congested: bool,
     /// In arrival order; the best is searched for when a slot frees (the queue is bounded).
     queue: Vec<Waiter>,
     next_seq: u64,
@@ -140,8 +145,13 @@ impl Admission {
         }
     }
 
-    /// AIMD on one completed request's latency (see the module's note).
+    /// Vegas on one completed request's latency (see the module's note). `in_flight` counts
+    /// the request itself: its slot is given back after the sample.
     fn sample(&self, latency: Duration) {
+        /// Fewer requests than this waiting inside the backend: grow.
+        const GROW_BELOW: f64 = 3.0;
+        /// More than this: shrink.
+        const SHRINK_ABOVE: f64 = 6.0;
         let mut state = self.lock();
         let baseline = match state.baseline {
             Some(best) => best.mul_f64(1.0001).min(latency),
@@ -149,12 +159,20 @@ impl Admission {
         };
         state.baseline = Some(baseline);
         state.since_decrease += 1.0;
+        let waiting = state.in_flight as f64
+            * (1.0 - baseline.as_secs_f64() / latency.as_secs_f64().max(f64::MIN_POSITIVE));
         let max = self.limit.max as f64;
-        if latency <= baseline * 2 {
-            state.limit = (state.limit + 1.0 / state.limit).min(max);
-        } else if state.since_decrease >= state.limit {
+        if waiting < GROW_BELOW {
+            let step = if state.congested {
+                1.0 / state.limit
+            } else {
+                1.0
+            };
+            state.limit = (state.limit + step).min(max);
+        } else if waiting > SHRINK_ABOVE && state.since_decrease >= state.limit {
             state.limit = (state.limit * 0.9).max(1.0);
             state.since_decrease = 0.0;
+            state.congested = true;
         }
         self.metrics.limit.set(state.limit as i64);
     }
@@ -371,15 +389,28 @@ mod adaptive_tests {
         // (in flight / capacity)² past its capacity; the limit is what is in flight.
         let latency =
             |in_flight: f64| Duration::from_millis(20).mul_f64((in_flight / 16.0).powi(2).max(1.0));
+        let sample = |latency: Duration| {
+            let mut state = admission.lock();
+            state.in_flight = state.limit as usize;
+            drop(state);
+            admission.sample(latency);
+        };
+        // Slow start: one round of 4 requests at the base latency doubles the limit.
+        for _ in 0..4 {
+            sample(Duration::from_millis(20));
+        }
+        assert_eq!(admission.metrics.limit.get(), 8);
         for _ in 0..3000 {
             let now = admission.lock().limit;
-            admission.sample(latency(now));
+            sample(latency(now));
         }
+        // 16 to 21 in flight: 3 to 6 requests waiting inside the backend, whose throughput
+        // there is at least 75 % of its best (16 per 20 ms).
         let settled = admission.metrics.limit.get();
-        assert!((12..=28).contains(&settled), "settled at {settled}");
+        assert!((16..=21).contains(&settled), "settled at {settled}");
         // A backend that answers fast again lets it grow to max.
         for _ in 0..5000 {
-            admission.sample(Duration::from_millis(10));
+            sample(Duration::from_millis(10));
         }
         assert_eq!(admission.metrics.limit.get(), 64);
     }
