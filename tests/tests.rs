@@ -23,3 +23,4 @@ mod protocols;
 mod routing;
 mod sharing;
 mod tls;
+mod tls_listener;

@@ -22,13 +22,13 @@ use rustls::ServerConfig;
 use crate::util::*;
 
 /// A certificate authority made for one test, and its certificate as a PEM file.
-struct TestCa {
+pub(crate) struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
     pem_file: TempFile,
 }
 
 impl TestCa {
-    fn new() -> TestCa {
+    pub(crate) fn new() -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         // A name of its own, so another test CA's certificate is an unknown issuer rather than
@@ -46,8 +46,32 @@ impl TestCa {
         TestCa { issuer, pem_file }
     }
 
-    fn pem_path(&self) -> String {
+    pub(crate) fn pem_path(&self) -> String {
         self.pem_file.0.display().to_string()
+    }
+
+    /// The CA's certificate, for a client's root store.
+    pub(crate) fn certificate(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A certificate for `names` signed by this CA and its key, as PEM files (`cert`, `key`);
+    /// one that expired in 2020 when `expired`.
+    pub(crate) fn server_pem_files(&self, names: &[&str], expired: bool) -> (TempFile, TempFile) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(names).expect("server params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .expect("server certificate");
+        (
+            TempFile::new("pem", certificate.pem().as_bytes()),
+            TempFile::new("pem", key.serialize_pem().as_bytes()),
+        )
     }
 
     /// A server identity for `names` (DNS names or IP addresses) signed by this CA.

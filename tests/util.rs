@@ -8,7 +8,7 @@ use bytes::Bytes;
 use coalesce_proxy::config::Config;
 use coalesce_proxy::origin::{Origin, OriginSettings};
 use coalesce_proxy::proxy::Proxy;
-use coalesce_proxy::server::Server;
+use coalesce_proxy::server::{Server, ServerHandle};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -27,6 +27,8 @@ pub struct Harness {
     /// The admin listener, when the configuration has `[admin]`.
     pub admin: Option<SocketAddr>,
     pub proxy: Arc<Proxy>,
+    /// Reloads the running proxy (what SIGHUP does in the binary).
+    pub handle: ServerHandle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -171,6 +173,7 @@ impl Harness {
         let addr = addrs[0];
         let admin = server.admin_addr();
         let proxy = server.proxy().clone();
+        let handle = server.handle();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -181,6 +184,7 @@ impl Harness {
             addrs,
             admin,
             proxy,
+            handle,
             stop: Some(stop),
         }
     }

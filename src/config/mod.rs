@@ -25,6 +25,7 @@ use http::header::HeaderName;
 use http::{Method, Uri};
 use rustls::pki_types::{CertificateDer, ServerName};
 
+mod listener_tls;
 mod raw;
 mod resolve;
 mod resolve_route;
@@ -88,6 +89,17 @@ pub struct ServerConfig {
     /// Worker threads serving client connections (`server::workers`): one per core unless
     /// set, as nginx's `worker_processes auto`.
     pub workers: usize,
+    /// TLS on every listener (`server::tls`); `None` serves plain HTTP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[server] tls`: the certificate chain and key every listener presents, read and checked
+/// when the config is loaded, so `--check` and a reload reject a bad pair.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub certified: std::sync::Arc<rustls::sign::CertifiedKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

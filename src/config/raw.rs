@@ -36,6 +36,14 @@ pub struct Server {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,
+    pub tls: Option<Spanned<ListenerTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 #[derive(Deserialize)]

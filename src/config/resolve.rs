@@ -174,6 +174,10 @@ impl Resolver<'_> {
                 None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Some(workers) => workers,
             },
+            tls: match raw.tls {
+                None => None,
+                Some(tls) => Some(self.listener_tls(tls)?),
+            },
         })
     }
 

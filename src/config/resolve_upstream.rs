@@ -166,10 +166,7 @@ impl Resolver<'_> {
         name: &str,
         file: &raw::Spanned<String>,
     ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-        let path = match self.base_dir {
-            Some(dir) => dir.join(file.get_ref()),
-            None => PathBuf::from(file.get_ref()),
-        };
+        let path = self.config_relative(file);
         let bad = |why: String| {
             self.error_at(
                 file.span(),

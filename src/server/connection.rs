@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -25,6 +26,8 @@ pub(super) struct ConnectionServer {
     proxy: Arc<Proxy>,
     workers: Workers,
     send_timeout: Duration,
+    /// TLS towards clients, when `[server] tls` is set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// How long a new connection may take to send its first bytes (hyper's
     /// `header_read_timeout` takes over from there).
     first_bytes_timeout: Duration,
@@ -35,6 +38,7 @@ impl ConnectionServer {
         config: &ServerConfig,
         proxy: Arc<Proxy>,
         workers: Workers,
+        certificate: Option<Arc<super::tls::ListenerCertificate>>,
     ) -> ConnectionServer {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -47,6 +51,7 @@ impl ConnectionServer {
             proxy,
             workers,
             send_timeout: config.send_timeout,
+            tls: certificate.map(super::tls::acceptor),
             first_bytes_timeout: config.header_read_timeout,
         }
     }
@@ -62,48 +67,93 @@ impl ConnectionServer {
         permit: OwnedSemaphorePermit,
     ) {
         let server = self.clone();
-        let proxy = self.proxy.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let request = detach_head(request);
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-        });
         self.workers.spawn(move || async move {
             // Registered with the worker's reactor here, on the worker.
             let Ok(stream) = TcpStream::from_std(stream) else {
                 return;
             };
-            let http2 = tokio::select! {
-                peeked = tokio::time::timeout(server.first_bytes_timeout, speaks_h2(&stream)) => {
-                    match peeked {
-                        Ok(Ok(http2)) => http2,
-                        _ => return,
-                    }
-                }
-                _ = draining.wait_for(|draining| *draining) => return,
-            };
-            let stats = server.proxy.stats().clone();
-            let io = TokioIo::new(StallGuard::new(stream, server.send_timeout, stats));
-            let protocols = &server.protocols;
-            let result = if http2 {
-                let connection = protocols.http2.serve_connection(io, service);
-                // Boxed: an HTTP/2 connection's state is large, and inline it would make every
-                // HTTP/1 connection's task as large.
-                let draining_connection =
-                    until_drained(connection, |c| c.graceful_shutdown(), draining);
-                Box::pin(draining_connection).await
+            // Over TLS, ALPN says which protocol; in the clear, the first bytes do.
+            let http2 = if server.tls.is_some() {
+                false
             } else {
-                let connection = protocols
-                    .http1
-                    .serve_connection(io, service)
-                    .with_upgrades();
-                until_drained(connection, |c| c.graceful_shutdown(), draining).await
+                tokio::select! {
+                    peeked = tokio::time::timeout(server.first_bytes_timeout, speaks_h2(&stream)) => {
+                        match peeked {
+                            Ok(Ok(http2)) => http2,
+                            _ => return,
+                        }
+                    }
+                    _ = draining.wait_for(|draining| *draining) => return,
+                }
+            };
+            let result = match &server.tls {
+                None => server.serve(stream, peer, http2, draining).await,
+                Some(acceptor) => {
+                    // The handshake counts against `header_read_timeout`, as the first bytes
+                    // of a plain connection do.
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(server.first_bytes_timeout, acceptor.accept(stream)) => done,
+                        _ = draining.wait_for(|draining| *draining) => return,
+                    };
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake took longer than header_read_timeout");
+                            return;
+                        }
+                    };
+                    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    server.serve(stream, peer, http2, draining).await
+                }
             };
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
             drop(permit);
         });
+    }
+}
+
+impl ConnectionServer {
+    /// Serves one connection, plain or TLS, with the builder for its protocol, until it ends
+    /// or the drain finishes it.
+    async fn serve<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        http2: bool,
+        draining: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.proxy.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let request = detach_head(request);
+            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+        });
+        let stats = self.proxy.stats().clone();
+        let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
+        if http2 {
+            let connection = self.protocols.http2.serve_connection(io, service);
+            // Boxed: an HTTP/2 connection's state is large, and inline it would make every
+            // HTTP/1 connection's task as large.
+            let draining_connection =
+                until_drained(connection, |c| c.graceful_shutdown(), draining);
+            Box::pin(draining_connection).await
+        } else {
+            let connection = self
+                .protocols
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades();
+            until_drained(connection, |c| c.graceful_shutdown(), draining).await
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The server: listeners, connections, graceful shutdown, and the periodic stats task.
 //!
-//! Each accepted connection speaks HTTP/1.1 or HTTP/2 over cleartext (prior knowledge) on the
-//! same port; a peek at its first bytes decides which, and hyper's builder for that protocol
-//! serves it. Shutdown stops accepting, asks every connection to finish its in-flight
+//! Each accepted connection speaks HTTP/1.1 or HTTP/2: in the clear, a peek at its first
+//! bytes decides which (h2 with prior knowledge); over TLS (`[server] tls`, `tls`), ALPN does.
+//! hyper's builder for that protocol serves it. Shutdown stops accepting, asks every connection to finish its in-flight
 //! requests, and waits up to `shutdown_grace`.
 //! What a request does is `proxy`'s business.
 
@@ -20,6 +20,7 @@ pub mod admin;
 mod connection;
 mod listener;
 mod stall_guard;
+pub mod tls;
 pub mod workers;
 
 use crate::config::Config;
@@ -37,6 +38,8 @@ pub struct Server {
     proxy: Arc<Proxy>,
     config: Config,
     readiness: Arc<Readiness>,
+    /// What TLS listeners present; a reload replaces it.
+    certificate: Option<Arc<tls::ListenerCertificate>>,
 }
 
 /// What outlives `Server::run`'s start: reloading the configuration, and readiness.
@@ -46,6 +49,7 @@ pub struct ServerHandle {
     /// The configuration being served, to tell what a reload cannot change.
     current: Arc<std::sync::Mutex<Config>>,
     readiness: Arc<Readiness>,
+    certificate: Option<Arc<tls::ListenerCertificate>>,
 }
 
 impl ServerHandle {
@@ -68,6 +72,11 @@ impl ServerHandle {
             || current.log.stats_interval != config.log.stats_interval
         {
             tracing::warn!("log format, level and stats_interval only change on restart");
+        }
+        match (&self.certificate, &config.server.tls) {
+            (Some(certificate), Some(tls)) => certificate.replace(tls.certified.clone()),
+            (None, None) => {}
+            _ => tracing::warn!("turning [server] tls on or off only happens on restart"),
         }
         self.proxy.reload(&config);
         tracing::info!(
@@ -109,12 +118,18 @@ impl Server {
         config: Config,
     ) -> Server {
         let proxy = Arc::new(Proxy::new(&config, Arc::new(Stats::default())));
+        let certificate = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| Arc::new(tls::ListenerCertificate::new(tls.certified.clone())));
         Server {
             listeners,
             admin,
             proxy,
             config,
             readiness: Arc::new(Readiness::default()),
+            certificate,
         }
     }
 
@@ -127,6 +142,7 @@ impl Server {
             proxy: self.proxy.clone(),
             current: Arc::new(std::sync::Mutex::new(self.config.clone())),
             readiness: self.readiness.clone(),
+            certificate: self.certificate.clone(),
         }
     }
 
@@ -149,9 +165,15 @@ impl Server {
             proxy,
             config,
             readiness,
+            certificate,
         } = self;
         for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
-            tracing::info!(%address, "listening on {address}");
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(%address, scheme, "listening on {address}");
         }
         // The admin listener outlives the drain, so `/readyz` can say so.
         let admin = admin.map(|listener| {
@@ -188,6 +210,7 @@ impl Server {
             &config.server,
             proxy.clone(),
             workers,
+            certificate,
         ));
         // Set when draining starts. Every connection holds a receiver until it ends, so the
         // receivers count the open connections and the drain ends when the last one is gone.

@@ -8,17 +8,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::observe::stats::Stats;
 
-/// A client connection whose writes fail with `TimedOut` once a write has been pending, with
+/// A client connection (TCP, or TLS over TCP) whose writes fail with `TimedOut` once a write has been pending, with
 /// no progress, for `send_timeout` (as nginx's `send_timeout`). hyper then closes the connection
 /// and drops the response body, which releases the client's place in its flight: a client
 /// that stops reading cannot pin a flight's memory, or a file descriptor, for ever.
-pub(super) struct StallGuard {
-    inner: TcpStream,
+pub(super) struct StallGuard<S> {
+    inner: S,
     stall_timeout: Duration,
     /// Armed while a write is pending; created on the first stall only.
     stalled: Option<Pin<Box<Sleep>>>,
@@ -26,8 +25,8 @@ pub(super) struct StallGuard {
     stats: Arc<Stats>,
 }
 
-impl StallGuard {
-    pub(super) fn new(inner: TcpStream, stall_timeout: Duration, stats: Arc<Stats>) -> StallGuard {
+impl<S> StallGuard<S> {
+    pub(super) fn new(inner: S, stall_timeout: Duration, stats: Arc<Stats>) -> StallGuard<S> {
         StallGuard {
             inner,
             stall_timeout,
@@ -76,7 +75,7 @@ impl StallGuard {
     }
 }
 
-impl AsyncRead for StallGuard {
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -86,7 +85,7 @@ impl AsyncRead for StallGuard {
     }
 }
 
-impl AsyncWrite for StallGuard {
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
