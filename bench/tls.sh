@@ -11,7 +11,10 @@
 #     crosses the upstream connection;
 #   - new connections: the same through an upstream that keeps no idle connection
 #     (pool_max_idle = 0 / no nginx keepalive), so every request pays a TCP and TLS handshake;
-#   - a 1000-client herd on one key over TLS: upstream requests and p99.
+#   - a 1000-client herd on one key over TLS: upstream requests and p99;
+#   - TLS towards clients: a second proxy with `[server] tls` and an nginx `ssl` server, both
+#     with a certificate made by openssl at start-up, measured with keep-alive (the request
+#     cost over TLS) and with `Connection: close` (a full handshake per request).
 # Loopback only; everything started is stopped on exit. Installs nginx and wrk with apt-get
 # when missing.
 set -euo pipefail
@@ -19,7 +22,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-10}
 
 source bench/lib.sh
-install_missing nginx wrk
+install_missing nginx wrk openssl
 build_release
 
 plain_port=$(port); tls_port=$(port)
@@ -71,7 +74,16 @@ TOML
 "$bin/coalesce-proxy" --config "$work/proxy.toml" &
 pids+=($!)
 
-nginx_port=$(port)
+# The same proxy serving HTTPS, with a P-256 certificate as nginx gets.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -days 1 -keyout "$work/listener.key" -out "$work/listener.pem" 2>/dev/null
+proxy_tls_port=$(port)
+sed -e "s/^listen = .*/listen = \"127.0.0.1:$proxy_tls_port\"\ntls = { cert_file = \"$(sed 's/[\/&]/\\&/g' <<<"$work")\/listener.pem\", key_file = \"$(sed 's/[\/&]/\\&/g' <<<"$work")\/listener.key\" }/" \
+  "$work/proxy.toml" >"$work/proxy-tls.toml"
+"$bin/coalesce-proxy" --config "$work/proxy-tls.toml" &
+pids+=($!)
+
+nginx_port=$(port); nginx_tls_port=$(port)
 for d in client_body proxy_temp fastcgi_temp uwsgi_temp scgi_temp; do mkdir -p "$work/$d"; chmod 777 "$work/$d"; done
 cat >"$work/nginx.conf" <<NGINX
 daemon off;
@@ -102,14 +114,24 @@ http {
         location /plain-fresh/ { proxy_pass http://127.0.0.1:$plain_port/; }
         location /tls-fresh/ { proxy_pass https://127.0.0.1:$tls_port/; }
     }
+    server {
+        listen 127.0.0.1:$nginx_tls_port ssl backlog=4096;
+        ssl_certificate $work/listener.pem;
+        ssl_certificate_key $work/listener.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /plain/ { proxy_pass http://plain/; }
+    }
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
-wait_port "$proxy_port"; wait_port "$nginx_port"
+wait_port "$proxy_port"; wait_port "$nginx_port"; wait_port "$proxy_tls_port"; wait_port "$nginx_tls_port"
 
-wrk_run() { # url prefix → "req/s p99_ms non2xx"
-  PREFIX=$2 timeout $((seconds + 60)) wrk -t2 -c64 -d"${seconds}s" --latency -s bench/distinct.lua "$1" 2>/dev/null | python3 -c '
+wrk_run() { # url prefix [wrk options...] → "req/s p99_ms non2xx"
+  local url=$1 prefix=$2; shift 2
+  PREFIX=$prefix timeout $((seconds + 60)) wrk -t2 -c64 -d"${seconds}s" --latency "$@" -s bench/distinct.lua "$url" 2>/dev/null | python3 -c '
 import re, sys
 text = sys.stdin.read()
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -132,6 +154,12 @@ for route in plain tls plain-fresh tls-fresh; do
   note=""; [ "$p_bad$n_bad" = "00" ] || note=" (non-2xx: proxy $p_bad, nginx $n_bad)"
   echo "| /$route/ pass-through, wrk -c64 ${seconds}s | $p_rps | $p_p99 | $n_rps | $n_p99 | $(ratio "$p_rps" "$n_rps")$note |"
 done
+read -r p_rps p_p99 p_bad <<<"$(wrk_run "https://127.0.0.1:$proxy_tls_port" /plain/)"
+read -r n_rps n_p99 n_bad <<<"$(wrk_run "https://127.0.0.1:$nginx_tls_port" /plain/)"
+echo "| HTTPS client, keep-alive, wrk -c64 ${seconds}s | $p_rps | $p_p99 | $n_rps | $n_p99 | $(ratio "$p_rps" "$n_rps") |"
+read -r p_rps p_p99 p_bad <<<"$(wrk_run "https://127.0.0.1:$proxy_tls_port" /plain/ -H 'Connection: close')"
+read -r n_rps n_p99 n_bad <<<"$(wrk_run "https://127.0.0.1:$nginx_tls_port" /plain/ -H 'Connection: close')"
+echo "| HTTPS client, a handshake per request (Connection: close) | $p_rps | $p_p99 | $n_rps | $n_p99 | $(ratio "$p_rps" "$n_rps") |"
 echo
 echo "TLS/plain req/s, pooled: proxy $(ratio "${rps[proxy-tls]}" "${rps[proxy-plain]}"), nginx $(ratio "${rps[nginx-tls]}" "${rps[nginx-plain]}")"
 echo "TLS/plain req/s, a handshake per request: proxy $(ratio "${rps[proxy-tls-fresh]}" "${rps[proxy-plain-fresh]}"), nginx $(ratio "${rps[nginx-tls-fresh]}" "${rps[nginx-plain-fresh]}")"
