@@ -143,6 +143,12 @@ pub struct UpstreamConfig {
     /// At most this many requests outstanding, the rest queued (`upstream::admission`);
     /// `None`: no limit.
     pub concurrency: Option<ConcurrencyLimit>,
+    /// How often a URL whose host is a name is resolved again (`upstream::dns`), each A and
+    /// AAAA record becoming an address; zero leaves names to the system resolver at connect.
+    pub resolve_interval: Duration,
+    /// `[resolver] nameservers`, for `resolve_interval`; empty: the system's
+    /// (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `concurrency = { max, queue, queue_timeout }` on an upstream.

@@ -17,6 +17,13 @@ pub struct File {
     pub coalesce: Option<Coalesce>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    pub resolver: Option<DnsResolver>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsResolver {
+    pub nameservers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +84,7 @@ pub struct Upstream {
     pub http2: Option<bool>,
     pub tls: Option<Spanned<Tls>>,
     pub concurrency: Option<Concurrency>,
+    pub resolve_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -91,10 +91,12 @@ impl Resolver<'_> {
         };
         let log = self.log(raw.log.unwrap_or_default())?;
 
+        let nameservers = self.nameservers(raw.resolver)?;
         let mut upstreams = BTreeMap::new();
         for (name, upstream) in raw.upstreams {
             let span = upstream.span();
-            let resolved = self.upstream(&name, span, upstream.into_inner())?;
+            let mut resolved = self.upstream(&name, span, upstream.into_inner())?;
+            resolved.nameservers = nameservers.clone();
             upstreams.insert(name, resolved);
         }
 
@@ -125,6 +127,29 @@ impl Resolver<'_> {
             coalesce: defaults,
             routes,
         })
+    }
+
+    /// `[resolver] nameservers`: `"IP:port"` or `"IP"` (port 53).
+    fn nameservers(&self, raw: Option<raw::DnsResolver>) -> Result<Vec<SocketAddr>, ConfigError> {
+        let Some(listed) = raw.and_then(|r| r.nameservers) else {
+            return Ok(Vec::new());
+        };
+        let span = listed.span();
+        listed
+            .into_inner()
+            .iter()
+            .map(|server| {
+                server
+                    .parse::<SocketAddr>()
+                    .or_else(|_| server.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        self.error_at(
+                            span.clone(),
+                            format!("invalid [resolver] nameserver {server:?}: write an IP address, with a port if not 53, e.g. \"10.96.0.10\" or \"127.0.0.1:5353\""),
+                        )
+                    })
+            })
+            .collect()
     }
 
     pub(super) fn server(&self, raw: raw::Server) -> Result<ServerConfig, ConfigError> {

@@ -90,6 +90,8 @@ impl Resolver<'_> {
         };
         Ok(UpstreamConfig {
             concurrency,
+            resolve_interval: self.duration_or(&raw.resolve_interval, Duration::from_secs(5))?,
+            nameservers: Vec::new(),
             name: name.to_owned(),
             origins,
             balance,

@@ -153,7 +153,7 @@ impl Upstream {
     /// The `Host` header for the upstream's first address, which hygiene addresses requests
     /// to.
     pub fn host(&self) -> Option<&HeaderValue> {
-        self.balancer.host(0)
+        self.balancer.primary_host()
     }
 
     /// The calling worker's pool.
@@ -171,27 +171,26 @@ impl Upstream {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let picked = self.balancer.pick(path_and_query);
-        if let Some(index) = picked.filter(|&i| i > 0) {
-            // Hygiene addressed the first address; this request goes to another one.
-            let authority = self.balancer.authority(index).clone();
+        if let Some(endpoint) = picked.as_ref().filter(|e| e.readdressed()) {
+            // Hygiene addressed the first configured address; this request goes to another.
             let mut parts = request.uri().clone().into_parts();
-            if let Some(host) = self.balancer.host(index) {
+            if let Some(host) = endpoint.host() {
                 request
                     .headers_mut()
                     .insert(http::header::HOST, host.clone());
             }
-            parts.authority = Some(authority);
+            parts.authority = Some(endpoint.authority().clone());
             if let Ok(uri) = Uri::from_parts(parts) {
                 *request.uri_mut() = uri;
             }
         }
-        let response = picked.map(|_| self.client().request(request));
+        let response = picked.as_ref().map(|_| self.client().request(request));
         let upstream = self.clone();
         let response_timeout = self.config.response_timeout;
         let idle_timeout = self.config.idle_timeout;
         async move {
             let name = || upstream.config.name.clone();
-            let (Some(index), Some(response)) = (picked, response) else {
+            let (Some(endpoint), Some(response)) = (picked, response) else {
                 return Err(FetchError::NoHealthyAddress { upstream: name() });
             };
             // Admission first: the response timeout runs from when the request may go.
@@ -209,11 +208,11 @@ impl Upstream {
                     }
                 })?),
             };
-            let in_flight = upstream.balancer.start(index);
+            let in_flight = upstream.balancer.start(&endpoint);
             let response = tokio::time::timeout(response_timeout, response).await;
             drop(in_flight);
             if !matches!(response, Ok(Ok(_))) {
-                upstream.balancer.failed(index);
+                upstream.balancer.failed(&endpoint);
             }
             let response = match response {
                 Err(_) => {
