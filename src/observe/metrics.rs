@@ -119,6 +119,7 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     admission: AdmissionFamilies,
+    upstream_addresses: Family<UpstreamLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -259,9 +260,16 @@ impl Metrics {
             cache_bytes.clone(),
         );
         let admission = AdmissionFamilies::register(&mut registry);
+        let upstream_addresses = Family::default();
+        registry.register(
+            "upstream_addresses",
+            "Addresses an upstream balances over now (each DNS record of a name is one)",
+            upstream_addresses.clone(),
+        );
         Metrics {
             registry,
             admission,
+            upstream_addresses,
             cache_hits,
             cache_misses,
             cache_evictions,
@@ -333,6 +341,14 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(labels.upstream, handles.clone());
         handles
+    }
+
+    /// The gauge of upstream `name`'s address count.
+    pub fn for_upstream_addresses(&self, name: &str) -> Gauge {
+        self.upstream_addresses
+            .get_or_create_owned(&UpstreamLabels {
+                upstream: name.to_owned(),
+            })
     }
 
     /// Each limited upstream's admission figures now (totals since start), by name.

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod balance;
+pub mod dns;
 pub mod tls;
 
 use std::future::Future;
@@ -105,7 +106,10 @@ pub struct Upstream {
     /// another worker would wake that worker twice per request. `pool_max_idle` is shared out
     /// between them.
     clients: Box<[Client<UpstreamConnector, RequestBody>]>,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
+    /// Until DNS has first answered for an upstream that follows names (`dns`): requests
+    /// wait for it, up to `connect_timeout`.
+    first_resolution: Option<tokio::sync::watch::Receiver<bool>>,
     /// The concurrency limit and its queue, when the upstream has one.
     admission: Option<Arc<Admission>>,
 }
@@ -142,8 +146,14 @@ impl Upstream {
                 .unwrap_or_default();
             Arc::new(Admission::new(limit, handles))
         });
+        let balancer = Arc::new(Balancer::new(&config));
+        let addresses = metrics
+            .map(|m| m.for_upstream_addresses(&config.name))
+            .unwrap_or_default();
+        let first_resolution = dns::follow(&balancer, &config, addresses);
         Upstream {
-            balancer: Balancer::new(&config),
+            balancer,
+            first_resolution,
             config,
             clients,
             admission,
@@ -165,6 +175,26 @@ impl Upstream {
     /// response head arrives; the body then arrives through [`UpstreamBody`], which enforces
     /// `idle_timeout`. Dropping the future or the body closes the upstream connection.
     pub fn send(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        priority: Priority,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
+        use futures_util::future::Either;
+        let unresolved = self.first_resolution.as_ref().filter(|r| !*r.borrow());
+        match unresolved.cloned() {
+            None => Either::Left(self.send_now(request, priority)),
+            Some(mut resolved) => {
+                let upstream = self.clone();
+                Either::Right(async move {
+                    let wait = resolved.wait_for(|done| *done);
+                    let _ = tokio::time::timeout(upstream.config.connect_timeout, wait).await;
+                    upstream.send_now(request, priority).await
+                })
+            }
+        }
+    }
+
+    fn send_now(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
         priority: Priority,

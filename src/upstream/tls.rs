@@ -83,10 +83,11 @@ fn https_connector(
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client_config(tls))
         .https_or_http();
-    let builder = match tls.and_then(|tls| tls.server_name.clone()) {
-        Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
-        None => builder,
-    };
+    let builder =
+        match tls.and_then(|tls| tls.server_name.clone().or_else(|| followed_name(config))) {
+            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+            None => builder,
+        };
     // ALPN offers exactly the protocol the client will speak: an upstream that negotiates
     // ALPN but not h2 refuses the handshake, rather than the client falling back to HTTP/1.1.
     if config.http2 {
@@ -94,6 +95,25 @@ fn https_connector(
     } else {
         builder.enable_http1().wrap_connector(tcp)
     }
+}
+
+/// The name an upstream that follows DNS verifies its addresses against: the first URL's host
+/// when it is a name. Its connections go to resolved IP addresses, whose URIs no longer carry
+/// the name (`upstream::dns`).
+fn followed_name(config: &UpstreamConfig) -> Option<ServerName<'static>> {
+    if config.resolve_interval.is_zero() {
+        return None;
+    }
+    let host = config.origins.first()?.host()?;
+    if host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
+        return None;
+    }
+    ServerName::try_from(host.to_owned()).ok()
 }
 
 fn provider() -> Arc<CryptoProvider> {
