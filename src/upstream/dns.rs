@@ -29,7 +29,7 @@ use crate::upstream::balance::{Balancer, Endpoint};
 /// One configured URL, as the follower sees it.
 #[derive(Debug)]
 enum Origin {
-    /// An IP address: never resolved.
+    /// An IP address or `localhost`: never resolved here.
     Fixed,
     /// A name, resolved every interval; requests name it in `Host`.
     Named {
@@ -88,7 +88,10 @@ fn origins(config: &UpstreamConfig) -> Vec<Origin> {
                 .host()
                 .trim_start_matches('[')
                 .trim_end_matches(']');
-            if host.parse::<IpAddr>().is_ok() {
+            // `localhost` never moves, and the system's connect tries each of its addresses
+            // (::1, then 127.0.0.1) where one address per record would send some requests to
+            // the family the backend does not listen on.
+            if host.parse::<IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost") {
                 return Origin::Fixed;
             }
             let default_port = if config.tls.is_some() { 443 } else { 80 };
