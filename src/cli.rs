@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::server::{Server, ServerHandle};
+use crate::server::{Server, ServerHandle, Shutdown};
 use crate::tools::demo::DemoArgs;
 
 /// A reverse proxy that coalesces identical in-flight requests into one upstream fetch.
@@ -112,9 +112,17 @@ where
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
     let reloads = tokio::spawn(reload_on_sighup(path, server.handle()));
-    server.run(shutdown_signal()).await;
+    let outcome = server.run(shutdown_signal()).await;
     reloads.abort();
-    Ok(())
+    match outcome {
+        Shutdown::Drained => Ok(()),
+        // Exit 1: connections were cut, so some clients lost responses; a supervisor (systemd,
+        // a CI job) should see that this stop was not clean. Kubernetes ignores the status of
+        // a pod being deleted, so this costs nothing there.
+        Shutdown::GraceRanOut => Err(anyhow::anyhow!(
+            "shutdown_grace ran out: connections still open were closed"
+        )),
+    }
 }
 
 /// Re-reads the configuration on every SIGHUP. A configuration that does not validate is
@@ -129,7 +137,9 @@ async fn reload_on_sighup(path: PathBuf, server: ServerHandle) {
         };
         while hangups.recv().await.is_some() {
             match Config::load(&path) {
-                Ok(config) => server.reload(config),
+                Ok(config) => {
+                    server.reload(config);
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "reload rejected; still serving the previous config")
                 }

@@ -236,6 +236,30 @@ async fn a_certificate_from_an_unknown_issuer_is_refused_before_any_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_that_speaks_plain_http_is_named_as_such() {
+    // A plain HTTP server answers a TLS ClientHello as the garbage it is to it: with a 400.
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("https://{}", server.local_addr().expect("address"));
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = server.accept().await {
+            let mut hello = [0u8; 512];
+            let _ = stream.read(&mut hello).await;
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let err = fetch_error(&url, "tls = { verify = false }").await;
+    assert!(matches!(err, FetchError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("did not answer with TLS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_covers_the_tls_handshake() {
     // Accepts and never answers: TCP connects at once, and the handshake never finishes.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

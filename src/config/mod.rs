@@ -91,6 +91,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// TLS on every listener (`server::tls`); `None` serves plain HTTP.
     pub tls: Option<ListenerTls>,
+    /// After SIGTERM, how long to keep accepting while `/readyz` says 503, before draining.
+    pub drain_delay: Duration,
+    /// The listen sockets' accept queue (`listen(2)`'s backlog; the kernel caps it at
+    /// `net.core.somaxconn`).
+    pub backlog: u32,
 }
 
 /// `[server] tls`: the certificate chain and key every listener presents, read and checked

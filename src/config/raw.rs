@@ -3,8 +3,39 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 pub use toml::Spanned;
+
+/// A duration as written (`"30s"`), checked later. Its own type so that a bare number
+/// (`shutdown_grace = 30`) is refused as "expected a duration such as \"30s\"", not
+/// "expected a string".
+pub struct DurationText(pub String);
+
+impl std::ops::Deref for DurationText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<DurationText, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = DurationText;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"30s\" or \"250ms\" (a string with a unit)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DurationText, E> {
+                Ok(DurationText(text.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Text)
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,12 +69,14 @@ pub enum OneOrMany {
 pub struct Server {
     // Spans cannot reach inside an untagged enum, so errors point at the whole value.
     pub listen: Option<Spanned<OneOrMany>>,
-    pub shutdown_grace: Option<Spanned<String>>,
-    pub send_timeout: Option<Spanned<String>>,
-    pub header_read_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<DurationText>>,
+    pub send_timeout: Option<Spanned<DurationText>>,
+    pub header_read_timeout: Option<Spanned<DurationText>>,
     pub max_connections: Option<usize>,
     pub workers: Option<usize>,
     pub tls: Option<Spanned<ListenerTls>>,
+    pub drain_delay: Option<Spanned<DurationText>>,
+    pub backlog: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -64,7 +97,7 @@ pub struct Admin {
 pub struct Log {
     pub format: Option<Spanned<String>>,
     pub level: Option<Spanned<String>>,
-    pub stats_interval: Option<Spanned<String>>,
+    pub stats_interval: Option<Spanned<DurationText>>,
     pub access: Option<bool>,
 }
 
@@ -75,16 +108,16 @@ pub struct Upstream {
     pub urls: Option<Vec<Spanned<String>>>,
     pub balance: Option<Spanned<String>>,
     pub max_fails: Option<usize>,
-    pub fail_window: Option<Spanned<String>>,
-    pub fail_timeout: Option<Spanned<String>>,
-    pub connect_timeout: Option<Spanned<String>>,
-    pub response_timeout: Option<Spanned<String>>,
-    pub idle_timeout: Option<Spanned<String>>,
+    pub fail_window: Option<Spanned<DurationText>>,
+    pub fail_timeout: Option<Spanned<DurationText>>,
+    pub connect_timeout: Option<Spanned<DurationText>>,
+    pub response_timeout: Option<Spanned<DurationText>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
     pub pool_max_idle: Option<usize>,
     pub http2: Option<bool>,
     pub tls: Option<Spanned<Tls>>,
     pub concurrency: Option<Concurrency>,
-    pub resolve_interval: Option<Spanned<String>>,
+    pub resolve_interval: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +125,7 @@ pub struct Upstream {
 pub struct Concurrency {
     pub max: Spanned<usize>,
     pub queue: Option<usize>,
-    pub queue_timeout: Option<Spanned<String>>,
+    pub queue_timeout: Option<Spanned<DurationText>>,
     pub adaptive: Option<Spanned<bool>>,
 }
 
@@ -114,12 +147,12 @@ pub struct Coalesce {
     pub header: Option<Spanned<String>>,
     pub credentials: Option<Spanned<String>>,
     pub not_shareable: Option<Vec<Spanned<String>>>,
-    pub pass_ttl: Option<Spanned<String>>,
-    pub max_wait: Option<Spanned<String>>,
+    pub pass_ttl: Option<Spanned<DurationText>>,
+    pub max_wait: Option<Spanned<DurationText>>,
     pub max_followers: Option<Spanned<usize>>,
     pub max_replay_body: Option<Spanned<String>>,
     pub max_flight_buffer: Option<Spanned<String>>,
-    pub client_stall_timeout: Option<Spanned<String>>,
+    pub client_stall_timeout: Option<Spanned<DurationText>>,
     pub share_errors: Option<bool>,
     pub body_max: Option<Spanned<String>>,
 }
@@ -141,8 +174,8 @@ pub struct Route {
 pub struct Cache {
     pub enabled: Option<bool>,
     pub max_size: Option<Spanned<String>>,
-    pub default_ttl: Option<Spanned<String>>,
-    pub grace: Option<Spanned<String>>,
+    pub default_ttl: Option<Spanned<DurationText>>,
+    pub grace: Option<Spanned<DurationText>>,
     pub heuristic_fraction: Option<Spanned<f64>>,
     pub targeted_field: Option<Spanned<String>>,
     pub status_name: Option<Spanned<String>>,

@@ -32,21 +32,22 @@ impl Resolver<'_> {
         }
     }
 
-    pub(super) fn duration(&self, value: &raw::Spanned<String>) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(value.get_ref()).map_err(|err| {
+    pub(super) fn duration(
+        &self,
+        value: &raw::Spanned<raw::DurationText>,
+    ) -> Result<Duration, ConfigError> {
+        let text: &str = value.get_ref();
+        humantime::parse_duration(text).map_err(|err| {
             self.error_at(
                 value.span(),
-                format!(
-                    "invalid duration {:?}: {err} (write e.g. \"250ms\" or \"10s\")",
-                    value.get_ref()
-                ),
+                format!("invalid duration {text:?}: {err} (write e.g. \"250ms\" or \"10s\")"),
             )
         })
     }
 
     pub(super) fn duration_or(
         &self,
-        value: &Option<raw::Spanned<String>>,
+        value: &Option<raw::Spanned<raw::DurationText>>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         value.as_ref().map_or(Ok(default), |v| self.duration(v))
@@ -55,7 +56,7 @@ impl Resolver<'_> {
     /// A timeout for which zero would close every connection at once.
     pub(super) fn positive_duration_or(
         &self,
-        value: &Option<raw::Spanned<String>>,
+        value: &Option<raw::Spanned<raw::DurationText>>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         let duration = self.duration_or(value, default)?;
@@ -199,6 +200,17 @@ impl Resolver<'_> {
                 None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 Some(workers) => workers,
             },
+            drain_delay: self.duration_or(&raw.drain_delay, Duration::ZERO)?,
+            backlog: match &raw.backlog {
+                None => 4096,
+                Some(backlog) if *backlog.get_ref() == 0 => {
+                    return Err(self.error_at(
+                        backlog.span(),
+                        "backlog must be at least 1 (the default is 4096)",
+                    ))
+                }
+                Some(backlog) => *backlog.get_ref(),
+            },
             tls: match raw.tls {
                 None => None,
                 Some(tls) => Some(self.listener_tls(tls)?),
@@ -220,12 +232,15 @@ impl Resolver<'_> {
         let level = match &raw.level {
             None => "info".to_owned(),
             Some(level) => {
-                tracing_subscriber::EnvFilter::try_new(level.get_ref()).map_err(|err| {
+                let invalid = |why: String| {
                     self.error_at(
                         level.span(),
-                        format!("invalid log level {:?}: {err}", level.get_ref()),
+                        format!("invalid log level {:?}: {why}", level.get_ref()),
                     )
-                })?;
+                };
+                check_log_directives(level.get_ref()).map_err(invalid)?;
+                tracing_subscriber::EnvFilter::try_new(level.get_ref())
+                    .map_err(|err| invalid(err.to_string()))?;
                 level.get_ref().clone()
             }
         };
@@ -264,4 +279,31 @@ impl Resolver<'_> {
             )
         })
     }
+}
+
+/// The levels a log directive may name.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks what `EnvFilter` would accept but mean something else by: a bare word that is not a
+/// level (`"warning"`, `"verbose"`) is taken as a *target* to log at every level, which
+/// silences everything else; an empty string filters everything out.
+fn check_log_directives(level: &str) -> Result<(), String> {
+    let hint = "use one of trace, debug, info, warn, error, off, or target=level directives such as \"info,coalesce_proxy=debug\"";
+    if level.trim().is_empty() {
+        return Err(format!("it is empty: {hint}"));
+    }
+    for directive in level.split(',').map(str::trim) {
+        // Span and field filters (`target[span{field=x}]=level`) are left to EnvFilter.
+        if directive.contains('[') {
+            continue;
+        }
+        let named = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !LOG_LEVELS.contains(&named.to_ascii_lowercase().as_str()) {
+            return Err(format!("{named:?} is not a level: {hint}"));
+        }
+    }
+    Ok(())
 }

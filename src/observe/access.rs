@@ -23,6 +23,8 @@ use crate::upstream::BoxError;
 #[derive(Debug)]
 pub struct RequestRecord {
     pub started: Instant,
+    /// The response's Content-Length, when the access log is on (and not for HEAD).
+    pub length: Option<u64>,
     pub method: Method,
     /// The path without the query, set only when the access log is on.
     pub path: Option<String>,
@@ -70,7 +72,7 @@ impl ObservedBody {
                 path = record.path.as_deref().unwrap_or(""),
                 status = record.status.as_u16(),
                 bytes = self.bytes,
-                duration_ms = %format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+                duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
                 outcome = record.outcome.as_str(),
                 flight = record.flight,
                 complete,
@@ -82,8 +84,11 @@ impl ObservedBody {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away, unless there was nothing to send.
-        let complete = self.inner.is_end_stream();
+        // Dropped before its end: the client went away, unless there was nothing more to
+        // send. hyper drops a body once Content-Length bytes are written, never polling it
+        // to its end, so those count as complete too.
+        let length = self.record.as_ref().and_then(|r| r.length);
+        let complete = self.inner.is_end_stream() || length == Some(self.bytes);
         self.finish(complete);
     }
 }

@@ -140,7 +140,7 @@ impl Metrics {
         let requests = Family::default();
         registry.register(
             "requests",
-            "Client requests answered, by route and outcome (leader, follower, pass)",
+            "Client requests answered, by route and outcome (leader, follower, pass, hit, stale)",
             requests.clone(),
         );
         let response_bytes = Family::default();

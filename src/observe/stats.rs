@@ -325,7 +325,8 @@ impl StatsReporter {
             passed = delta.passed,
             cache_hits = delta.hits,
             upstream_errors = delta.upstream_errors,
-            coalesce_ratio = %format_args!("{:.3}", delta.coalesce_ratio()),
+            // A number (three decimals), so JSON logs carry it as one.
+            coalesce_ratio = (delta.coalesce_ratio() * 1000.0).round() / 1000.0,
             flights_in_flight = line.flights_in_flight,
             largest_fanout = line.largest_fanout,
             top_keys = %line.top_keys_text(),

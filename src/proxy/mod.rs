@@ -171,8 +171,15 @@ impl Proxy {
         let (route, reply) = self.route_and_serve(&routing, request, client).await;
         self.stats.record_request(reply.outcome);
         let (head, body) = reply.response.into_parts();
+        // hyper stops reading a body once it has written Content-Length bytes, without
+        // polling it to its end: the record compares the bytes sent with this instead.
+        let length = (routing.access_log && method != http::Method::HEAD)
+            .then(|| head.headers.get(http::header::CONTENT_LENGTH))
+            .flatten()
+            .and_then(|value| value.to_str().ok()?.parse().ok());
         let record = RequestRecord {
             started,
+            length,
             method,
             path,
             route: route.map_or_else(|| self.unrouted.clone(), |r| r.metrics.clone()),

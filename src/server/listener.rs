@@ -4,8 +4,33 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use std::io;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+
+/// Binds `address` with an accept queue of `backlog` connections. A herd of fresh
+/// connections arrives faster than one accept loop takes them; past the queue, the kernel drops
+/// SYNs and each of those clients waits a second or more for its retransmit. `what` names the
+/// listener in the error ("the admin listener 127.0.0.1:9901: Address in use").
+pub(super) fn bind(address: SocketAddr, backlog: u32, what: &str) -> io::Result<TcpListener> {
+    let bound = (|| {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(backlog)
+    })();
+    bound.map_err(|err| {
+        io::Error::new(
+            err.kind(),
+            format!("binding the {what} listener {address}: {err}"),
+        )
+    })
+}
 
 /// Answers a connection over `max_connections` with a 503 and closes it, without reading its
 /// request: cheap, and clear to an HTTP/1 client. Bounded, so a client that never reads

@@ -48,6 +48,8 @@ pub struct ServerHandle {
     proxy: Arc<Proxy>,
     /// The configuration being served, to tell what a reload cannot change.
     current: Arc<std::sync::Mutex<Config>>,
+    /// The configuration the server started with: what is bound and set up for good.
+    started: Arc<Config>,
     readiness: Arc<Readiness>,
     certificate: Option<Arc<tls::ListenerCertificate>>,
 }
@@ -55,28 +57,35 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Serves new requests under `config`. Routes, upstreams and policies change at once for
     /// new requests; connections, flights and requests under way are not disturbed. Listen
-    /// addresses, the admin address, logging and the stats interval need a restart, which is
-    /// logged.
-    pub fn reload(&self, config: Config) {
+    /// addresses, the admin address, logging and the stats interval need a restart: the
+    /// warnings saying so are logged and returned.
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let mut current = self
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.server.listen != config.server.listen || current.admin != config.admin {
-            tracing::warn!(
-                "listen and admin addresses only change on restart; still serving the old ones"
+        let mut warnings = Vec::new();
+        // Against what was bound and set up at start, not the previous file: after a change
+        // and its revert, nothing differs from what is served.
+        let started = &self.started;
+        if started.server.listen != config.server.listen || started.admin != config.admin {
+            warnings.push(
+                "listen and admin addresses only change on restart; still serving the old ones",
             );
         }
-        if current.log.format != config.log.format
-            || current.log.level != config.log.level
-            || current.log.stats_interval != config.log.stats_interval
+        if started.log.format != config.log.format
+            || started.log.level != config.log.level
+            || started.log.stats_interval != config.log.stats_interval
         {
-            tracing::warn!("log format, level and stats_interval only change on restart");
+            warnings.push("log format, level and stats_interval only change on restart");
         }
         match (&self.certificate, &config.server.tls) {
             (Some(certificate), Some(tls)) => certificate.replace(tls.certified.clone()),
             (None, None) => {}
-            _ => tracing::warn!("turning [server] tls on or off only happens on restart"),
+            _ => warnings.push("turning [server] tls on or off only happens on restart"),
+        }
+        for warning in &warnings {
+            tracing::warn!("{warning}");
         }
         self.proxy.reload(&config);
         tracing::info!(
@@ -85,6 +94,7 @@ impl ServerHandle {
             "config reloaded"
         );
         *current = config;
+        warnings
     }
 
     pub fn is_ready(&self) -> bool {
@@ -95,17 +105,13 @@ impl ServerHandle {
 impl Server {
     /// Binds every `[server] listen` address and the admin address.
     pub async fn bind(config: Config) -> io::Result<Server> {
-        let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|err| io::Error::new(err.kind(), format!("binding {address}: {err}")))
-        };
+        let backlog = config.server.backlog;
         let mut listeners = Vec::with_capacity(config.server.listen.len());
         for address in &config.server.listen {
-            listeners.push(bind(*address).await?);
+            listeners.push(listener::bind(*address, backlog, "proxy")?);
         }
         let admin = match config.admin {
-            Some(address) => Some(bind(address).await?),
+            Some(address) => Some(listener::bind(address, 1024, "admin")?),
             None => None,
         };
         Ok(Server::with_listeners(listeners, admin, config))
@@ -141,6 +147,7 @@ impl Server {
         ServerHandle {
             proxy: self.proxy.clone(),
             current: Arc::new(std::sync::Mutex::new(self.config.clone())),
+            started: Arc::new(self.config.clone()),
             readiness: self.readiness.clone(),
             certificate: self.certificate.clone(),
         }
@@ -157,8 +164,10 @@ impl Server {
         &self.proxy
     }
 
-    /// Serves until `shutdown` resolves, then drains for up to `shutdown_grace`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves; then, after `drain_delay` of still accepting while
+    /// `/readyz` says 503, stops accepting and drains for up to `shutdown_grace`. Says whether
+    /// every connection finished.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Shutdown {
         let Server {
             listeners,
             admin,
@@ -184,16 +193,19 @@ impl Server {
         });
 
         let mut background = JoinSet::new();
-        if !config.log.stats_interval.is_zero() {
+        let reporter = (!config.log.stats_interval.is_zero()).then(|| {
             let reporter = StatsReporter::new(proxy.stats().clone(), {
                 let group = proxy.group().clone();
                 move || group.len()
             });
-            background.spawn(reporter.run(config.log.stats_interval));
+            Arc::new(std::sync::Mutex::new(reporter))
+        });
+        if let Some(reporter) = &reporter {
+            background.spawn(report_stats(reporter.clone(), config.log.stats_interval));
         }
         // Each listener accepts on its own task and hands connections to this one, which owns
         // the graceful-shutdown registry.
-        let (accepted_tx, mut accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);
+        let (accepted_tx, accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);
         for listener in listeners {
             background.spawn(accept_loop(listener, accepted_tx.clone()));
         }
@@ -203,7 +215,7 @@ impl Server {
             Ok(workers) => workers,
             Err(err) => {
                 tracing::error!(error = %err, "starting the worker threads failed");
-                return;
+                return Shutdown::GraceRanOut;
             }
         };
         let connection_server = Arc::new(ConnectionServer::new(
@@ -215,47 +227,110 @@ impl Server {
         // Set when draining starts. Every connection holds a receiver until it ends, so the
         // receivers count the open connections and the drain ends when the last one is gone.
         let (draining_tx, draining) = watch::channel(false);
-        // One permit per open client connection.
-        let connections = Arc::new(Semaphore::new(config.server.max_connections));
+        let accepting = Accepting {
+            accepted,
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+            connection_server,
+            draining,
+        };
 
         readiness.set(true);
-        tokio::pin!(shutdown);
+        let accepting = accepting.until(shutdown).await;
+        // Not ready from now on, but still accepting for `drain_delay`: a load balancer (a
+        // Kubernetes Service) takes a moment to see `/readyz` and stop sending new clients.
+        readiness.set(false);
+        let delay = config.server.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                drain_delay = %humantime::format_duration(delay),
+                "shutting down: /readyz says 503; still accepting for drain_delay"
+            );
+            let accepting = accepting.until(tokio::time::sleep(delay)).await;
+            drop(accepting);
+        } else {
+            drop(accepting);
+        }
+        draining_tx.send_replace(true);
+        // Waits for the accept loops to end, so their listeners are closed (new connections
+        // refused) before the drain is announced.
+        background.shutdown().await;
+        let outcome = drain(&draining_tx, config.server.shutdown_grace).await;
+        // The requests since the last stats line would otherwise appear in none.
+        if let Some(reporter) = reporter {
+            let mut reporter = reporter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            reporter.report(config.log.stats_interval);
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+        outcome
+    }
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Every connection finished within `shutdown_grace`.
+    Drained,
+    /// The grace period ran out and the remaining connections were closed (or the server
+    /// could not start its workers).
+    GraceRanOut,
+}
+
+/// The stats line every `interval`, from a reporter the shutdown reports through once more.
+async fn report_stats(reporter: Arc<std::sync::Mutex<StatsReporter>>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let mut reporter = reporter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reporter.report(interval);
+    }
+}
+
+/// The accept side of a running server: connections handed over by the accept loops, each
+/// served on a worker while a `max_connections` slot is free.
+struct Accepting {
+    accepted: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    connections: Arc<Semaphore>,
+    connection_server: Arc<ConnectionServer>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Accepting {
+    /// Serves new connections until `stop` resolves (or every accept loop has ended).
+    async fn until(mut self, stop: impl Future<Output = ()>) -> Accepting {
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
-                next = accepted.recv() => {
+                () = &mut stop => break,
+                next = self.accepted.recv() => {
                     let Some((stream, peer)) = next else { break };
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                         tokio::spawn(refuse(stream));
                         continue;
                     };
                     match stream.into_std() {
                         Ok(stream) => {
-                            connection_server.spawn(stream, peer, draining.clone(), permit);
+                            self.connection_server.spawn(stream, peer, self.draining.clone(), permit);
                         }
                         Err(err) => tracing::debug!(%peer, error = %err, "handing over a connection failed"),
                     }
                 }
             }
         }
-
-        readiness.set(false);
-        draining_tx.send_replace(true);
-        // Waits for the accept loops to end, so their listeners are closed (new connections
-        // refused) before the drain is announced.
-        background.shutdown().await;
-        drop(accepted);
-        drop(draining);
-        drain(&draining_tx, config.server.shutdown_grace).await;
-        if let Some(admin) = admin {
-            admin.abort();
-        }
+        self
     }
 }
 
 /// Waits until every connection has ended (each holds a receiver of `draining`), or
 /// `grace` has passed, and says which.
-async fn drain(draining: &watch::Sender<bool>, grace: Duration) {
+async fn drain(draining: &watch::Sender<bool>, grace: Duration) -> Shutdown {
     let open = draining.receiver_count();
     tracing::info!(
         open_connections = open,
@@ -268,9 +343,12 @@ async fn drain(draining: &watch::Sender<bool>, grace: Duration) {
     {
         tracing::warn!(
             grace = %humantime::format_duration(grace),
+            open_connections = draining.receiver_count(),
             "shutdown grace period ran out; closing the remaining connections"
         );
+        Shutdown::GraceRanOut
     } else {
         tracing::info!("all connections drained");
+        Shutdown::Drained
     }
 }

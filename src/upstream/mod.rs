@@ -254,7 +254,7 @@ impl Upstream {
                 Ok(Err(err)) if err.is_connect() => {
                     return Err(FetchError::Connect {
                         upstream: name(),
-                        reason: error_chain(&err),
+                        reason: explain_connect(error_chain(&err)),
                     })
                 }
                 Ok(Err(err)) => {
@@ -268,6 +268,17 @@ impl Upstream {
             Ok(response.map(|body| UpstreamBody::new(body, idle_timeout, permit)))
         }
     }
+}
+
+/// A connect failure in words an operator can act on, where rustls' own are cryptic.
+fn explain_connect(reason: String) -> String {
+    if reason.contains("InvalidContentType") {
+        // rustls read something that is no TLS record: a plain-HTTP server, most likely.
+        return format!(
+            "the upstream did not answer with TLS (does it speak plain HTTP? then use http://): {reason}"
+        );
+    }
+    reason
 }
 
 /// `err: cause: cause`, because hyper's top-level messages ("client error (Connect)") say
