@@ -52,7 +52,7 @@ async fn metrics_after_a_herd_show_one_leader_and_999_followers() {
 }
 
 /// Scrapes `/metrics` until it has the line `want`, bounded by [`PATIENCE`].
-async fn metric_reaches(admin: SocketAddr, want: &str) -> bool {
+pub(crate) async fn metric_reaches(admin: SocketAddr, want: &str) -> bool {
     eventually_async(|| async {
         let text = get(admin, "/metrics").await;
         String::from_utf8_lossy(text.body())
@@ -63,7 +63,7 @@ async fn metric_reaches(admin: SocketAddr, want: &str) -> bool {
 }
 
 /// GETs `/readyz` until it answers `want`, bounded by [`PATIENCE`].
-async fn readyz_becomes(admin: SocketAddr, want: StatusCode) -> bool {
+pub(crate) async fn readyz_becomes(admin: SocketAddr, want: StatusCode) -> bool {
     eventually_async(|| async { get(admin, "/readyz").await.status == want }).await
 }
 
@@ -125,14 +125,14 @@ async fn draining_closes_connections_that_have_not_sent_a_request() {
 }
 
 /// The proxy binary, its stderr as lines, and the addresses it logged.
-struct Running {
-    child: std::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    log: Vec<serde_json::Value>,
+pub(crate) struct Running {
+    pub(crate) child: std::process::Child,
+    pub(crate) lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub(crate) log: Vec<serde_json::Value>,
 }
 
 impl Running {
-    fn start(config: &std::path::Path) -> Running {
+    pub(crate) fn start(config: &std::path::Path) -> Running {
         let (child, lines) = spawn_with_log(
             Command::new(BINARY)
                 .arg("--config")
@@ -147,7 +147,7 @@ impl Running {
     }
 
     /// Reads log lines (each must be JSON) until one has `message` starting with `prefix`.
-    async fn wait_for(&mut self, prefix: &str) -> serde_json::Value {
+    pub(crate) async fn wait_for(&mut self, prefix: &str) -> serde_json::Value {
         loop {
             let line = tokio::time::timeout(PATIENCE, self.lines.recv())
                 .await
@@ -165,7 +165,7 @@ impl Running {
         }
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let sent = Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
@@ -174,7 +174,7 @@ impl Running {
     }
 }
 
-fn address(value: &serde_json::Value) -> SocketAddr {
+pub(crate) fn address(value: &serde_json::Value) -> SocketAddr {
     value["address"]
         .as_str()
         .expect("address field")
@@ -182,7 +182,7 @@ fn address(value: &serde_json::Value) -> SocketAddr {
         .expect("address")
 }
 
-fn reload_config(origin: &Origin, routes: &str) -> String {
+pub(crate) fn reload_config(origin: &Origin, routes: &str) -> String {
     format!(
         r#"
 [server]
@@ -327,7 +327,7 @@ async fn healthcheck_subcommand_reports_a_live_admin_listener() {
 }
 
 /// Reads log lines (JSON) until the process exits, and returns them.
-async fn rest_of_log(proxy: &mut Running) -> Vec<serde_json::Value> {
+pub(crate) async fn rest_of_log(proxy: &mut Running) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, proxy.lines.recv()).await {
         lines.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
@@ -335,7 +335,7 @@ async fn rest_of_log(proxy: &mut Running) -> Vec<serde_json::Value> {
     lines
 }
 
-fn is_stats(line: &serde_json::Value) -> bool {
+pub(crate) fn is_stats(line: &serde_json::Value) -> bool {
     line["message"] == "stats" || line["target"] == "coalesce_proxy::stats"
 }
 

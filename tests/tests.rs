@@ -15,6 +15,7 @@ mod config_errors;
 mod dns;
 mod failures;
 mod faults;
+mod first_week;
 mod fuzz_regressions;
 mod keys;
 mod operations;

@@ -153,7 +153,12 @@ impl Proxy {
                 response
             }
             Err(err) => {
-                tracing::warn!(route = %route.name, error = %err, "upstream request failed");
+                crate::observe::failure_log::upstream_failed(
+                    &route.name,
+                    err.kind(),
+                    &err,
+                    "upstream request failed",
+                );
                 error_reply(route.coalesce.outcome_header.as_ref(), Outcome::Pass, &err)
             }
         };

@@ -460,12 +460,11 @@ fn shared_error(
 ) -> Reply {
     let flight = subscription.flight();
     if role == Role::Leader {
-        tracing::warn!(
-            route = %route.name,
-            flight = flight.id,
-            path = flight.key.path(),
-            error = %err,
-            "shared upstream fetch failed"
+        crate::observe::failure_log::upstream_failed(
+            &route.name,
+            err.kind(),
+            err,
+            "shared upstream fetch failed",
         );
     }
     let outcome = outcome_of(role);

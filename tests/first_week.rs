@@ -1,0 +1,204 @@
+//! What a new user met in the first week, each as a test that fails if it comes back: the
+//! access log's `complete`, the last stats interval, numbers in JSON logs, the exit status
+//! when the grace period runs out, `drain_delay`, reload warnings after a revert, the admin
+//! listener's bind error, and an outage's log volume.
+
+use std::process::Command;
+
+use coalesce_proxy::config::Config;
+use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use http::{Method, StatusCode};
+
+use crate::command_line::{write_config, BINARY};
+use crate::operations::{
+    address, is_stats, metric_reaches, readyz_becomes, reload_config, rest_of_log, Running,
+};
+use crate::util::*;
+
+const ROUTE: &str = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
+
+fn is_access(line: &serde_json::Value) -> bool {
+    line["target"] == "coalesce_proxy::access" || line["message"] == "access"
+}
+
+async fn exit_status(proxy: Running) -> std::process::ExitStatus {
+    let mut child = proxy.child;
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("task")
+        .expect("exit status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_complete_for_every_client_that_got_its_whole_body() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let file = write_config(&reload_config(&origin, ROUTE));
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    let admin = address(&proxy.wait_for("admin listening on").await);
+    // A leader and four followers, each answered with a Content-Length body.
+    let herd = tokio::spawn(async move {
+        herd(addr, 5, Method::GET, "/whole?size=1000&hold_head=g", &[]).await
+    });
+    assert!(metric_reaches(admin, "coalesce_proxy_followers_waiting 4").await);
+    origin.open_gate("g");
+    let replies = herd.await.expect("herd");
+    assert_eq!(outcomes(&replies), (1, 4, 0));
+    assert!(replies.iter().all(|r| r.body() == &origin::body(1000)));
+    let mut access = Vec::new();
+    while access.len() < 5 {
+        let line = proxy.wait_for("access").await;
+        access.push(line);
+    }
+    for line in &access {
+        assert_eq!(line["complete"], true, "{line}");
+        assert_eq!(line["bytes"], 1000, "{line}");
+        assert!(line["duration_ms"].is_f64(), "a number: {line}");
+    }
+    proxy.signal("TERM");
+    assert!(exit_status(proxy).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_writes_the_last_intervals_stats_line_with_numbers_as_numbers() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let config = reload_config(&origin, ROUTE)
+        .replace("stats_interval = \"0s\"", "stats_interval = \"1h\"")
+        .replace("access = true", "access = false");
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    for i in 0..3 {
+        assert_eq!(
+            get(addr, &format!("/last-{i}")).await.status,
+            StatusCode::OK
+        );
+    }
+    proxy.signal("TERM");
+    let log = rest_of_log(&mut proxy).await;
+    let stats: Vec<_> = log.iter().filter(|l| is_stats(l)).collect();
+    assert_eq!(stats.len(), 1, "one stats line, at shutdown: {log:?}");
+    assert_eq!(stats[0]["requests"], 3, "{}", stats[0]);
+    assert!(
+        stats[0]["coalesce_ratio"].is_f64(),
+        "a number: {}",
+        stats[0]
+    );
+    assert!(exit_status(proxy).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_status_is_non_zero_when_shutdown_grace_cuts_connections() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let config =
+        reload_config(&origin, ROUTE).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\"");
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    // Held at the origin for good: the drain cannot finish it.
+    let held =
+        tokio::spawn(
+            async move { try_herd(addr, 1, Method::GET, "/never?hold_head=never", &[]).await },
+        );
+    assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
+    proxy.signal("TERM");
+    proxy.wait_for("shutdown grace period ran out").await;
+    assert_eq!(exit_status(proxy).await.code(), Some(1));
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_keeps_accepting_while_readyz_says_503() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let config = with_server_setting(&reload_config(&origin, ROUTE), "drain_delay = \"30s\"");
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    let admin = address(&proxy.wait_for("admin listening on").await);
+    proxy.signal("TERM");
+    assert!(readyz_becomes(admin, StatusCode::SERVICE_UNAVAILABLE).await);
+    // Not ready, yet a new client is still served during the delay.
+    let reply = get(addr, "/during-delay?size=5").await;
+    assert_eq!(reply.body(), &origin::body(5));
+    let _ = proxy.child.kill();
+    let _ = exit_status(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_warns_about_listen_only_while_it_differs_from_what_is_bound() {
+    let h = Harness::start().await;
+    let started = config_text(&h.origin.url(), "", "");
+    let moved = started.replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"");
+    let warnings = h.handle.reload(Config::from_toml(&moved).expect("valid"));
+    assert_eq!(
+        warnings,
+        ["listen and admin addresses only change on restart; still serving the old ones"]
+    );
+    // Reverted: nothing differs from what is bound, so nothing to warn about.
+    let warnings = h.handle.reload(Config::from_toml(&started).expect("valid"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn an_admin_address_in_use_is_named_as_the_admin_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let file = write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[upstreams.o]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"o\"\n"
+    ));
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&file.0)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("binding the admin listener 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_logs_one_warning_per_kind_and_route_not_one_per_flight() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = closed.local_addr().expect("address");
+    drop(closed);
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let config = reload_config(&origin, ROUTE)
+        .replace(&origin.url(), &format!("http://{down}"))
+        .replace("stats_interval = \"0s\"", "stats_interval = \"1h\"")
+        .replace("access = true", "access = false");
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    // 50 distinct keys: 50 flights, each failing to connect.
+    for i in 0..50 {
+        assert_eq!(
+            get(addr, &format!("/down-{i}")).await.status,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    proxy.signal("TERM");
+    let log = rest_of_log(&mut proxy).await;
+    let warnings = log
+        .iter()
+        .chain(&proxy.log)
+        .filter(|l| l["message"] == "shared upstream fetch failed")
+        .count();
+    assert_eq!(warnings, 1, "{log:?}");
+    // Every failure is still counted.
+    let stats = log.iter().find(|l| is_stats(l)).expect("a stats line");
+    assert_eq!(stats["upstream_errors"], 50, "{stats}");
+    assert!(exit_status(proxy).await.success());
+}
