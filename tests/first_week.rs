@@ -17,10 +17,6 @@ use crate::util::*;
 
 const ROUTE: &str = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
 
-fn is_access(line: &serde_json::Value) -> bool {
-    line["target"] == "coalesce_proxy::access" || line["message"] == "access"
-}
-
 async fn exit_status(proxy: Running) -> std::process::ExitStatus {
     let mut child = proxy.child;
     tokio::task::spawn_blocking(move || child.wait())
