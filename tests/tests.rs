@@ -24,5 +24,6 @@ mod post_coalescing;
 mod protocols;
 mod routing;
 mod sharing;
+mod status_page;
 mod tls;
 mod tls_listener;

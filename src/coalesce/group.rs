@@ -109,6 +109,11 @@ impl Group {
         self.len() == 0
     }
 
+    /// The flights in the air now (for the status page).
+    pub fn flights(&self) -> Vec<Arc<Flight>> {
+        self.table().values().cloned().collect()
+    }
+
     /// Joins the live flight for `key`, or starts one whose fetch is `fetch(&flight)`. The fetch runs
     /// on its own task, so it outlives the leader's request if followers still wait. A flight
     /// that is closed to joiners (past `max_replay_body`) or full (`max_followers`) is replaced

@@ -412,6 +412,11 @@ impl RouteMetrics {
         self.upstream_requests[if (1..=5).contains(&class) { class } else { 0 }].inc();
     }
 
+    /// Requests answered since start, by outcome, in [`Outcome::ALL`]'s order.
+    pub fn requests_by_outcome(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.requests[i].get())
+    }
+
     pub fn request_done(&self, outcome: Outcome, bytes: u64, seconds: f64) {
         let i = outcome as usize;
         self.requests[i].inc();

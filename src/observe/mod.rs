@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod failure_log;
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;

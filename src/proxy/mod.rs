@@ -104,6 +104,11 @@ impl Proxy {
             .store(Arc::new(Routing::new(config, &self.stats.metrics)));
     }
 
+    /// The routes served now (for the status page).
+    pub fn routes(&self) -> Vec<Arc<crate::route::Route>> {
+        self.routing.load().routes.iter().cloned().collect()
+    }
+
     /// The singleflight table, for inspection (tests, the stats reporter).
     pub fn group(&self) -> &Arc<Group> {
         &self.group

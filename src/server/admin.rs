@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (serving), and
-//! `POST /purge` (by prefix, path or surrogate key) for the response caches.
+//! The admin listener: `/` (the live status page) and `/status.json` (`server::status`),
+//! `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (serving), and `POST /purge` (by
+//! prefix, path or surrogate key) for the response caches.
 //!
 //! It runs on its own address (`[admin] listen`), separate from client traffic, so probes and
 //! scrapes never queue behind a herd. It keeps answering while the proxy drains, which is when
@@ -19,7 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use crate::observe::history::History;
 use crate::proxy::Proxy;
+use crate::server::status;
 
 /// Whether the proxy takes new work: false before the listeners are up and while draining.
 #[derive(Debug, Default)]
@@ -40,6 +43,11 @@ impl Readiness {
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, readiness: Arc<Readiness>) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let started = std::time::Instant::now();
+    // The status page's chart; sampled only where there is an admin listener to show it.
+    let history = Arc::new(History::default());
+    let sampler = tokio::spawn(history.clone().run(proxy.stats().clone()));
+    let _stop_sampler = AbortOnDrop(sampler);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors, most likely; the proxy's own accept loop logs it.
@@ -48,8 +56,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, readiness: Arc<Read
         };
         let proxy = proxy.clone();
         let readiness = readiness.clone();
+        let history = history.clone();
         let service = service_fn(move |request| {
-            let response = answer(&request, &proxy, &readiness);
+            let response = answer(&request, &proxy, &readiness, &history, started);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = builder
@@ -59,10 +68,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, readiness: Arc<Read
     }
 }
 
+/// Aborts the task when the admin listener's task ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn answer(
     request: &Request<Incoming>,
     proxy: &Proxy,
     readiness: &Readiness,
+    history: &History,
+    started: std::time::Instant,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() == "/purge" {
         return purge(request, proxy);
@@ -81,12 +101,20 @@ fn answer(
             );
             response
         }
+        "/" => with_type(
+            Bytes::from_static(status::PAGE.as_bytes()),
+            "text/html; charset=utf-8",
+        ),
+        "/status.json" => {
+            let json = status::status_json(proxy, history, started).to_string();
+            with_type(Bytes::from(json), "application/json")
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if readiness.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin endpoints: /metrics /healthz /readyz\n",
+            "admin endpoints: / /status.json /metrics /healthz /readyz POST /purge\n",
         ),
     }
 }
@@ -118,6 +146,17 @@ fn purge(request: &Request<Incoming>, proxy: &Proxy) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+fn with_type(body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

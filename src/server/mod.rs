@@ -20,6 +20,7 @@ pub mod admin;
 mod connection;
 mod listener;
 mod stall_guard;
+pub mod status;
 pub mod tls;
 pub mod workers;
 

@@ -39,6 +39,10 @@ pub struct DemoArgs {
     /// The clients then do not get the origin's bytes, and the demo exits non-zero.
     #[arg(long, value_parser = ["close_before_head", "reset_before_head", "garbage_head", "close_mid_body", "reset_mid_body"])]
     origin_fail: Option<String>,
+    /// Keep serving after the report, with a herd every 5 seconds, so the status page (its
+    /// address is printed) shows flights and the chart moves; Ctrl-C stops.
+    #[arg(long)]
+    hold: bool,
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -63,6 +67,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("the embedded demo configuration")?;
     let server = Server::bind(config).await.context("binding the proxy")?;
     let proxy_addr = server.local_addrs()[0];
+    let admin_addr = server.admin_addr();
     let proxy = server.proxy().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.run(async {
@@ -80,6 +85,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         origin.url(),
         humantime::format_duration(args.origin_delay),
     );
+    if let Some(admin) = admin_addr {
+        println!("status page: http://{admin}/ (live while the demo runs; --hold keeps it up)");
+    }
     println!();
 
     // The origin reads its script from the query (see `origin`).
@@ -129,12 +137,36 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("stats: {}", reporter.next_line());
 
+    if args.hold {
+        hold(proxy_addr, admin_addr, args.clients).await;
+    }
     let _ = stop.send(());
     let _ = serving.await;
     if !problems.is_empty() {
         bail!("the demo found problems:\n  {}", problems.join("\n  "));
     }
     Ok(())
+}
+
+/// Sends a herd on a new key every 5 seconds until Ctrl-C, for the status page to show.
+async fn hold(proxy: std::net::SocketAddr, admin: Option<std::net::SocketAddr>, clients: usize) {
+    if let Some(admin) = admin {
+        println!();
+        println!("holding: open http://{admin}/ to watch a herd every 5 s; Ctrl-C stops");
+    }
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let paths = vec![format!("/demo/held/{round}"); clients];
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = send_all(proxy, Method::GET, paths) => {}
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 /// Sends one POST, which must pass through with its body echoed intact.

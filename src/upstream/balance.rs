@@ -71,6 +71,16 @@ impl Endpoint {
         self.readdressed
     }
 
+    /// Whether it takes requests now (not taken out by passive health).
+    pub fn healthy(&self) -> bool {
+        self.available(Instant::now())
+    }
+
+    /// Requests sent to it and not yet answered with a head.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     fn available(&self, now: Instant) -> bool {
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         health.ejected_until.is_none_or(|until| until <= now)

@@ -166,6 +166,11 @@ impl Upstream {
         self.balancer.primary_host()
     }
 
+    /// Its addresses now (for the status page).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<balance::Endpoint>>> {
+        self.balancer.endpoints()
+    }
+
     /// The calling worker's pool.
     fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
         &self.clients[crate::server::workers::current() % self.clients.len()]
