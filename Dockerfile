@@ -1,10 +1,12 @@
 # coalesce-proxy as a sidecar image: a static-ish Rust binary on distroless, non-root.
 #   docker build -t coalesce-proxy .
+#   cp config/docker.toml proxy.toml   # then point [upstreams.app] at your backend
 #   docker run --rm -p 8080:8080 -p 9901:9901 -v "$PWD/proxy.toml:/etc/coalesce-proxy/proxy.toml:ro" coalesce-proxy
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-# Manifests first, so the dependency layer is cached across source changes.
+# One build step: any change under src/ rebuilds the dependencies too (no separate
+# dependency layer; a cargo-chef stage would add one at the cost of another tool).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
@@ -22,7 +24,8 @@ USER 65532
 EXPOSE 8080 9901
 # Kubernetes and Docker send SIGTERM to stop a container: the proxy drains on it.
 STOPSIGNAL SIGTERM
+# Checks whatever the mounted config says: its admin /healthz, or its listen port without one.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["/usr/local/bin/coalesce-proxy", "healthcheck", "--url", "http://127.0.0.1:9901/healthz"]
+  CMD ["/usr/local/bin/coalesce-proxy", "healthcheck", "--config", "/etc/coalesce-proxy/proxy.toml"]
 ENTRYPOINT ["/usr/local/bin/coalesce-proxy"]
 CMD ["--config", "/etc/coalesce-proxy/proxy.toml"]

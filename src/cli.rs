@@ -39,8 +39,12 @@ enum Command {
     /// For Docker's HEALTHCHECK, since the runtime image has no shell and no curl.
     Healthcheck {
         /// e.g. http://127.0.0.1:9901/healthz
-        #[arg(long)]
-        url: http::Uri,
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        url: Option<http::Uri>,
+        /// Check the proxy this configuration describes: its admin /healthz, or without an
+        /// admin listener a connection to its first listen address.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
         /// Give up after this long.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -54,8 +58,20 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Demo(args)) => return run_with_runtime(|| crate::tools::demo::run(args)),
-        Some(Command::Healthcheck { url, timeout }) => {
-            return run_with_runtime(|| crate::tools::healthcheck::check(url, timeout))
+        Some(Command::Healthcheck {
+            url,
+            config,
+            timeout,
+        }) => {
+            return run_with_runtime(|| async move {
+                match (url, config) {
+                    (Some(url), _) => crate::tools::healthcheck::check(url, timeout).await,
+                    (None, Some(path)) => {
+                        crate::tools::healthcheck::check_config(&path, timeout).await
+                    }
+                    (None, None) => anyhow::bail!("healthcheck needs --url or --config"),
+                }
+            })
         }
         None => {}
     }
@@ -110,9 +126,10 @@ where
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let server = Server::bind(config).await?;
     let reloads = tokio::spawn(reload_on_sighup(path, server.handle()));
-    let outcome = server.run(shutdown_signal()).await;
+    let outcome = server.run(shutdown).await;
     reloads.abort();
     match outcome {
         Shutdown::Drained => Ok(()),
@@ -153,11 +170,14 @@ async fn reload_on_sighup(path: PathBuf, server: ServerHandle) {
 }
 
 /// Resolves on SIGTERM (Kubernetes and Docker send it to start a graceful shutdown) or SIGINT.
-async fn shutdown_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    // Registered now, before the listeners are announced: a SIGTERM sent the moment
+    // "listening" is logged must start a drain, not hit the default action and kill.
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        #[cfg(unix)]
+        match terminate {
             Ok(mut terminate) => {
                 tokio::select! {
                     _ = terminate.recv() => tracing::info!("SIGTERM received"),
@@ -169,9 +189,7 @@ async fn shutdown_signal() {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -295,35 +295,59 @@ async fn access_log_lines_are_json_and_tie_followers_to_their_leader() {
     let _ = tokio::task::spawn_blocking(move || proxy.child.wait()).await;
 }
 
+/// Runs `coalesce-proxy healthcheck ARGS`, its stderr captured (a failing check's `error:`
+/// line belongs to this test's output, not the terminal's): exit code and stderr.
+fn healthcheck(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(BINARY)
+        .arg("healthcheck")
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_subcommand_reports_a_live_admin_listener() {
     let h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
     let admin = h.admin.expect("admin listener");
-    let healthy = Command::new(BINARY)
-        .args(["healthcheck", "--url", &format!("http://{admin}/healthz")])
-        .status()
-        .expect("run");
-    assert_eq!(healthy.code(), Some(0));
-    let missing = Command::new(BINARY)
-        .args(["healthcheck", "--url", &format!("http://{admin}/nope")])
-        .status()
-        .expect("run");
-    assert_eq!(missing.code(), Some(1));
+    let (code, _) = healthcheck(&["--url", &format!("http://{admin}/healthz")]);
+    assert_eq!(code, Some(0));
+    let (code, stderr) = healthcheck(&["--url", &format!("http://{admin}/nope")]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("answered 404"), "{stderr}");
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let down = Command::new(BINARY)
-        .args([
-            "healthcheck",
-            "--url",
-            &format!("http://{closed}/healthz"),
-            "--timeout",
-            "1s",
-        ])
-        .status()
-        .expect("run");
-    assert_eq!(down.code(), Some(1));
+    let (code, _) = healthcheck(&[
+        "--url",
+        &format!("http://{closed}/healthz"),
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(code, Some(1));
+
+    // --config: the admin listener's /healthz when the config has one, else the listen port.
+    let routes = "[upstreams.o]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"o\"\n";
+    let with_admin = write_config(&format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"{admin}\"\n{routes}"
+    ));
+    let path = with_admin.0.display().to_string();
+    assert_eq!(healthcheck(&["--config", &path]).0, Some(0));
+    let listen_only = write_config(&format!("[server]\nlisten = \"{}\"\n{routes}", h.addr));
+    let path = listen_only.0.display().to_string();
+    assert_eq!(healthcheck(&["--config", &path]).0, Some(0));
+    let nothing_there = write_config(&format!("[server]\nlisten = \"{closed}\"\n{routes}"));
+    let path = nothing_there.0.display().to_string();
+    let (code, stderr) = healthcheck(&["--config", &path, "--timeout", "1s"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no [admin] listener configured"),
+        "{stderr}"
+    );
 }
 
 /// Reads log lines (JSON) until the process exits, and returns them.

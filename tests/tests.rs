@@ -12,6 +12,7 @@ mod cache_validation;
 mod coalescing;
 mod command_line;
 mod config_errors;
+mod dashboard;
 mod dns;
 mod failures;
 mod faults;

@@ -1,4 +1,8 @@
 //! `coalesce-proxy healthcheck`: one GET against a health URL, for container health checks.
+//! With `--config`, the URL comes from the configuration the container runs: the admin
+//! listener's `/healthz` when there is one, otherwise a connection to the first listen
+//! address, so an image whose mounted config has no admin listener (or another port) is
+//! still checked truthfully.
 
 use std::time::Duration;
 
@@ -8,6 +12,34 @@ use http::{Request, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+/// Checks the proxy that `config` describes (see the module's note).
+pub async fn check_config(path: &std::path::Path, timeout: Duration) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path).with_context(|| "healthcheck")?;
+    // A wildcard address is reached on loopback from inside the container.
+    let local = |address: std::net::SocketAddr| {
+        if address.ip().is_unspecified() {
+            let loopback: std::net::IpAddr = if address.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(loopback, address.port())
+        } else {
+            address
+        }
+    };
+    if let Some(admin) = config.admin {
+        let url: Uri = format!("http://{}/healthz", local(admin)).parse()?;
+        return check(url, timeout).await;
+    }
+    let listen = local(config.server.listen[0]);
+    tokio::time::timeout(timeout, TcpStream::connect(listen))
+        .await
+        .with_context(|| format!("healthcheck: {listen}: no connection within {timeout:?}"))?
+        .with_context(|| format!("healthcheck: {listen} (no [admin] listener configured)"))?;
+    Ok(())
+}
 
 /// GETs `url` (plain http) and succeeds on a 2xx answer within `timeout`.
 pub async fn check(url: Uri, timeout: Duration) -> anyhow::Result<()> {
