@@ -10,9 +10,8 @@ use coalesce_proxy::origin::{self, Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::command_line::{write_config, BINARY};
-use crate::operations::{
-    address, is_stats, metric_reaches, readyz_becomes, reload_config, rest_of_log, Running,
-};
+use crate::operations::{metric_reaches, readyz_becomes};
+use crate::running::{address, is_stats, reload_config, rest_of_log, Running};
 use crate::util::*;
 
 const ROUTE: &str = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";

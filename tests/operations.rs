@@ -7,6 +7,7 @@ use coalesce_proxy::origin::{self, Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::command_line::{write_config, BINARY};
+use crate::running::*;
 use crate::util::*;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -122,84 +123,6 @@ async fn draining_closes_connections_that_have_not_sent_a_request() {
         assert!(closed.is_ok(), "a connection outlived the drain");
         assert!(rest.is_empty());
     }
-}
-
-/// The proxy binary, its stderr as lines, and the addresses it logged.
-pub(crate) struct Running {
-    pub(crate) child: std::process::Child,
-    pub(crate) lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    pub(crate) log: Vec<serde_json::Value>,
-}
-
-impl Running {
-    pub(crate) fn start(config: &std::path::Path) -> Running {
-        let (child, lines) = spawn_with_log(
-            Command::new(BINARY)
-                .arg("--config")
-                .arg(config)
-                .env_remove("RUST_LOG"),
-        );
-        Running {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Reads log lines (each must be JSON) until one has `message` starting with `prefix`.
-    pub(crate) async fn wait_for(&mut self, prefix: &str) -> serde_json::Value {
-        loop {
-            let line = tokio::time::timeout(PATIENCE, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no log line starting {prefix:?}"))
-                .expect("proxy alive");
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|err| panic!("log line is not JSON ({err}): {line}"));
-            self.log.push(value.clone());
-            if value["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(prefix))
-            {
-                return value;
-            }
-        }
-    }
-
-    pub(crate) fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-    }
-}
-
-pub(crate) fn address(value: &serde_json::Value) -> SocketAddr {
-    value["address"]
-        .as_str()
-        .expect("address field")
-        .parse()
-        .expect("address")
-}
-
-pub(crate) fn reload_config(origin: &Origin, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-format = "json"
-access = true
-stats_interval = "0s"
-[upstreams.origin]
-url = "{}"
-{routes}
-"#,
-        origin.url()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,19 +271,6 @@ async fn healthcheck_subcommand_reports_a_live_admin_listener() {
         stderr.contains("no [admin] listener configured"),
         "{stderr}"
     );
-}
-
-/// Reads log lines (JSON) until the process exits, and returns them.
-pub(crate) async fn rest_of_log(proxy: &mut Running) -> Vec<serde_json::Value> {
-    let mut lines = Vec::new();
-    while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, proxy.lines.recv()).await {
-        lines.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line)));
-    }
-    lines
-}
-
-pub(crate) fn is_stats(line: &serde_json::Value) -> bool {
-    line["message"] == "stats" || line["target"] == "coalesce_proxy::stats"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,6 +435,8 @@ fn every_metric_the_deploy_docs_list_is_exposed() {
     // Labelled families appear once a route has its series.
     let _route = stats.metrics.for_route("all");
     stats.metrics.upstream_error("all", "connect");
+    let _admission = stats.metrics.for_upstream_admission("origin");
+    let _addresses = stats.metrics.for_upstream_addresses("origin");
     let exposition = stats.metrics.render();
     for name in names {
         let family = name.strip_suffix("_total").unwrap_or(&name);

@@ -24,6 +24,7 @@ mod passthrough;
 mod post_coalescing;
 mod protocols;
 mod routing;
+mod running;
 mod sharing;
 mod status_page;
 mod tls;
