@@ -19,23 +19,18 @@ async fn status(h: &Harness) -> serde_json::Value {
     serde_json::from_slice(reply.body()).expect("JSON")
 }
 
+/// A herd of `n` GETs of `path` (held at the origin's gate `g`), once all have joined.
+async fn held_herd(h: &Harness, n: u64, path: &'static str) -> tokio::task::JoinHandle<Vec<Reply>> {
+    let addr = h.addr;
+    let herd = tokio::spawn(async move { herd(addr, n as usize, Method::GET, path, &[]).await });
+    assert!(eventually(|| h.proxy.stats().snapshot().joined >= n - 1).await);
+    herd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_json_shows_the_flight_in_the_air_its_followers_and_the_upstream() {
     let h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
-    let herd = tokio::spawn({
-        let addr = h.addr;
-        async move {
-            herd(
-                addr,
-                20,
-                Method::GET,
-                "/status/hot?size=100&hold_head=g&secret=1",
-                &[],
-            )
-            .await
-        }
-    });
-    assert!(eventually(|| h.proxy.stats().snapshot().joined >= 19).await);
+    let herd = held_herd(&h, 20, "/status/hot?size=100&hold_head=g&secret=1").await;
     let json = status(&h).await;
     let flights = json["flights"].as_array().expect("flights");
     assert_eq!(flights.len(), 1, "{json}");
@@ -129,20 +124,7 @@ async fn a_browser_shows_the_herds_flight_its_followers_and_the_chart() {
     // A herd that is over, for the chart and the totals, then one held in the air.
     let warm = herd(h.addr, 30, Method::GET, "/browser/warm?size=100", &[]).await;
     assert_eq!(warm.len(), 30);
-    let herd = tokio::spawn({
-        let addr = h.addr;
-        async move {
-            herd(
-                addr,
-                30,
-                Method::GET,
-                "/browser/hot?size=100&hold_head=g",
-                &[],
-            )
-            .await
-        }
-    });
-    assert!(eventually(|| h.proxy.stats().snapshot().joined >= 29).await);
+    let herd = held_herd(&h, 30, "/browser/hot?size=100&hold_head=g").await;
     let url = format!("http://{}/", h.admin.expect("admin"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/status_page.mjs");
     let mut command = Command::new("node");
