@@ -237,25 +237,8 @@ impl Server {
 
         readiness.set(true);
         let accepting = accepting.until(shutdown).await;
-        // Not ready from now on, but still accepting for `drain_delay`: a load balancer (a
-        // Kubernetes Service) takes a moment to see `/readyz` and stop sending new clients.
         readiness.set(false);
-        let delay = config.server.drain_delay;
-        if !delay.is_zero() {
-            tracing::info!(
-                drain_delay = %humantime::format_duration(delay),
-                "shutting down: /readyz says 503; still accepting for drain_delay"
-            );
-            let accepting = accepting.until(tokio::time::sleep(delay)).await;
-            drop(accepting);
-        } else {
-            drop(accepting);
-        }
-        draining_tx.send_replace(true);
-        // Waits for the accept loops to end, so their listeners are closed (new connections
-        // refused) before the drain is announced.
-        background.shutdown().await;
-        let outcome = drain(&draining_tx, config.server.shutdown_grace).await;
+        let outcome = stop_accepting_and_drain(accepting, background, draining_tx, &config).await;
         // The requests since the last stats line would otherwise appear in none.
         if let Some(reporter) = reporter {
             let mut reporter = reporter
@@ -268,6 +251,33 @@ impl Server {
         }
         outcome
     }
+}
+
+/// After the shutdown signal (`/readyz` already 503): accepts for `drain_delay` more, so a
+/// load balancer (a Kubernetes Service) has a moment to stop sending new clients, then closes
+/// the listeners and drains for up to `shutdown_grace`.
+async fn stop_accepting_and_drain(
+    accepting: Accepting,
+    mut background: JoinSet<()>,
+    draining_tx: watch::Sender<bool>,
+    config: &Config,
+) -> Shutdown {
+    let delay = config.server.drain_delay;
+    let accepting = if delay.is_zero() {
+        accepting
+    } else {
+        tracing::info!(
+            drain_delay = %humantime::format_duration(delay),
+            "shutting down: /readyz says 503; still accepting for drain_delay"
+        );
+        accepting.until(tokio::time::sleep(delay)).await
+    };
+    drop(accepting);
+    draining_tx.send_replace(true);
+    // Waits for the accept loops to end, so their listeners are closed (new connections
+    // refused) before the drain is announced.
+    background.shutdown().await;
+    drain(&draining_tx, config.server.shutdown_grace).await
 }
 
 /// How a shutdown ended.
