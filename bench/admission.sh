@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A cold-start herd coalescing cannot merge (issue 16): CLIENTS clients over as many distinct
+# A cold-start herd coalescing cannot merge: CLIENTS clients over as many distinct
 # keys, at once, against an origin of capacity 32 (20 ms per request up to 32 in progress,
 # then 20 ms × (in progress / 32)²), four ways in one run: direct, the proxy without a limit,
 # with a fixed limit of 32, with the adaptive limit (ceiling 256), and haproxy with

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per request under valgrind's callgrind: a figure machine load does not move,
-# for judging an optimisation of the everyday request (issue 14).
+# for judging an optimisation of the everyday request.
 #
 #   bench/callgrind.sh [REQUESTS]        default 2000
 #   BIN=path/to/coalesce-proxy bench/callgrind.sh    another build (bench/compare.sh style)

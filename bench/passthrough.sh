@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The everyday request (issue 14): plain pass-through, nothing to coalesce, through every
+# The everyday request: plain pass-through, nothing to coalesce, through every
 # target side by side in one run, with each target's CPU time per request from /proc.
 #
 #   bench/passthrough.sh            full run (wrk 8 s per target; h2load 100,000 requests)
