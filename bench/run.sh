@@ -289,7 +289,7 @@ echo "|---|---|---|---|---|---|"
 # In scenario order (row 7 sums up CPU from the others, so it is measured last).
 printf '%s\n' "${rows[@]}" | sort -t'|' -k2,2V
 
-# --- 9: the everyday request against every target (issue 14) -------------------------------
+# --- 9: the everyday request against every target -------------------------------
 if want 9; then
   echo >&2 "scenario 9: pass-through against the bare hyper proxy, nginx and haproxy"
   echo
