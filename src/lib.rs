@@ -9,20 +9,23 @@
 //! A request goes down the layers of the request path; each owns one decision and hands the
 //! request on, and the response comes back up the same way:
 //!
-//! - [`server`]: listeners, HTTP/1.1 and h2c connections, limits, graceful shutdown, reload.
+//! - [`server`]: listeners, HTTP/1.1 and h2c connections (or TLS, [`server::tls`]), limits,
+//!   graceful shutdown, reload, the admin listener and its status page ([`server::status`]).
 //! - [`proxy`]: composes the layers below for one request, and answers for itself (404, 405,
 //!   errors); [`proxy::hygiene`] rewrites the headers every forwarded message gets.
 //!   1. [`route`]: which route (host, then longest prefix), and so which upstream and policy.
 //!   2. [`cache`]: the opt-in response cache: hit, stale, revalidate or miss; storage.
 //!   3. [`coalesce`]: the singleflight table: leader, follower or release; the key, the
 //!      sharing rules ([`coalesce::sharing`]), the pass memory and the fan-out bodies.
-//!   4. [`upstream`]: the pooled client: address choice and passive health
-//!      ([`upstream::balance`]), TLS ([`upstream::tls`]), timeouts, errors.
+//!   4. [`upstream`]: the pooled client: admission ([`upstream::admission`]), address choice
+//!      and passive health ([`upstream::balance`]), addresses that follow DNS
+//!      ([`upstream::dns`]), TLS ([`upstream::tls`]), timeouts, errors.
 //!
 //! Around the request path:
 //!
 //! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
-//! - [`observe`]: stats, metrics, the access record and the admin listener.
+//! - [`observe`]: stats, metrics, the access record, the status page's history, and the
+//!   rate-limited failure warnings.
 //! - [`cli`]: the command line, logging set-up and signals.
 //! - [`tools`]: what ships beside the proxy: the demo, the scriptable origin, the herd client,
 //!   the healthcheck subcommand and the fuzz entry points.
