@@ -188,13 +188,15 @@ impl Upstream {
         let unresolved = self.first_resolution.as_ref().filter(|r| !*r.borrow());
         match unresolved.cloned() {
             None => Either::Left(self.send_now(request, priority)),
+            // Boxed: only the first requests to an upstream that follows DNS wait here, and
+            // inline this state would grow every fetch task's future by its size.
             Some(mut resolved) => {
                 let upstream = self.clone();
-                Either::Right(async move {
+                Either::Right(Box::pin(async move {
                     let wait = resolved.wait_for(|done| *done);
                     let _ = tokio::time::timeout(upstream.config.connect_timeout, wait).await;
                     upstream.send_now(request, priority).await
-                })
+                }))
             }
         }
     }
