@@ -88,27 +88,9 @@ impl ConnectionServer {
             };
             let result = match &server.tls {
                 None => server.serve(stream, peer, http2, draining).await,
-                Some(acceptor) => {
-                    // The handshake counts against `header_read_timeout`, as the first bytes
-                    // of a plain connection do.
-                    let handshake = tokio::select! {
-                        done = tokio::time::timeout(server.first_bytes_timeout, acceptor.accept(stream)) => done,
-                        _ = draining.wait_for(|draining| *draining) => return,
-                    };
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake took longer than header_read_timeout");
-                            return;
-                        }
-                    };
-                    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    server.serve(stream, peer, http2, draining).await
-                }
+                // Boxed: a TLS connection's state (rustls' buffers, the handshake) is large,
+                // and inline it would make every plain connection's task as large.
+                Some(acceptor) => Box::pin(server.serve_tls(acceptor, stream, peer, draining)).await,
             };
             if let Err(err) = result {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -119,6 +101,34 @@ impl ConnectionServer {
 }
 
 impl ConnectionServer {
+    /// The TLS handshake, under `header_read_timeout` as the first bytes of a plain connection
+    /// are, then the connection with the protocol ALPN chose.
+    async fn serve_tls(
+        &self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut draining: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error> {
+        let handshake = tokio::select! {
+            done = tokio::time::timeout(self.first_bytes_timeout, acceptor.accept(stream)) => done,
+            _ = draining.wait_for(|draining| *draining) => return Ok(()),
+        };
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake took longer than header_read_timeout");
+                return Ok(());
+            }
+        };
+        let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        self.serve(stream, peer, http2, draining).await
+    }
+
     /// Serves one connection, plain or TLS, with the builder for its protocol, until it ends
     /// or the drain finishes it.
     async fn serve<S>(
