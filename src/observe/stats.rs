@@ -334,15 +334,37 @@ impl StatsReporter {
             "stats"
         );
     }
+}
 
-    /// Reports every `interval` until dropped.
-    pub async fn run(mut self, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
+/// The stats line every `interval`, from a reporter the server's shutdown shares, so that it
+/// can write one last line for the requests since the previous one.
+pub struct PeriodicReport {
+    reporter: Mutex<StatsReporter>,
+    interval: Duration,
+}
+
+impl PeriodicReport {
+    pub fn new(reporter: StatsReporter, interval: Duration) -> Arc<PeriodicReport> {
+        Arc::new(PeriodicReport {
+            reporter: Mutex::new(reporter),
+            interval,
+        })
+    }
+
+    /// Logs the line for the interval so far.
+    pub fn report_now(&self) {
+        let mut reporter = self.reporter.lock().unwrap_or_else(PoisonError::into_inner);
+        reporter.report(self.interval);
+    }
+
+    /// Reports every interval until dropped.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            self.report(interval);
+            self.report_now();
         }
     }
 }

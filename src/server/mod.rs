@@ -25,7 +25,7 @@ pub mod tls;
 pub mod workers;
 
 use crate::config::Config;
-use crate::observe::stats::{Stats, StatsReporter};
+use crate::observe::stats::{PeriodicReport, Stats, StatsReporter};
 use crate::proxy::Proxy;
 use admin::Readiness;
 use connection::ConnectionServer;
@@ -194,15 +194,15 @@ impl Server {
         });
 
         let mut background = JoinSet::new();
-        let reporter = (!config.log.stats_interval.is_zero()).then(|| {
+        let stats_line = (!config.log.stats_interval.is_zero()).then(|| {
             let reporter = StatsReporter::new(proxy.stats().clone(), {
                 let group = proxy.group().clone();
                 move || group.len()
             });
-            Arc::new(std::sync::Mutex::new(reporter))
+            PeriodicReport::new(reporter, config.log.stats_interval)
         });
-        if let Some(reporter) = &reporter {
-            background.spawn(report_stats(reporter.clone(), config.log.stats_interval));
+        if let Some(stats_line) = &stats_line {
+            background.spawn(stats_line.clone().run());
         }
         // Each listener accepts on its own task and hands connections to this one, which owns
         // the graceful-shutdown registry.
@@ -240,11 +240,8 @@ impl Server {
         readiness.set(false);
         let outcome = stop_accepting_and_drain(accepting, background, draining_tx, &config).await;
         // The requests since the last stats line would otherwise appear in none.
-        if let Some(reporter) = reporter {
-            let mut reporter = reporter
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            reporter.report(config.log.stats_interval);
+        if let Some(stats_line) = stats_line {
+            stats_line.report_now();
         }
         if let Some(admin) = admin {
             admin.abort();
@@ -288,20 +285,6 @@ pub enum Shutdown {
     /// The grace period ran out and the remaining connections were closed (or the server
     /// could not start its workers).
     GraceRanOut,
-}
-
-/// The stats line every `interval`, from a reporter the shutdown reports through once more.
-async fn report_stats(reporter: Arc<std::sync::Mutex<StatsReporter>>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let mut reporter = reporter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        reporter.report(interval);
-    }
 }
 
 /// The accept side of a running server: connections handed over by the accept loops, each
