@@ -47,8 +47,9 @@ pub struct Server {
 #[derive(Clone)]
 pub struct ServerHandle {
     proxy: Arc<Proxy>,
-    /// The configuration being served, to tell what a reload cannot change.
-    current: Arc<std::sync::Mutex<Config>>,
+    /// Held through a reload, so that two at once cannot mix one file's certificate with
+    /// another's routes.
+    reloading: Arc<std::sync::Mutex<()>>,
     /// The configuration the server started with: what is bound and set up for good.
     started: Arc<Config>,
     readiness: Arc<Readiness>,
@@ -61,8 +62,8 @@ impl ServerHandle {
     /// addresses, the admin address, logging and the stats interval need a restart: the
     /// warnings saying so are logged and returned.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
-        let mut current = self
-            .current
+        let _reloading = self
+            .reloading
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut warnings = Vec::new();
@@ -94,7 +95,6 @@ impl ServerHandle {
             upstreams = config.upstreams.len(),
             "config reloaded"
         );
-        *current = config;
         warnings
     }
 
@@ -147,7 +147,7 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             proxy: self.proxy.clone(),
-            current: Arc::new(std::sync::Mutex::new(self.config.clone())),
+            reloading: Arc::default(),
             started: Arc::new(self.config.clone()),
             readiness: self.readiness.clone(),
             certificate: self.certificate.clone(),
