@@ -16,6 +16,14 @@ use crate::util::*;
 
 const ROUTE: &str = "[[routes]]\nname = \"a\"\npath_prefix = \"/\"\nupstream = \"origin\"\n";
 
+/// `config` with no access log and a stats interval (1 h) no test reaches: the only stats
+/// line is the one written at shutdown.
+fn stats_only_at_shutdown(config: String) -> String {
+    config
+        .replace("stats_interval = \"0s\"", "stats_interval = \"1h\"")
+        .replace("access = true", "access = false")
+}
+
 async fn exit_status(proxy: Running) -> std::process::ExitStatus {
     let mut child = proxy.child;
     tokio::task::spawn_blocking(move || child.wait())
@@ -61,9 +69,7 @@ async fn shutdown_writes_the_last_intervals_stats_line_with_numbers_as_numbers()
     let origin = Origin::start(OriginSettings::default())
         .await
         .expect("origin");
-    let config = reload_config(&origin, ROUTE)
-        .replace("stats_interval = \"0s\"", "stats_interval = \"1h\"")
-        .replace("access = true", "access = false");
+    let config = stats_only_at_shutdown(reload_config(&origin, ROUTE));
     let file = write_config(&config);
     let mut proxy = Running::start(&file.0);
     let addr = address(&proxy.wait_for("listening on").await);
@@ -170,10 +176,8 @@ async fn an_outage_logs_one_warning_per_kind_and_route_not_one_per_flight() {
     let origin = Origin::start(OriginSettings::default())
         .await
         .expect("origin");
-    let config = reload_config(&origin, ROUTE)
-        .replace(&origin.url(), &format!("http://{down}"))
-        .replace("stats_interval = \"0s\"", "stats_interval = \"1h\"")
-        .replace("access = true", "access = false");
+    let config = reload_config(&origin, ROUTE).replace(&origin.url(), &format!("http://{down}"));
+    let config = stats_only_at_shutdown(config);
     let file = write_config(&config);
     let mut proxy = Running::start(&file.0);
     let addr = address(&proxy.wait_for("listening on").await);

@@ -3,7 +3,7 @@
 //! is a config error with its line and column, at `--check` and at a reload, never a failed
 //! handshake later.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -13,6 +13,18 @@ use rustls::sign::CertifiedKey;
 use super::raw;
 use super::resolve::Resolver;
 use super::{ConfigError, ListenerTls};
+
+/// The certificates of a PEM file (a chain, or a CA bundle), at least one.
+pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|err| err.to_string())?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("not PEM certificates: {err}"))?;
+    if certificates.is_empty() {
+        return Err("no certificates in it".to_owned());
+    }
+    Ok(certificates)
+}
 
 impl Resolver<'_> {
     pub(super) fn listener_tls(
@@ -26,24 +38,8 @@ impl Resolver<'_> {
         let bad = |at: &raw::Spanned<String>, path: &PathBuf, why: String| {
             self.error_at(at.span(), format!("[server] tls {}: {why}", path.display()))
         };
-        let pem = std::fs::read(&cert_file)
-            .map_err(|e| bad(&raw.cert_file, &cert_file, e.to_string()))?;
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                bad(
-                    &raw.cert_file,
-                    &cert_file,
-                    format!("not a PEM certificate chain: {e}"),
-                )
-            })?;
-        if chain.is_empty() {
-            return Err(bad(
-                &raw.cert_file,
-                &cert_file,
-                "no certificates in it".to_owned(),
-            ));
-        }
+        let chain =
+            read_certificates(&cert_file).map_err(|why| bad(&raw.cert_file, &cert_file, why))?;
         let pem =
             std::fs::read(&key_file).map_err(|e| bad(&raw.key_file, &key_file, e.to_string()))?;
         let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::Uri;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::raw;
@@ -175,14 +174,7 @@ impl Resolver<'_> {
                 format!("upstream {name:?}: tls ca_file {}: {why}", path.display()),
             )
         };
-        let pem = std::fs::read(&path).map_err(|err| bad(err.to_string()))?;
-        let certificates = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| bad(format!("not a PEM certificate bundle: {err}")))?;
-        if certificates.is_empty() {
-            return Err(bad("no certificates in it".to_owned()));
-        }
-        Ok(certificates)
+        super::listener_tls::read_certificates(&path).map_err(bad)
     }
 
     /// One upstream address: its scheme and authority, and its path.

@@ -84,14 +84,8 @@ fn origins(config: &UpstreamConfig) -> Vec<Origin> {
         .iter()
         .filter_map(|uri| uri.authority().cloned())
         .map(|authority| {
-            let host = authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            // `localhost` never moves, and the system's connect tries each of its addresses
-            // (::1, then 127.0.0.1) where one address per record would send some requests to
-            // the family the backend does not listen on.
-            if host.parse::<IpAddr>().is_ok() || host.eq_ignore_ascii_case("localhost") {
+            let host = authority.host();
+            if !follows(host) {
                 return Origin::Fixed;
             }
             let default_port = if config.tls.is_some() { 443 } else { 80 };
@@ -102,6 +96,15 @@ fn origins(config: &UpstreamConfig) -> Vec<Origin> {
             }
         })
         .collect()
+}
+
+/// Whether a URL's host is followed in DNS: a name, but not an IP address, nor `localhost`,
+/// which never moves and whose connect through the system tries each of its addresses (::1,
+/// then 127.0.0.1), where one address per record would send some requests to the family the
+/// backend does not listen on.
+pub fn follows(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_err() && !bare.eq_ignore_ascii_case("localhost")
 }
 
 fn resolver(nameservers: &[SocketAddr], interval: Duration) -> Result<TokioResolver, String> {

@@ -105,12 +105,7 @@ fn followed_name(config: &UpstreamConfig) -> Option<ServerName<'static>> {
         return None;
     }
     let host = config.origins.first()?.host()?;
-    if host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok()
-    {
+    if !crate::upstream::dns::follows(host) {
         return None;
     }
     ServerName::try_from(host.to_owned()).ok()
