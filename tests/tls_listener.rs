@@ -50,11 +50,22 @@ async fn tls_connect(
     name: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<TlsStream<TcpStream>> {
+    tls_connect_with(addr, root, name, alpn, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`tls_connect`], offering only `versions`.
+async fn tls_connect_with(
+    addr: SocketAddr,
+    root: CertificateDer<'static>,
+    name: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
     roots.add(root).expect("CA certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -121,6 +132,23 @@ async fn a_herd_over_https_costs_one_upstream_request() {
     }
     assert_eq!(h.origin.hits(), 1);
     h.assert_table_empties().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_offering_only_tls_1_2_or_only_tls_1_3_are_both_served() {
+    let ca = TestCa::new();
+    let (h, _files) = https_proxy(&ca, "").await;
+    for (version, expected) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let stream = tls_connect_with(h.addr, ca.certificate(), "localhost", &[], &[version])
+            .await
+            .expect("handshake");
+        assert_eq!(stream.get_ref().1.protocol_version(), Some(expected));
+        let reply = get_over(stream, "/version?size=7").await;
+        assert_eq!(reply.body(), &origin::body(7));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
