@@ -38,6 +38,7 @@ pub mod config;
 pub mod observe;
 pub mod proxy;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod tools;
 pub mod upstream;

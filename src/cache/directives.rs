@@ -5,8 +5,6 @@
 use http::header::GetAll;
 use http::HeaderValue;
 
-use super::freshness::delta_seconds;
-
 /// The directives of one field: lower-cased names, each with its value if it had one.
 #[derive(Debug, Clone, Default)]
 pub struct CacheControl {
@@ -77,6 +75,14 @@ impl CacheControl {
             .and_then(|(_, v)| v.as_deref())
             .and_then(delta_seconds)
     }
+}
+
+/// `delta-seconds` (§1.2.2): digits only; too many of them is the largest value.
+pub(super) fn delta_seconds(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u64::from(u32::MAX)))
 }
 
 /// Splits a comma-separated list, leaving commas inside quoted strings alone.

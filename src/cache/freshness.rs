@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
 
-use super::directives::CacheControl;
+use super::directives::{delta_seconds, CacheControl};
 use crate::config::CachePolicy;
 
 /// How long a stored response may be served, fresh and stale.
@@ -225,14 +225,6 @@ fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -
         .and_then(|date| now.duration_since(date).ok())
         .map_or(Duration::ZERO, |d| Duration::from_secs(d.as_secs()));
     age_value.max(apparent)
-}
-
-/// `delta-seconds` (§1.2.2): digits only; too many of them is the largest value.
-pub(super) fn delta_seconds(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(text.parse().unwrap_or(u64::from(u32::MAX)))
 }
 
 fn header_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {

@@ -13,11 +13,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::observe::metrics::RouteMetrics;
 use crate::observe::outcome::Outcome;
-use crate::upstream::BoxError;
 
 /// What is known about a request when its response head is ready.
 #[derive(Debug)]
@@ -35,19 +33,16 @@ pub struct RequestRecord {
     pub flight: Option<u64>,
 }
 
-/// The response body it observes: any the proxy sends (the proxy's `ProxyBody`).
-type Inner = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A response body that records its request when it ends.
-pub struct ObservedBody {
-    inner: Inner,
+/// A response body that records its request when it ends: any body the proxy sends.
+pub struct ObservedBody<B: Body> {
+    inner: B,
     record: Option<RequestRecord>,
     bytes: u64,
     access_log: bool,
 }
 
-impl ObservedBody {
-    pub fn new(inner: Inner, record: RequestRecord, access_log: bool) -> ObservedBody {
+impl<B: Body> ObservedBody<B> {
+    pub fn new(inner: B, record: RequestRecord, access_log: bool) -> ObservedBody<B> {
         ObservedBody {
             inner,
             record: Some(record),
@@ -82,7 +77,7 @@ impl ObservedBody {
     }
 }
 
-impl Drop for ObservedBody {
+impl<B: Body> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         // Dropped before its end: the client went away, unless there was nothing more to
         // send. hyper drops a body once Content-Length bytes are written, never polling it
@@ -93,14 +88,14 @@ impl Drop for ObservedBody {
     }
 }
 
-impl Body for ObservedBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for ObservedBody<B> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

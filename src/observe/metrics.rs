@@ -13,7 +13,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::observe::outcome::Outcome;
-use crate::upstream::admission::AdmissionMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -44,6 +43,15 @@ pub struct AdmissionFigures {
     pub admitted: u64,
     pub rejected: u64,
     pub limit: u64,
+}
+
+/// The metric handles of one upstream's admission (`upstream::admission`).
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionMetrics {
+    pub queued: Gauge,
+    pub admitted: Counter,
+    pub rejected: Counter,
+    pub limit: Gauge,
 }
 
 /// The admission-control families (`upstream::admission`), by upstream.

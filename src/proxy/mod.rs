@@ -168,7 +168,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         client: SocketAddr,
-    ) -> Response<ObservedBody> {
+    ) -> Response<ObservedBody<ProxyBody>> {
         let started = Instant::now();
         let routing = self.routing.load_full();
         let method = request.method().clone();

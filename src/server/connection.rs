@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::stall_guard::StallGuard;
-use super::workers::Workers;
 use crate::config::ServerConfig;
 use crate::proxy::Proxy;
+use crate::runtime::Workers;
 
 /// What every connection is served with.
 pub(super) struct ConnectionServer {

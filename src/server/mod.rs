@@ -22,15 +22,14 @@ mod listener;
 mod stall_guard;
 pub mod status;
 pub mod tls;
-pub mod workers;
 
 use crate::config::Config;
 use crate::observe::stats::{PeriodicReport, Stats, StatsReporter};
 use crate::proxy::Proxy;
+use crate::runtime::Workers;
 use admin::Readiness;
 use connection::ConnectionServer;
 use listener::{accept_loop, refuse};
-use workers::Workers;
 
 /// A proxy bound to its listeners, ready to run.
 pub struct Server {

@@ -19,12 +19,16 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
-use crate::coalesce::Flight;
 use crate::config::ConcurrencyLimit;
+pub use crate::observe::metrics::AdmissionMetrics;
+
+/// What admission needs to know of a flight: how many clients its fetch answers. A trait, so
+/// that this layer does not depend on the flight table above it.
+pub trait Followers: Send + Sync {
+    fn followers(&self) -> usize;
+}
 
 /// Who is asking for a slot.
 #[derive(Debug, Clone)]
@@ -32,13 +36,20 @@ pub enum Priority {
     /// A request that serves only its own client.
     Pass,
     /// A flight's fetch: it ranks by the flight's followers when a slot frees.
-    Leader(Weak<Flight>),
+    Leader(Weak<dyn Followers>),
+}
+
+impl std::fmt::Debug for dyn Followers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Followers({})", self.followers())
+    }
 }
 
 impl Priority {
     /// The priority of `flight`'s fetch.
-    pub fn leader(flight: &Arc<Flight>) -> Priority {
-        Priority::Leader(Arc::downgrade(flight))
+    pub fn leader<F: Followers + 'static>(flight: &Arc<F>) -> Priority {
+        let flight: Arc<dyn Followers> = flight.clone();
+        Priority::Leader(Arc::downgrade(&flight))
     }
 
     /// Higher goes first: leaders by their followers, then requests that serve themselves.
@@ -48,15 +59,6 @@ impl Priority {
             Priority::Leader(flight) => 1 + flight.upgrade().map_or(0, |f| f.followers() as u64),
         }
     }
-}
-
-/// The metric handles of one upstream's admission.
-#[derive(Debug, Clone, Default)]
-pub struct AdmissionMetrics {
-    pub queued: Gauge,
-    pub admitted: Counter,
-    pub rejected: Counter,
-    pub limit: Gauge,
 }
 
 #[derive(Debug)]
@@ -346,7 +348,16 @@ mod tests {
         let pass = queue("pass", Priority::Pass);
         tokio::task::yield_now().await;
         // A leader whose flight is gone still outranks a request serving only itself.
-        let leader = queue("leader", Priority::Leader(Weak::new()));
+        struct Flight;
+        impl Followers for Flight {
+            fn followers(&self) -> usize {
+                3
+            }
+        }
+        let flight = Arc::new(Flight);
+        let gone = Priority::leader(&flight);
+        drop(flight);
+        let leader = queue("leader", gone);
         tokio::task::yield_now().await;
         drop(held);
         pass.await.expect("pass");

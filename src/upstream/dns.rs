@@ -23,8 +23,8 @@ use http::uri::Authority;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
+use super::balance::{Balancer, Endpoint};
 use crate::config::UpstreamConfig;
-use crate::upstream::balance::{Balancer, Endpoint};
 
 /// One configured URL, as the follower sees it.
 #[derive(Debug)]

@@ -9,99 +9,40 @@
 
 pub mod admission;
 pub mod balance;
+mod body;
 pub mod dns;
+mod error;
 pub mod tls;
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
-
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use tokio::time::{Instant, Sleep};
-
-use crate::config::UpstreamConfig;
-use crate::upstream::admission::{Admission, Priority, Refused};
-use crate::upstream::balance::Balancer;
-use crate::upstream::tls::UpstreamConnector;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use body::UpstreamBody;
+pub use error::{BoxError, FetchError};
 
 /// Any request body the proxy forwards: empty for a shared fetch, the client's own stream for
 /// a pass-through.
 pub type RequestBody = BoxBody<Bytes, BoxError>;
 
-/// Why an upstream fetch did not deliver a whole response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    #[error("connecting to upstream {upstream}: {reason}")]
-    Connect { upstream: String, reason: String },
-    #[error("upstream {upstream} has no healthy address: every one failed recently")]
-    NoHealthyAddress { upstream: String },
-    #[error("upstream {upstream} sent no response head within {timeout:?}")]
-    ResponseTimeout { upstream: String, timeout: Duration },
-    #[error("upstream {upstream} failed before the response head: {reason}")]
-    BeforeHead { upstream: String, reason: String },
-    #[error("upstream body stalled for longer than {0:?}")]
-    IdleTimeout(Duration),
-    #[error("upstream body failed: {0}")]
-    Body(String),
-    #[error("every client of the flight went away")]
-    Cancelled,
-    /// The client's request cannot be turned into an upstream request (its target).
-    #[error("request cannot be forwarded: {0}")]
-    BadRequest(String),
-    /// Not an upstream failure: this one client read nothing for `client_stall_timeout` while
-    /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
-    #[error("client read nothing for {0:?} while its flight's buffer was full")]
-    StalledClient(Duration),
-    /// The upstream's concurrency limit was reached and its queue was full, or the request
-    /// waited past `queue_timeout`.
-    #[error("upstream {upstream} is at its concurrency limit: {reason}")]
-    Overloaded { upstream: String, reason: String },
-}
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-impl FetchError {
-    /// The status a client gets when this happens before the response head.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            FetchError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            FetchError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            FetchError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
-    /// A short label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FetchError::Connect { .. } => "connect",
-            FetchError::NoHealthyAddress { .. } => "no_healthy_address",
-            FetchError::ResponseTimeout { .. } => "response_timeout",
-            FetchError::BeforeHead { .. } => "before_head",
-            FetchError::IdleTimeout(_) => "idle_timeout",
-            FetchError::Body(_) => "body",
-            FetchError::Cancelled => "cancelled",
-            FetchError::BadRequest(_) => "bad_request",
-            FetchError::StalledClient(_) => "stalled_client",
-            FetchError::Overloaded { .. } => "overloaded",
-        }
-    }
-}
+use crate::config::UpstreamConfig;
+use admission::{Admission, Priority, Refused};
+use balance::Balancer;
+use error::error_chain;
+use tls::UpstreamConnector;
 
 /// One upstream: its settings and its connection pools. Shared by every route that names it.
 #[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
-    /// One pool per worker thread (`server::workers`), so that a request, its upstream
+    /// One pool per worker thread (`runtime`), so that a request, its upstream
     /// connection and that connection's task all run on one thread: a connection pooled by
     /// another worker would wake that worker twice per request. `pool_max_idle` is shared out
     /// between them.
@@ -173,7 +114,7 @@ impl Upstream {
 
     /// The calling worker's pool.
     fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
-        &self.clients[crate::server::workers::current() % self.clients.len()]
+        &self.clients[crate::runtime::current() % self.clients.len()]
     }
 
     /// Sends a request whose URI and headers are already upstream-ready. Resolves when the
@@ -286,97 +227,4 @@ fn explain_connect(reason: String) -> String {
         );
     }
     reason
-}
-
-/// `err: cause: cause`, because hyper's top-level messages ("client error (Connect)") say
-/// little on their own.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// An upstream response body that fails with [`FetchError::IdleTimeout`] when the upstream
-/// sends nothing for `idle_timeout` while we wait for it, so a stalled upstream cannot hold
-/// its clients forever. Time during which nobody asked for the next frame (a slow client, a
-/// full flight buffer) does not count: that is not the upstream's fault.
-pub struct UpstreamBody {
-    inner: Incoming,
-    /// Armed when a wait for the upstream begins. Created on the first wait only: a small
-    /// body that arrives with its head never needs a timer. Boxed so the body is `Unpin`.
-    idle: Option<Pin<Box<Sleep>>>,
-    idle_timeout: Duration,
-    /// True while the last poll returned `Pending`, i.e. the timer measures a real wait.
-    waiting: bool,
-    /// The request's slot under the upstream's concurrency limit, held until the body ends
-    /// or is dropped.
-    permit: Option<admission::Permit>,
-}
-
-impl UpstreamBody {
-    fn new(
-        inner: Incoming,
-        idle_timeout: Duration,
-        permit: Option<admission::Permit>,
-    ) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            idle: None,
-            idle_timeout,
-            waiting: false,
-            permit,
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = FetchError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => {
-                let deadline = Instant::now() + this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if !this.waiting {
-                    // A new wait starts now; the time since the last frame was ours (a slow
-                    // client, a full flight), not the upstream's.
-                    idle.as_mut().reset(deadline);
-                    this.waiting = true;
-                }
-                ready!(idle.as_mut().poll(cx));
-                Poll::Ready(Some(Err(FetchError::IdleTimeout(this.idle_timeout))))
-            }
-            ready => {
-                this.waiting = false;
-                if matches!(ready, Poll::Ready(None)) {
-                    // The upstream has answered in full: its slot is free, whoever still holds
-                    // this body.
-                    this.permit = None;
-                }
-                ready.map(|frame| {
-                    frame.map(|frame| frame.map_err(|err| FetchError::Body(error_chain(&err))))
-                })
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }

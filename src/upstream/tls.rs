@@ -22,8 +22,8 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::error::BoxError;
 use crate::config::{UpstreamConfig, UpstreamTls};
-use crate::upstream::BoxError;
 
 /// The connector every upstream client uses: TLS for `https://` addresses, plain TCP for
 /// `http://` ones, and `connect_timeout` over the whole set-up. As nginx's

@@ -438,5 +438,11 @@ impl Flight {
     }
 }
 
+impl crate::upstream::admission::Followers for Flight {
+    fn followers(&self) -> usize {
+        Flight::followers(self)
+    }
+}
+
 #[cfg(test)]
 mod tests;

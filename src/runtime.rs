@@ -11,7 +11,8 @@
 //! the next worker in turn.
 //!
 //! This module owns the threads and which worker a task runs on; what a connection does is
-//! `connection`'s business.
+//! `server`'s business. It sits at the bottom of the layers because state kept per worker
+//! (the upstream connection pools) needs to know which worker it is on.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -77,13 +78,5 @@ impl Workers {
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         self.handles[index].spawn(async move { make().await });
-    }
-
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 }
