@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod sharing;
 pub mod tools;
 pub mod upstream;
 

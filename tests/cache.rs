@@ -381,16 +381,26 @@ async fn the_routes_grace_serves_stale_when_the_response_names_no_window() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_starts_the_caches_empty() {
+async fn a_reload_keeps_an_unchanged_routes_cache_and_empties_a_changed_ones() {
     let h = harness().await;
-    let path = format!("/c/kept?{FRESH}");
-    get(h.addr, &path).await;
-    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
-    let config = config_text(&h.origin.url(), "", CACHED_ROUTE);
-    h.proxy
-        .reload(&coalesce_proxy::config::Config::from_toml(&config).expect("valid"));
-    assert_eq!(get(h.addr, &path).await.outcome(), "leader");
-    assert_eq!(h.origin.hits(), 2);
+    let (kept, changed) = (format!("/c/kept?{FRESH}"), format!("/d/changed?{FRESH}"));
+    for path in [&kept, &changed] {
+        get(h.addr, path).await;
+        assert_eq!(get(h.addr, path).await.outcome(), "hit");
+    }
+    // The same file again (what SIGHUP after an unrelated edit does): nothing is lost.
+    let same = config_text(&h.origin.url(), "", CACHED_ROUTE);
+    let load = |text: &str| coalesce_proxy::config::Config::from_toml(text).expect("valid");
+    h.handle.reload(load(&same));
+    assert_eq!(get(h.addr, &kept).await.outcome(), "hit");
+    assert_eq!(get(h.addr, &changed).await.outcome(), "hit");
+    // The /d/ route's cache policy changes: its stored responses were made under the old one.
+    h.handle.reload(load(
+        &same.replace("default_ttl = \"60s\"", "default_ttl = \"30s\""),
+    ));
+    assert_eq!(get(h.addr, &kept).await.outcome(), "hit");
+    assert_eq!(get(h.addr, &changed).await.outcome(), "leader");
+    assert_eq!(h.origin.hits(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ async fn pass_ttl_runs_out_and_zero_never_remembers() {
     let path = "/short/me?cookie=1";
     let remembered_at = std::time::Instant::now();
     assert_eq!(get(h.addr, path).await.outcome(), "leader");
-    assert_eq!(h.proxy.pass_memory().len(), 1);
+    assert_eq!(h.proxy.coordinator().remembered_passes(), 1);
     if remembered_at.elapsed() < Duration::from_millis(250) {
         assert_eq!(get(h.addr, path).await.outcome(), "pass");
     }
@@ -172,7 +172,11 @@ async fn pass_ttl_runs_out_and_zero_never_remembers() {
     let never = "/never/me?cookie=1";
     assert_eq!(get(h.addr, never).await.outcome(), "leader");
     assert_eq!(get(h.addr, never).await.outcome(), "leader");
-    assert_eq!(h.proxy.pass_memory().len(), 1, "only /short/ is remembered");
+    assert_eq!(
+        h.proxy.coordinator().remembered_passes(),
+        1,
+        "only /short/ is remembered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

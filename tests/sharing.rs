@@ -40,7 +40,7 @@ async fn unique_set_cookie_responses_reach_only_their_own_client() {
     }
     assert_eq!(outcomes(&replies), (1, 0, 199));
     assert_eq!(h.origin.hits(), 200);
-    assert_eq!(h.proxy.pass_memory().len(), 1);
+    assert_eq!(h.proxy.coordinator().remembered_passes(), 1);
     h.assert_table_empties().await;
 }
 
@@ -60,7 +60,7 @@ async fn a_key_found_not_shareable_goes_straight_upstream_until_shareable_again(
     // A shareable answer ends the memory; the next request coalesces again.
     h.origin.set_cookies(false);
     assert_eq!(get(h.addr, path).await.outcome(), "pass");
-    assert!(h.proxy.pass_memory().is_empty());
+    assert!(h.proxy.coordinator().remembered_passes() == 0);
     assert_eq!(get(h.addr, path).await.outcome(), "leader");
 }
 
@@ -243,18 +243,53 @@ async fn max_followers_starts_a_new_flight_when_one_is_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn share_errors_false_lets_followers_retry_a_5xx_on_their_own() {
+async fn share_errors_false_re_elects_one_leader_for_the_herd_after_a_5xx() {
     let h = Harness::start_with(
         OriginSettings::default(),
         "",
         "[coalesce]\nshare_errors = false\n",
     )
     .await;
+    // The origin answers 503 after 300 ms: the first flight's followers are not given its
+    // 503, and re-elect one leader among them (its flight takes 300 ms too, so they all find
+    // it), whose 503 they then share rather than each asking the failing origin again.
     let replies = h
-        .gated_herd(10, Method::GET, "/flaky?status=503&hold_head=g", &[], "g")
+        .gated_herd(
+            10,
+            Method::GET,
+            "/flaky?status=503&delay=300&hold_head=g",
+            &[],
+            "g",
+        )
         .await;
-    assert_eq!(outcomes(&replies), (1, 0, 9));
-    assert_eq!(h.origin.hits(), 10);
+    assert!(replies
+        .iter()
+        .all(|r| r.status == StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(outcomes(&replies), (2, 8, 0));
+    assert_eq!(
+        h.origin.hits(),
+        2,
+        "one request per election, not one per client"
+    );
     // A 5xx is not remembered as "not shareable": the next request coalesces again.
-    assert!(h.proxy.pass_memory().is_empty());
+    assert!(h.proxy.coordinator().remembered_passes() == 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_errors_false_re_elects_once_after_a_fetch_that_fails_before_its_head() {
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "response_timeout = \"500ms\"",
+        "[coalesce]\nshare_errors = false\n",
+    )
+    .await;
+    // Both elections time out at the origin (the gate never opens): two upstream requests,
+    // and every client gets the honest 504.
+    let replies = herd(h.addr, 10, Method::GET, "/stuck?hold_head=never", &[]).await;
+    assert!(replies
+        .iter()
+        .all(|r| r.status == StatusCode::GATEWAY_TIMEOUT));
+    assert_eq!(h.origin.hits(), 2);
+    assert_eq!(outcomes(&replies).0, 2, "two leaders, one per election");
+    h.assert_table_empties().await;
 }

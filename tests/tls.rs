@@ -163,10 +163,7 @@ async fn fetch_error(url: &str, upstream_table: &str) -> FetchError {
     let request = http::Request::get(format!("{url}/x"))
         .body(Empty::new().map_err(|never| match never {}).boxed())
         .expect("request");
-    match upstream
-        .send(request, coalesce_proxy::upstream::admission::Priority::Pass)
-        .await
-    {
+    match upstream.send(request, None).await {
         Ok(response) => panic!("expected a failed handshake, got {}", response.status()),
         Err(err) => err,
     }

@@ -197,7 +197,7 @@ impl Harness {
     }
 
     pub fn flights(&self) -> usize {
-        self.proxy.group().len()
+        self.proxy.coordinator().len()
     }
 
     /// Responses on route `all` with any of `outcomes` whose bodies have ended, completely or

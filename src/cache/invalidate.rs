@@ -3,17 +3,15 @@
 //! the stored responses for its target URI, and for the URIs its `Location` and
 //! `Content-Location` name on the same host, are invalidated.
 
-use std::sync::Arc;
-
 use http::header::{self, HeaderMap};
 use http::{request, StatusCode, Uri};
 
-use crate::route::Route;
+use super::store::ResponseCache;
 
 /// Invalidates what a response with `status` and `headers` to the request `parts` changed.
-/// `route_for(host, path)` finds the route (and so the cache) a URI belongs to.
+/// `cache_for(host, path)` finds the cache of the route a URI belongs to, if it has one.
 pub fn after_unsafe_request<'a>(
-    route_for: impl Fn(Option<&str>, &str) -> Option<&'a Arc<Route>>,
+    cache_for: impl Fn(Option<&str>, &str) -> Option<&'a ResponseCache>,
     parts: &request::Parts,
     status: StatusCode,
     headers: &HeaderMap,
@@ -33,7 +31,7 @@ pub fn after_unsafe_request<'a>(
         .filter_map(|value| same_host_target(value, host));
     for path_and_query in std::iter::once(target.to_owned()).chain(named) {
         let path = path_and_query.split('?').next().unwrap_or("/");
-        if let Some(cache) = route_for(host, path).and_then(|r| r.cache.as_ref()) {
+        if let Some(cache) = cache_for(host, path) {
             cache.invalidate(&path_and_query);
         }
     }

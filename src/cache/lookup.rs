@@ -1,6 +1,6 @@
-//! The cache's part in a request: what a lookup means for it (serve fresh, serve stale and
-//! refresh, or go on to a flight), and what a flight's head then means for a request that
-//! missed (a stale response stands in for an error; a 304 confirms a stored response).
+//! The cache's part in a request: what a lookup means for it (serve fresh, serve stale while
+//! it is refreshed, or go on to a flight), and what a flight's head then means for a request
+//! that missed (a stale response stands in for a failure; a 304 confirms a stored response).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,24 +11,29 @@ use http::{request, Method, Response, StatusCode};
 
 use super::conditional;
 use super::range::{byte_range, RangeAnswer};
-use super::refresh::Refresh;
 use super::status::Forward;
-use super::store::Found;
+use super::store::{Found, ResponseCache};
 use super::stored::StoredResponse;
-use crate::coalesce::sharing::RANGE_AND_CONDITIONAL;
-use crate::coalesce::{Key, SharedHead};
-use crate::route::Route;
-use crate::upstream::FetchError;
+use crate::config::CachePolicy;
+use crate::sharing::{Key, RANGE_AND_CONDITIONAL};
 
 /// What the cache means for one request.
 pub enum Lookup {
     /// Serve this stored response now (outcome `hit`).
     Fresh(Arc<StoredResponse>),
-    /// Serve it now (outcome `stale`); this request won the one background refresh, if
-    /// `Some` (boxed: the claim is large, and most lookups are hits or misses).
-    Stale(Arc<StoredResponse>, Option<Box<Refresh>>),
+    /// Serve it now (outcome `stale`) and have it refreshed in the background: the refresh is
+    /// the flight [`Miss::refreshing`] describes, so a request that misses meanwhile joins it.
+    Stale(Arc<StoredResponse>),
     /// Go on to a flight.
     Miss(Miss),
+}
+
+/// What a flight's head means for a request that missed, when the cache answers instead.
+pub enum Settled {
+    /// The upstream failed (no head, or a 5xx): this stale response stands in for it.
+    StandsIn(Arc<StoredResponse>),
+    /// A 304 confirmed the stored response being revalidated; this is it, renewed.
+    Confirmed(Arc<StoredResponse>),
 }
 
 /// What a request that missed still takes from the cache to its flight.
@@ -42,10 +47,14 @@ pub struct Miss {
     revalidating: Option<Arc<StoredResponse>>,
 }
 
-/// Looks `parts` up in `route`'s cache, if it has one and the request asks for the plain
-/// resource. HEAD is answered from a stored GET.
-pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
-    let Some(cache) = route.cache.as_ref() else {
+/// Looks `parts` up in a route's cache, if it has one, under `key()` (the request's cache key,
+/// made only when there is a cache to look in). HEAD is answered from a stored GET.
+pub fn look_up(
+    cache: Option<&ResponseCache>,
+    key: impl FnOnce() -> Key,
+    parts: &request::Parts,
+) -> Lookup {
+    let Some(cache) = cache else {
         return Lookup::Miss(Miss::because(Forward::Bypass));
     };
     // Only GET and HEAD are answered from stored GETs (a shared POST, say, never is).
@@ -55,30 +64,21 @@ pub fn look_up(route: &Arc<Route>, parts: &request::Parts) -> Lookup {
     if !may_look_up(parts) {
         return Lookup::Miss(Miss::because(Forward::Request));
     }
-    let key = key(route, parts);
+    let key = key();
     let found = cache.lookup(&key, &parts.headers);
     if !cacheable_request(parts) {
         // A conditional request (§4.3.2) is answered from a fresh or servable stale entry;
         // otherwise it goes upstream as it is, in a flight keyed by its conditions.
         return match found {
             Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
-            Some(Found::Stale(entry)) => Lookup::Stale(entry, None),
+            Some(Found::Stale(entry)) => Lookup::Stale(entry),
             _ => Lookup::Miss(Miss::because(Forward::Request)),
         };
     }
     match found {
         Some(Found::Fresh(entry)) => Lookup::Fresh(entry),
-        Some(Found::Stale(entry)) => {
-            let refresh = Refresh::begin(route, cache, key, &entry, &parts.headers);
-            Lookup::Stale(entry, refresh.map(Box::new))
-        }
-        // §4.3.1: a stale response with validators is revalidated, not fetched again; a 304
-        // renews it. It may still stand in for an upstream failure as it allows.
-        Some(Found::Expired(entry)) => Lookup::Miss(Miss {
-            reason: Forward::Stale,
-            revalidating: entry.has_validators().then(|| entry.clone()),
-            fallback: Some(entry),
-        }),
+        Some(Found::Stale(entry)) => Lookup::Stale(entry),
+        Some(Found::Expired(entry)) => Lookup::Miss(Miss::refreshing(&entry)),
         Some(Found::Revalidate(entry)) => Lookup::Miss(Miss {
             reason: Forward::Stale,
             fallback: None,
@@ -98,13 +98,22 @@ impl Miss {
         }
     }
 
+    /// What a request that finds `stale` past its freshness (or a background refresh of it)
+    /// takes to its flight (RFC 9111 §4.3.1): a stale response with validators is revalidated,
+    /// not fetched again, and a 304 renews it; it may stand in for an upstream failure as it
+    /// allows.
+    pub fn refreshing(stale: &Arc<StoredResponse>) -> Miss {
+        Miss {
+            reason: Forward::Stale,
+            revalidating: stale.has_validators().then(|| stale.clone()),
+            fallback: Some(stale.clone()),
+        }
+    }
+
     /// The conditional headers the flight asks with: the stored response's validators when it
     /// is being revalidated, else none.
-    pub fn validators(&self) -> HeaderMap {
-        self.revalidating
-            .as_ref()
-            .map(|entry| entry.validators())
-            .unwrap_or_default()
+    pub fn validators(&self) -> Option<HeaderMap> {
+        self.revalidating.as_ref().map(|entry| entry.validators())
     }
 
     /// The stored response being revalidated, for the flight to renew on a 304.
@@ -112,51 +121,40 @@ impl Miss {
         self.revalidating.clone()
     }
 
-    /// The stale response to serve instead of a failed head (an error or a 5xx), if one may
-    /// stand in for it now.
-    pub fn stands_in_for(
-        &self,
-        head: &Result<Arc<SharedHead>, FetchError>,
-    ) -> Option<&Arc<StoredResponse>> {
-        let entry = self
-            .fallback
+    /// The stale response that may stand in for an upstream failure now, if any.
+    pub fn stand_in(&self) -> Option<&Arc<StoredResponse>> {
+        self.fallback
             .as_ref()
-            .filter(|entry| entry.may_serve_on_error(Instant::now()))?;
-        let failed = match head {
-            Err(_) => true,
-            Ok(head) => head.status.is_server_error(),
-        };
-        failed.then_some(entry)
+            .filter(|entry| entry.may_serve_on_error(Instant::now()))
     }
 
-    /// The stored response a 304 to its revalidation confirmed, renewed by the 304's fields
-    /// (§4.3.4), so that clients see the new values (the fetch stores the same renewal).
-    pub fn confirmed_by(
+    /// What the flight's head means for this request: `head` is its status and fields, or
+    /// `None` when the fetch failed before one. A failure or a 5xx is answered by a stale
+    /// stand-in when one may serve; a 304 to a revalidation by the stored response, renewed by
+    /// the 304's fields (§4.3.4) so that clients see the new values (the fetch stores the
+    /// same renewal). Anything else is the flight's to answer (`None`).
+    pub fn settle(
         &self,
-        head: &Result<Arc<SharedHead>, FetchError>,
-        route: &Route,
-        request_headers: &HeaderMap,
-    ) -> Option<Arc<StoredResponse>> {
-        let head = head
-            .as_ref()
-            .ok()
-            .filter(|h| h.status == StatusCode::NOT_MODIFIED)?;
+        head: Option<(StatusCode, &HeaderMap)>,
+        policy: Option<&CachePolicy>,
+        request_has_authorization: bool,
+    ) -> Option<Settled> {
+        let failed = head.is_none_or(|(status, _)| status.is_server_error());
+        if failed {
+            return self.stand_in().cloned().map(Settled::StandsIn);
+        }
+        let (status, fields) = head?;
         let entry = self.revalidating.as_ref()?;
-        let renewed = route.cache_policy.as_ref().and_then(|policy| {
-            let has_authorization = request_headers.contains_key(header::AUTHORIZATION);
-            entry.renewed(&head.headers, policy, has_authorization)
-        });
+        if status != StatusCode::NOT_MODIFIED {
+            return None;
+        }
+        let renewed =
+            policy.and_then(|policy| entry.renewed(fields, policy, request_has_authorization));
         // A 304 that makes the response unstorable still confirms this one use of it.
-        Some(renewed.map_or_else(|| entry.clone(), Arc::new))
+        Some(Settled::Confirmed(
+            renewed.map_or_else(|| entry.clone(), Arc::new),
+        ))
     }
-}
-
-/// The key a request's stored response is found under: the key of a plain GET for the same
-/// resource (no Range, no conditions), so that HEAD and conditional GETs are answered from a
-/// stored GET.
-pub fn key(route: &Route, parts: &request::Parts) -> Key {
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Key::resource(route, path_and_query, &parts.headers)
 }
 
 /// Whether a request asks for the plain resource, so that a response to it may be stored:

@@ -1,21 +1,16 @@
 //! One route's store: entries by key (a variant key under `Vary`), bounded by size with moka's
-//! eviction, found by lookup, removed by purge; and the claim that keeps background refreshes
-//! to one per key.
+//! eviction, found by lookup, removed by purge or invalidation.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
-use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 
-use super::freshness::Freshness;
 use super::stored::StoredResponse;
-use crate::coalesce::sharing;
-use crate::coalesce::Key;
 use crate::config::CachePolicy;
 use crate::observe::metrics::Metrics;
+use crate::sharing::{self, Key};
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -31,11 +26,11 @@ pub enum Found {
 
 /// One route's cache.
 pub struct ResponseCache {
+    /// What it was built with: a reload keeps the cache only while this stays the same.
+    policy: CachePolicy,
     entries: moka::sync::Cache<Key, Arc<StoredResponse>>,
     /// Keys whose last stored response had `Vary`, with the header names it varied on.
     varies: moka::sync::Cache<Key, Arc<Vec<HeaderName>>>,
-    /// Keys being refreshed in the background now: at most one refresh per key.
-    refreshing: std::sync::Mutex<std::collections::HashSet<Key>>,
     /// When each recently invalidated path and query was invalidated (RFC 9111 §4.4), so
     /// that a response fetched before that moment is not stored after it.
     invalidated: moka::sync::Cache<String, Instant>,
@@ -77,12 +72,12 @@ impl ResponseCache {
             })
             .build();
         ResponseCache {
+            policy: policy.clone(),
             entries,
             varies: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .support_invalidation_closures()
                 .build(),
-            refreshing: Default::default(),
             // Bounded, so a flood of unsafe requests costs little memory; no expiry, since an
             // entry invalidated long ago must stay invalid until it is gone.
             invalidated: moka::sync::Cache::builder().max_capacity(100_000).build(),
@@ -90,6 +85,10 @@ impl ResponseCache {
             misses: metrics.cache_misses.clone(),
             revalidations: metrics.cache_revalidations.clone(),
         }
+    }
+
+    pub fn policy(&self) -> &CachePolicy {
+        &self.policy
     }
 
     /// The stored response for a request with `key` (built as for a GET) and `headers`.
@@ -126,45 +125,27 @@ impl ResponseCache {
     }
 
     /// Counts a background refresh sent upstream.
-    pub(super) fn count_revalidation(&self) {
+    pub fn count_revalidation(&self) {
         self.revalidations.inc();
     }
 
-    /// Claims the one background refresh of `key`; false if one is running.
-    pub fn begin_refresh(&self, key: &Key) -> bool {
-        self.refreshing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.clone())
-    }
-
-    pub fn end_refresh(&self, key: &Key) {
-        self.refreshing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
-    }
-
-    /// Stores a complete response fetched for a request with `key` and `request_headers`,
-    /// sent upstream at `sent` (unless its resource was invalidated since).
-    #[allow(clippy::too_many_arguments)]
-    pub fn store(
+    /// Stores `entry`, a complete response fetched for a request with `key` and
+    /// `request_headers` and sent upstream at `sent` (unless its resource was invalidated
+    /// since).
+    pub(super) fn store(
         &self,
         key: Key,
         request_headers: &HeaderMap,
         sent: Instant,
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-        freshness: Freshness,
+        entry: StoredResponse,
     ) {
         if self.invalidated_since(&key, sent) {
             return;
         }
-        let vary: Vec<HeaderName> = sharing::tokens(&headers, &header::VARY)
+        let vary: Vec<HeaderName> = sharing::tokens(&entry.headers, &header::VARY)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
-        let entry = Arc::new(StoredResponse::new(status, headers, body, freshness));
+        let entry = Arc::new(entry);
         if vary.is_empty() {
             self.varies.invalidate(&key);
             self.entries.insert(key, entry);

@@ -1,27 +1,28 @@
-//! The singleflight table and everything a flight owns.
+//! The flight table and everything a flight owns.
 //!
 //! A *flight* is one upstream fetch that any number of identical requests share. The
-//! [`Group`] maps each [`Key`] to its live flight (Go's `singleflight.Group`); a
+//! [`Coordinator`] holds, for each [`Key`](crate::sharing::Key), its live flight or a note that
+//! the key's answers are not shareable, and tells each request what to do ([`Status`]): lead,
+//! follow, take the head, re-elect a leader, re-key by `Vary`, or go upstream alone. A
 //! [`Flight`] holds the response as it arrives: the head once, then an append-only log of body
 //! chunks, then the end. Each client reads the log through its own [`FanoutBody`] at its own
 //! cursor, so a client that joins mid-body still gets every byte from the first, and a slow
-//! reader costs nobody else anything. [`PassMemory`] remembers keys whose responses turned
-//! out not to be shareable, so later requests for them do not queue at all.
+//! reader costs nobody else anything.
 //!
-//! This module decides nothing about *whether* a request may share (that is `proxy`) and
-//! rewrites no headers (that is `hygiene`).
+//! This layer decides nothing about *whether* a request may share (that is `sharing`), builds
+//! no upstream request and rewrites no headers (that is `proxy`), and knows no routes: a flight
+//! runs under a [`Scope`] (the route's name and coalescing policy).
 
+mod coordinator;
 mod fanout;
+mod fetch;
 mod flight;
-mod group;
-mod join;
-mod key;
-mod pass_memory;
-pub mod sharing;
+mod status;
+mod subscription;
 
+pub use coordinator::Coordinator;
 pub use fanout::FanoutBody;
-pub use flight::{Flight, SharedHead};
-pub use group::{Fetched, Group, Role, Subscription};
-pub use join::{follower_verdict, join_and_wait, Verdict, Waited};
-pub use key::Key;
-pub use pass_memory::PassMemory;
+pub use fetch::Fetched;
+pub use flight::{Flight, Scope, SharedHead};
+pub use status::{Follower, Lead, Status};
+pub use subscription::Subscription;

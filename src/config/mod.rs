@@ -124,7 +124,7 @@ pub struct LogConfig {
     pub access: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     /// Scheme and authority of each address, e.g. `http://127.0.0.1:3000`; at least one.
@@ -168,7 +168,7 @@ pub struct ConcurrencyLimit {
 }
 
 /// How the proxy speaks TLS to an `https://` upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
     /// The certificates of `ca_file`, trusted instead of the built-in webpki (Mozilla) roots;
     /// `None` trusts the built-in roots.
@@ -201,7 +201,7 @@ pub enum Credentials {
 }
 
 /// How requests on a route are coalesced, after per-route overrides are applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CoalescePolicy {
     pub enabled: bool,
     pub methods: Vec<Method>,
@@ -236,7 +236,7 @@ pub struct CoalescePolicy {
 }
 
 /// A route's response cache (`cache = { enabled = true, ... }`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CachePolicy {
     /// Bytes of responses (bodies, headers and bookkeeping) the route's cache may hold.
     pub max_size: u64,
@@ -257,7 +257,7 @@ pub struct CachePolicy {
     pub status_name: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     /// From the file, or the route's index when the file gives none.
     pub name: String,

@@ -1,6 +1,6 @@
 //! The syntax of a `not_shareable` rule: a header's presence (`"set-cookie"`) or a token in a
 //! header's comma-separated list (`"cache-control: private"`). How a rule matches a response
-//! is the sharing rules' business (`coalesce::sharing`).
+//! is the sharing rules' business (`sharing`).
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,66 +1,92 @@
 //! Coalescing counters and the periodic stats line.
 //!
-//! Counters are plain atomics bumped on the request path. The reporter diffs two snapshots to
-//! describe one interval. [`Stats`] also owns the Prometheus [`Metrics`], so that each event
-//! is recorded once, here, for both; the metric families themselves live in `metrics`.
+//! Every event the proxy counts is recorded by one method of [`Stats`], which bumps both the
+//! counter the stats line reads and the Prometheus metric (`metrics` defines the families).
+//! A response's end (bytes, duration) is the one event recorded elsewhere: by the access
+//! record that sees it (`access`), into its route's metrics. The counters are plain atomics;
+//! the reporter diffs two snapshots to describe one interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::observe::metrics::{AdmissionFigures, Metrics};
+use crate::observe::metrics::{AdmissionFigures, Metrics, RouteMetrics};
 use crate::observe::outcome::Outcome;
 
 /// Distinct keys tracked per interval for the top-5 list; past it, new keys are not tracked
 /// until the next interval (a flood of unique paths must not grow memory).
 const MAX_TRACKED_KEYS: usize = 10_000;
 
+/// Declares the counters once: the atomics, the snapshot with a field for each, and the
+/// difference of two snapshots.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        /// Counter values at one moment, or their difference over an interval.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Since start, not per interval: the most any one flight held.
+            pub peak_flight_buffer: u64,
+        }
+
+        impl Counters {
+            fn load(&self, peak_flight_buffer: u64) -> StatsSnapshot {
+                StatsSnapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    peak_flight_buffer,
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+                StatsSnapshot {
+                    $($name: self.$name - earlier.$name,)*
+                    peak_flight_buffer: self.peak_flight_buffer,
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    requests,
+    leaders,
+    followers,
+    passed,
+    hits,
+    /// Upstream fetches that failed (connect, timeout, reset, stall), shared or not.
+    upstream_errors,
+    flights_done,
+    flights_cancelled,
+    /// Requests that joined a flight as followers; some are later released to go upstream on
+    /// their own, so this can exceed `followers`.
+    joined,
+    /// Readers cut off for holding up a full flight for `client_stall_timeout`.
+    clients_cut_off,
+    /// Client connections closed because they read nothing for `send_timeout`.
+    send_timeouts,
+}
+
 /// Counters since start. Relaxed ordering: each counter is independent and only read for
 /// reporting.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub metrics: Metrics,
+    counters: Counters,
     /// Followers per (route, path) of flights that ended this interval, for the top-5 list.
     /// Paths only: never the query or a header value.
     top_keys: Mutex<HashMap<(String, String), u64>>,
-    requests: AtomicU64,
-    leaders: AtomicU64,
-    followers: AtomicU64,
-    passed: AtomicU64,
-    hits: AtomicU64,
-    upstream_errors: AtomicU64,
-    flights_done: AtomicU64,
-    flights_cancelled: AtomicU64,
-    /// Requests that joined a flight as followers; some are later released to go upstream on
-    /// their own, so this can exceed `followers`.
-    joined: AtomicU64,
-    /// Readers cut off for holding up a full flight for `client_stall_timeout`.
-    clients_cut_off: AtomicU64,
-    /// Client connections closed because they read nothing for `send_timeout`.
-    send_timeouts: AtomicU64,
     /// The most body bytes any one flight has held in memory at once.
     peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
     largest_fanout: AtomicU64,
-}
-
-/// Counter values at one moment, or their difference over an interval.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub requests: u64,
-    pub leaders: u64,
-    pub followers: u64,
-    pub passed: u64,
-    pub hits: u64,
-    pub upstream_errors: u64,
-    pub flights_done: u64,
-    pub flights_cancelled: u64,
-    pub joined: u64,
-    pub clients_cut_off: u64,
-    pub send_timeouts: u64,
-    /// Since start, not per interval: the most any one flight held.
-    pub peak_flight_buffer: u64,
 }
 
 impl StatsSnapshot {
@@ -74,66 +100,90 @@ impl StatsSnapshot {
             self.followers as f64 / shared as f64
         }
     }
+}
 
-    fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
-        StatsSnapshot {
-            requests: self.requests - earlier.requests,
-            leaders: self.leaders - earlier.leaders,
-            followers: self.followers - earlier.followers,
-            passed: self.passed - earlier.passed,
-            hits: self.hits - earlier.hits,
-            upstream_errors: self.upstream_errors - earlier.upstream_errors,
-            flights_done: self.flights_done - earlier.flights_done,
-            flights_cancelled: self.flights_cancelled - earlier.flights_cancelled,
-            joined: self.joined - earlier.joined,
-            clients_cut_off: self.clients_cut_off - earlier.clients_cut_off,
-            send_timeouts: self.send_timeouts - earlier.send_timeouts,
-            peak_flight_buffer: self.peak_flight_buffer,
-        }
+/// Counts a follower in `followers_waiting` until dropped (its flight's head arrived, or it
+/// gave up).
+pub struct Waiting<'a>(&'a Stats);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.followers_waiting.dec();
     }
 }
 
 impl Stats {
     pub fn record_request(&self, outcome: Outcome) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
         let counter = match outcome {
-            Outcome::Leader => &self.leaders,
-            Outcome::Follower => &self.followers,
-            Outcome::Pass => &self.passed,
-            Outcome::Hit | Outcome::Stale => &self.hits,
+            Outcome::Leader => &c.leaders,
+            Outcome::Follower => &c.followers,
+            Outcome::Pass => &c.passed,
+            Outcome::Hit | Outcome::Stale => &c.hits,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn record_send_timeout(&self) {
-        self.send_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.counters.send_timeouts.fetch_add(1, Ordering::Relaxed);
         self.metrics.send_timeouts.inc();
     }
 
     pub fn record_join(&self) {
-        self.joined.fetch_add(1, Ordering::Relaxed);
+        self.counters.joined.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An upstream fetch failed (connect, timeout, reset, stall), shared or not.
-    pub fn record_upstream_error(&self) {
-        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    /// A follower starts waiting for its flight's head.
+    pub fn follower_waiting(&self) -> Waiting<'_> {
+        self.metrics.followers_waiting.inc();
+        Waiting(self)
+    }
+
+    /// A stale cached response was served (while refreshed, or standing in for a failure).
+    pub fn record_stale_served(&self) {
+        self.metrics.cache_stale_served.inc();
+    }
+
+    /// An upstream request sent at `sent` on `route` got its head (`Ok(status)`) or failed
+    /// before it (`Err(kind)`).
+    pub fn record_upstream_response(
+        &self,
+        route: &RouteMetrics,
+        sent: Instant,
+        result: Result<http::StatusCode, &'static str>,
+    ) {
+        route
+            .upstream_duration
+            .observe(sent.elapsed().as_secs_f64());
+        route.upstream_response(result.ok());
+        if let Err(kind) = result {
+            self.record_upstream_error(&route.route, kind);
+        }
+    }
+
+    fn record_upstream_error(&self, route: &str, kind: &'static str) {
+        self.counters
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.upstream_error(route, kind);
     }
 
     pub fn record_flight_done(&self, flight: FlightSummary<'_>) {
-        self.flights_done.fetch_add(1, Ordering::Relaxed);
+        self.counters.flights_done.fetch_add(1, Ordering::Relaxed);
         self.largest_fanout
             .fetch_max(flight.followers, Ordering::Relaxed);
         self.peak_flight_buffer
             .fetch_max(flight.peak_buffered, Ordering::Relaxed);
-        self.clients_cut_off
+        self.counters
+            .clients_cut_off
             .fetch_add(flight.cut_off, Ordering::Relaxed);
         self.metrics
             .flight_followers
             .observe(flight.followers as f64);
         self.metrics.clients_cut_off.inc_by(flight.cut_off);
         if let Some(kind) = flight.error {
-            self.record_upstream_error();
-            self.metrics.upstream_error(flight.route, kind);
+            self.record_upstream_error(flight.route, kind);
         }
         if flight.followers > 0 {
             let mut top = self.top_keys.lock().unwrap_or_else(PoisonError::into_inner);
@@ -158,24 +208,14 @@ impl Stats {
     }
 
     pub fn record_flight_cancelled(&self) {
-        self.flights_cancelled.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .flights_cancelled
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            requests: self.requests.load(Ordering::Relaxed),
-            leaders: self.leaders.load(Ordering::Relaxed),
-            followers: self.followers.load(Ordering::Relaxed),
-            passed: self.passed.load(Ordering::Relaxed),
-            hits: self.hits.load(Ordering::Relaxed),
-            upstream_errors: self.upstream_errors.load(Ordering::Relaxed),
-            flights_done: self.flights_done.load(Ordering::Relaxed),
-            flights_cancelled: self.flights_cancelled.load(Ordering::Relaxed),
-            joined: self.joined.load(Ordering::Relaxed),
-            clients_cut_off: self.clients_cut_off.load(Ordering::Relaxed),
-            send_timeouts: self.send_timeouts.load(Ordering::Relaxed),
-            peak_flight_buffer: self.peak_flight_buffer.load(Ordering::Relaxed),
-        }
+        self.counters
+            .load(self.peak_flight_buffer.load(Ordering::Relaxed))
     }
 
     /// Takes the largest fan-out seen since the previous call.

@@ -1,9 +1,10 @@
-//! Proxy hygiene: the header rewriting every forwarded message gets, in both directions.
+//! Proxy hygiene: the header rewriting every forwarded message gets, in both directions (the
+//! upstream-request phase's head, and the cleaning in the response phase).
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not be forwarded:
 //! the fixed list below, plus every header that `Connection` names. Forwarded requests also
 //! get `X-Forwarded-For`/`-Proto`/`-Host`, `Via`, and the upstream's `Host`. This module does
-//! not decide where a request goes (`routes`) or whether it may share (`proxy`).
+//! not decide where a request goes (`route`) or whether it may share (`sharing`).
 
 use std::net::SocketAddr;
 
@@ -11,6 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{request, Uri, Version};
 
+use super::context::RequestContext;
 use crate::route::Route;
 
 /// The headers that are always hop-by-hop.
@@ -97,22 +99,20 @@ pub fn is_upgrade(parts: &request::Parts) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The host the client asked for: `Host`, or the URI's authority (HTTP/2 `:authority`).
-pub fn requested_host(parts: &request::Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+/// The authority the client asked for: `Host`, or the URI's authority (HTTP/2 `:authority`).
+pub fn requested_authority(parts: &request::Parts) -> Option<HeaderValue> {
+    match parts.headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
 }
 
-/// The URI and headers to send upstream for a client request on `route`. The body is the
-/// caller's business.
-pub fn upstream_request(
-    route: &Route,
-    parts: &request::Parts,
-    client: SocketAddr,
-) -> Result<(Uri, HeaderMap), http::Error> {
+/// The URI and headers to send upstream for a request. The body is the caller's business.
+pub fn upstream_request(request: &RequestContext) -> Result<(Uri, HeaderMap), http::Error> {
+    let (route, parts) = (&request.route, &request.parts);
     let upstream = &route.upstream;
     let origin = &upstream.config.origins[0];
     let mut uri = http::uri::Parts::default();
@@ -123,23 +123,21 @@ pub fn upstream_request(
 
     let mut headers = parts.headers.clone();
     remove_hop_by_hop(&mut headers);
-    let original_host = match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
     headers.remove(header::HOST);
     if let Some(host) = upstream.host() {
         headers.insert(header::HOST, host.clone());
     }
-    if let Some(entry) = forwarded_for(client) {
+    if let Some(entry) = forwarded_for(request.connection.peer) {
         append_to_list(&mut headers, &X_FORWARDED_FOR, entry);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    let proto = if request.connection.tls {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(authority) = &request.authority {
+        headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
     }
     append_to_list(&mut headers, &header::VIA, via_entry(parts.version));
     Ok((uri, headers))

@@ -7,21 +7,23 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{request, Method, Request, StatusCode};
+use http::{Method, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
+use super::context::RequestContext;
 use super::reply::Reply;
 use super::ProxyBody;
 use crate::cache::{byte_range, RangeAnswer};
-use crate::route::Route;
 use crate::upstream::BoxError;
 
-/// The request for the whole resource, when `parts` asks a cached route for one byte range
-/// of it (and nothing makes the range conditional): the same request without `Range`.
-pub(super) fn whole_resource(route: &Route, parts: &request::Parts) -> Option<request::Parts> {
+/// The request for the whole resource and the range asked for, when `request` asks a cached
+/// route for one byte range of it (and nothing makes the range conditional): the same
+/// request without `Range`.
+pub(super) fn whole_resource(request: &RequestContext) -> Option<(RequestContext, String)> {
+    let parts = &request.parts;
     let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
-    if route.cache.is_none()
+    if request.route.cache.is_none()
         || parts.method != Method::GET
         || parts.headers.contains_key(header::IF_RANGE)
         || !range.trim_start().starts_with("bytes=")
@@ -31,16 +33,7 @@ pub(super) fn whole_resource(route: &Route, parts: &request::Parts) -> Option<re
     }
     let mut headers = parts.headers.clone();
     headers.remove(header::RANGE);
-    let mut whole = Request::builder()
-        .method(Method::GET)
-        .uri(parts.uri.clone())
-        .version(parts.version)
-        .body(())
-        .ok()?
-        .into_parts()
-        .0;
-    whole.headers = headers;
-    Some(whole)
+    Some((request.as_get(headers), range.to_owned()))
 }
 
 /// The reply for the range asked for in `range`, cut from `reply` for the whole resource:

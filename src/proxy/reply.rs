@@ -4,14 +4,14 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{request, Method, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use super::context::RequestContext;
 use super::ProxyBody;
 use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
-use crate::route::Route;
 use crate::upstream::{BoxError, FetchError};
 
 /// What serving a request produced, before it is counted and observed.
@@ -20,8 +20,8 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The flight that served it, if any.
     pub flight: Option<u64>,
-    /// How the cache layer handled it, when that is decided along the way; otherwise the
-    /// request path works it out at the end (`proxy::cache_status`).
+    /// How the cache layer handled it, when that is decided along the way; otherwise
+    /// [`add_cache_status_header`] works it out at the end.
     pub cache_status: Option<CacheStatus>,
 }
 
@@ -89,12 +89,8 @@ pub fn text_reply(
 }
 
 /// A response served from the cache, with its current `Age` (HEAD gets the head only).
-pub fn cached(
-    entry: &StoredResponse,
-    parts: &request::Parts,
-    route: &Route,
-    outcome: Outcome,
-) -> Reply {
+pub fn cached(entry: &StoredResponse, request: &RequestContext, outcome: Outcome) -> Reply {
+    let (parts, route) = (&request.parts, &request.route);
     let response = cache::response(entry, &parts.method, &parts.headers);
     let mut response = response.map(|body| Full::new(body).map_err(BoxError::from).boxed_unsync());
     set_outcome(
@@ -113,7 +109,8 @@ pub fn cached(
 
 /// Adds `Cache-Status` (RFC 9211) to a reply on a route with a cache or with coalescing:
 /// what the layers recorded, or, for a request that went upstream on its own, why.
-pub fn with_cache_status(route: &Route, parts: &request::Parts, mut reply: Reply) -> Reply {
+pub fn add_cache_status_header(request: &RequestContext, mut reply: Reply) -> Reply {
+    let (parts, route) = (&request.parts, &request.route);
     if route.cache.is_none() && !route.coalesce.enabled {
         return reply;
     }
@@ -134,8 +131,7 @@ pub fn with_cache_status(route: &Route, parts: &request::Parts, mut reply: Reply
         }
     });
     let name = route
-        .cache_policy
-        .as_ref()
+        .cache_policy()
         .map_or("coalesce-proxy", |policy| policy.status_name.as_str());
     reply
         .response

@@ -17,7 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::stall_guard::StallGuard;
 use crate::config::ServerConfig;
-use crate::proxy::Proxy;
+use crate::proxy::{Connection, Proxy};
 use crate::runtime::Workers;
 
 /// What every connection is served with.
@@ -87,7 +87,10 @@ impl ConnectionServer {
                 }
             };
             let result = match &server.tls {
-                None => server.serve(stream, peer, http2, draining).await,
+                None => {
+                    let connection = Connection { peer, tls: false };
+                    server.serve(stream, connection, http2, draining).await
+                }
                 // Boxed: a TLS connection's state (rustls' buffers, the handshake) is large,
                 // and inline it would make every plain connection's task as large.
                 Some(acceptor) => Box::pin(server.serve_tls(acceptor, stream, peer, draining)).await,
@@ -126,7 +129,8 @@ impl ConnectionServer {
             }
         };
         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        self.serve(stream, peer, http2, draining).await
+        let connection = Connection { peer, tls: true };
+        self.serve(stream, connection, http2, draining).await
     }
 
     /// Serves one connection, plain or TLS, with the builder for its protocol, until it ends
@@ -134,7 +138,7 @@ impl ConnectionServer {
     async fn serve<S>(
         &self,
         stream: S,
-        peer: SocketAddr,
+        connection: Connection,
         http2: bool,
         draining: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
@@ -145,7 +149,7 @@ impl ConnectionServer {
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             let request = detach_head(request);
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+            async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
         });
         let stats = self.proxy.stats().clone();
         let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));

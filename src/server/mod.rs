@@ -195,8 +195,8 @@ impl Server {
         let mut background = JoinSet::new();
         let stats_line = (!config.log.stats_interval.is_zero()).then(|| {
             let reporter = StatsReporter::new(proxy.stats().clone(), {
-                let group = proxy.group().clone();
-                move || group.len()
+                let coordinator = proxy.coordinator().clone();
+                move || coordinator.len()
             });
             PeriodicReport::new(reporter, config.log.stats_interval)
         });

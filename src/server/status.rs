@@ -61,14 +61,14 @@ fn round3(value: f64) -> f64 {
 
 /// The flights in the air, most followers first: the top keys right now.
 fn flights(proxy: &Proxy) -> Vec<Value> {
-    let mut flights = proxy.group().flights();
+    let mut flights = proxy.coordinator().flights();
     flights.sort_by_key(|f| std::cmp::Reverse(f.followers()));
     flights
         .iter()
         .take(FLIGHTS_SHOWN)
         .map(|flight| {
             json!({
-                "route": flight.route.name,
+                "route": &*flight.scope.route,
                 "path": flight.key.path(),
                 "followers": flight.followers(),
                 "bytes": flight.body_bytes(),
@@ -123,7 +123,7 @@ fn routes(proxy: &Proxy) -> Vec<Value> {
                 })
             });
             json!({
-                "name": route.name,
+                "name": &*route.name,
                 "requests": total,
                 "leaders": count(Outcome::Leader),
                 "followers": count(Outcome::Follower),

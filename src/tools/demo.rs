@@ -74,8 +74,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let _ = stopped.await;
     }));
     let mut reporter = StatsReporter::new(proxy.stats().clone(), {
-        let group = proxy.group().clone();
-        move || group.len()
+        let coordinator = proxy.coordinator().clone();
+        move || coordinator.len()
     });
     let expected = origin::body(args.body_size);
     let mut problems = Vec::new();

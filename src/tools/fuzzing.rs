@@ -7,15 +7,14 @@
 use std::sync::{Arc, OnceLock};
 
 use http::header::{HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 
-use crate::coalesce::sharing;
-use crate::coalesce::Key;
 use crate::config::Config;
 use crate::config::ResponseRule;
 use crate::observe::metrics::Metrics;
+use crate::proxy::{Connection, RequestContext};
 use crate::route::{Route, RouteTable};
-use crate::upstream::Upstream;
+use crate::sharing;
 
 /// Any text as a configuration file: an error is fine, a panic is not.
 pub fn config(data: &[u8]) {
@@ -51,8 +50,7 @@ fn route() -> &'static Arc<Route> {
             "[upstreams.a]\nurl = \"http://127.0.0.1:1/base\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\nstrip_prefix = true\ncoalesce = { key_headers = [\"accept-encoding\", \"accept-language\"] }\n",
         )
         .expect("fixed config");
-        let upstream = Arc::new(Upstream::new(config.upstreams["a"].clone()));
-        let table = RouteTable::new(&config, |_| upstream.clone(), &Metrics::new());
+        let table = RouteTable::new(&config, &Metrics::new(), None);
         table.find(None, "/").expect("route").clone()
     })
 }
@@ -65,18 +63,28 @@ pub fn key(data: &[u8]) {
     };
     let (mut parts, ()) = request.into_parts();
     parts.headers = headers;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let route = route();
-    let key = Key::new(route, &Method::GET, path_and_query, &parts.headers);
-    let _ = (key.path(), key.digest(), format!("{key:?}"));
-    let variant = key.variant(&[http::header::ACCEPT_LANGUAGE], &parts.headers);
+    let connection = Connection {
+        peer: "127.0.0.1:9".parse().expect("literal"),
+        tls: false,
+    };
+    let authority = crate::proxy::hygiene::requested_authority(&parts);
+    let request = RequestContext::new(connection, route.clone(), parts, authority);
+    let key = request.flight_key(None);
+    let _ = (
+        key.path(),
+        key.digest(),
+        format!("{key:?}"),
+        request.cache_key(),
+    );
+    let headers = &request.parts.headers;
+    let variant = key.variant(&[http::header::ACCEPT_LANGUAGE], headers);
     assert!(
         variant.is_variant(),
         "a variant key always records its varying headers"
     );
-    let client = "127.0.0.1:9".parse().expect("literal");
-    let _ = crate::proxy::hygiene::upstream_request(route, &parts, client);
-    let _ = sharing::request_may_share(&route.coalesce, &parts, true);
+    let _ = crate::proxy::hygiene::upstream_request(&request);
+    let _ = sharing::request_may_share(&route.coalesce, &request.parts, true);
 }
 
 /// Response headers from arbitrary bytes, judged under the default policy; `Vary` compared

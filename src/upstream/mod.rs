@@ -33,7 +33,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
-use admission::{Admission, Priority, Refused};
+use admission::{Admission, Permit, Priority, Refused};
 use balance::Balancer;
 use error::error_chain;
 use tls::UpstreamConnector;
@@ -117,18 +117,39 @@ impl Upstream {
         &self.clients[crate::runtime::current() % self.clients.len()]
     }
 
-    /// Sends a request whose URI and headers are already upstream-ready. Resolves when the
-    /// response head arrives; the body then arrives through [`UpstreamBody`], which enforces
+    /// Waits for a slot under the upstream's concurrency limit, as `priority`, when it has
+    /// one: the admission phase of a request that really goes upstream (a flight's fetch or a
+    /// pass-through; never a follower). The response timeout runs from when the request may go.
+    pub async fn admit(&self, priority: Priority) -> Result<Option<Permit>, FetchError> {
+        let Some(admission) = &self.admission else {
+            return Ok(None);
+        };
+        admission
+            .admit(priority)
+            .await
+            .map(Some)
+            .map_err(|refused| FetchError::Overloaded {
+                upstream: self.config.name.clone(),
+                reason: match refused {
+                    Refused::QueueFull => "its queue is full".to_owned(),
+                    Refused::QueueTimeout(wait) => format!("waited {wait:?} in its queue"),
+                },
+            })
+    }
+
+    /// Sends a request whose URI and headers are already upstream-ready, holding `permit`
+    /// (from [`Upstream::admit`]) until its response body ends. Resolves when the response
+    /// head arrives; the body then arrives through [`UpstreamBody`], which enforces
     /// `idle_timeout`. Dropping the future or the body closes the upstream connection.
     pub fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
-        priority: Priority,
+        permit: Option<Permit>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
         use futures_util::future::Either;
         let unresolved = self.first_resolution.as_ref().filter(|r| !*r.borrow());
         match unresolved.cloned() {
-            None => Either::Left(self.send_now(request, priority)),
+            None => Either::Left(self.send_now(request, permit)),
             // Boxed: only the first requests to an upstream that follows DNS wait here, and
             // inline this state would grow every fetch task's future by its size.
             Some(mut resolved) => {
@@ -136,7 +157,7 @@ impl Upstream {
                 Either::Right(Box::pin(async move {
                     let wait = resolved.wait_for(|done| *done);
                     let _ = tokio::time::timeout(upstream.config.connect_timeout, wait).await;
-                    upstream.send_now(request, priority).await
+                    upstream.send_now(request, permit).await
                 }))
             }
         }
@@ -145,7 +166,7 @@ impl Upstream {
     fn send_now(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
-        priority: Priority,
+        permit: Option<Permit>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, FetchError>> + Send + 'static {
         let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let picked = self.balancer.pick(path_and_query);
@@ -170,21 +191,6 @@ impl Upstream {
             let name = || upstream.config.name.clone();
             let (Some(endpoint), Some(response)) = (picked, response) else {
                 return Err(FetchError::NoHealthyAddress { upstream: name() });
-            };
-            // Admission first: the response timeout runs from when the request may go.
-            let permit = match &upstream.admission {
-                None => None,
-                Some(admission) => Some(admission.admit(priority).await.map_err(|refused| {
-                    FetchError::Overloaded {
-                        upstream: name(),
-                        reason: match refused {
-                            Refused::QueueFull => "its queue is full".to_owned(),
-                            Refused::QueueTimeout(wait) => {
-                                format!("waited {wait:?} in its queue")
-                            }
-                        },
-                    }
-                })?),
             };
             let in_flight = upstream.balancer.start(&endpoint);
             let response = tokio::time::timeout(response_timeout, response).await;

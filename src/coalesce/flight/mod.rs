@@ -9,10 +9,17 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::Key;
-use crate::coalesce::sharing::Sharing;
-use crate::route::Route;
+use crate::config::CoalescePolicy;
+use crate::sharing::{Key, Sharing};
 use crate::upstream::FetchError;
+
+/// The route a flight runs under: its name (for logs and the status page) and its policy
+/// (the flight's limits).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub route: Arc<str>,
+    pub policy: Arc<CoalescePolicy>,
+}
 
 /// The response head as every client of a flight receives it (already cleaned by `hygiene`),
 /// with the verdict on who may share it.
@@ -43,8 +50,8 @@ pub struct Flight {
     /// Ties together the log lines of one flight's leader and followers.
     pub id: u64,
     pub key: Key,
-    /// The route, and through it the limits and policy this flight runs under.
-    pub route: Arc<Route>,
+    /// The route it runs under: its name, and the limits and policy of its coalescing.
+    pub scope: Scope,
     /// The leader's request headers, against which followers are compared when the response
     /// carries `Vary`.
     pub leader_headers: HeaderMap,
@@ -147,11 +154,11 @@ impl FlightState {
 }
 
 impl Flight {
-    pub(super) fn new(id: u64, key: Key, route: Arc<Route>, leader_headers: HeaderMap) -> Flight {
+    pub(super) fn new(id: u64, key: Key, scope: Scope, leader_headers: HeaderMap) -> Flight {
         Flight {
             id,
             key,
-            route,
+            scope,
             leader_headers,
             started: Instant::now(),
             state: Mutex::new(FlightState {
@@ -185,7 +192,7 @@ impl Flight {
     }
 
     fn budget(&self) -> u64 {
-        self.route.coalesce.max_flight_buffer
+        self.scope.policy.max_flight_buffer
     }
 
     /// Runs `look` on the state until it yields a value, sleeping between changes.
@@ -219,7 +226,7 @@ impl Flight {
         id: u64,
         cursor: &mut usize,
     ) -> Option<Result<Bytes, FetchError>> {
-        let stall = self.route.coalesce.client_stall_timeout;
+        let stall = self.scope.policy.client_stall_timeout;
         let (next, freed) = self
             .wait_for(|state| {
                 if !state.readers.contains(&(*cursor, id)) {
@@ -261,31 +268,6 @@ impl Flight {
         self.lock().body_bytes
     }
 
-    /// The whole body as one buffer, if the flight still holds all of it (it never passed
-    /// `max_replay_body`). For storing a completed response.
-    pub fn whole_body(&self) -> Option<Bytes> {
-        self.whole_body_with(&Bytes::new())
-    }
-
-    /// The body held so far followed by `last`, the chunk about to be published; `None` once
-    /// the body is past `max_replay_body` (the flight no longer holds all of it).
-    pub fn whole_body_with(&self, last: &Bytes) -> Option<Bytes> {
-        let state = self.lock();
-        let total = state.body_bytes + last.len() as u64;
-        if state.first_chunk != 0 || total > self.route.coalesce.max_replay_body {
-            return None;
-        }
-        if state.chunks.is_empty() {
-            return Some(last.clone());
-        }
-        let mut body = bytes::BytesMut::with_capacity(state.body_bytes as usize + last.len());
-        for chunk in &state.chunks {
-            body.extend_from_slice(chunk);
-        }
-        body.extend_from_slice(last);
-        Some(body.freeze())
-    }
-
     /// The most body bytes this flight held at once.
     pub fn peak_buffered(&self) -> u64 {
         self.lock().peak_buffered
@@ -300,9 +282,7 @@ impl Flight {
     /// the group's table locked. Returns the new reader's id.
     pub(super) fn try_join(&self) -> Option<u64> {
         let mut state = self.lock();
-        if !state.open
-            || state.end.is_some()
-            || state.followers >= self.route.coalesce.max_followers
+        if !state.open || state.end.is_some() || state.followers >= self.scope.policy.max_followers
         {
             return None;
         }
@@ -380,7 +360,7 @@ impl Flight {
         let closed = {
             let mut state = self.lock();
             let closes =
-                state.open && state.body_bytes + incoming > self.route.coalesce.max_replay_body;
+                state.open && state.body_bytes + incoming > self.scope.policy.max_replay_body;
             if closes {
                 state.open = false;
                 state.trim();
@@ -388,7 +368,7 @@ impl Flight {
             closes
         };
         let budget = self.budget();
-        let stall = self.route.coalesce.client_stall_timeout;
+        let stall = self.scope.policy.client_stall_timeout;
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);

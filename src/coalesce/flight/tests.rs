@@ -2,9 +2,7 @@
 
 use super::*;
 use crate::config::Config;
-use crate::observe::metrics::Metrics;
-use crate::route::RouteTable;
-use crate::upstream::Upstream;
+use crate::sharing::{KeyParts, KeyPolicy};
 
 /// A flight on a route that takes at most two followers.
 fn flight() -> Flight {
@@ -12,11 +10,23 @@ fn flight() -> Flight {
         "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"a\"\ncoalesce = { max_followers = 2 }\n",
     )
     .expect("fixed config");
-    let upstream = Arc::new(Upstream::new(config.upstreams["a"].clone()));
-    let table = RouteTable::new(&config, |_| upstream.clone(), &Metrics::new());
-    let route = table.find(None, "/").expect("route").clone();
-    let key = Key::new(&route, &http::Method::GET, "/", &HeaderMap::new());
-    Flight::new(1, key, route, HeaderMap::new())
+    let policy = KeyPolicy {
+        route: 1,
+        headers: Vec::new(),
+    };
+    let key = policy.flight_key(&KeyParts {
+        method: &http::Method::GET,
+        authority: None,
+        path_and_query: "/",
+        headers: &HeaderMap::new(),
+        body: &[],
+        validators: None,
+    });
+    let scope = Scope {
+        route: "0".into(),
+        policy: Arc::new(config.routes[0].coalesce.clone()),
+    };
+    Flight::new(1, key, scope, HeaderMap::new())
 }
 
 #[test]

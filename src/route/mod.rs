@@ -1,38 +1,51 @@
-//! The route table: which route, and so which upstream and policy, a request belongs to.
+//! The route table: which route, and so which upstream and policies, a request belongs to.
 //!
 //! Matching takes the host first and the path second. Routes whose `host` equals the request's
-//! host (from `Host`, or `:authority` over HTTP/2, compared without the port and case) are tried
-//! first; when none of their prefixes matches, routes without a host are tried. Within a group
-//! the longest `path_prefix` wins, and for equal prefixes the route written first. This module
-//! only chooses; it does not build upstream requests (`hygiene`) or decide about coalescing.
+//! host (the authority it was routed by, compared without the port and case) are tried first;
+//! when none of their prefixes matches, routes without a host are tried. Within a group the
+//! longest `path_prefix` wins, and for equal prefixes the route written first.
+//!
+//! A [`Route`] bundles one of each lower layer for its requests: its upstream, its cache, its
+//! key policy and the scope its flights run under. `build` makes the table from a config, and
+//! on reload keeps every upstream and route whose configuration did not change (with their
+//! pools, health, admission state and cached responses). This layer only chooses and bundles;
+//! it does not build upstream requests (`proxy::hygiene`) or decide about sharing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cache::ResponseCache;
-use crate::config::{CachePolicy, CoalescePolicy, Config, RouteConfig};
-use crate::observe::metrics::{Metrics, RouteMetrics};
+use crate::coalesce::Scope;
+use crate::config::{CoalescePolicy, RouteConfig};
+use crate::observe::metrics::RouteMetrics;
+use crate::sharing::KeyPolicy;
 use crate::upstream::Upstream;
 
-/// Route ids are never reused, even across reloads, so that a flight started under an old
-/// route table is never joined by a request routed by a new one (which may send it elsewhere).
-static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(1);
+mod build;
 
-/// A route, ready to serve: its validated settings and the upstream it forwards to.
+/// A route, ready to serve: its validated settings and what its requests use.
 #[derive(Debug)]
 pub struct Route {
-    /// Unique in the process; part of the coalescing key so two routes never share a flight.
+    /// Unique in the process, never reused: part of every key, so two routes never share a
+    /// flight or a stored response, and a request routed by a new table never joins a flight
+    /// an old one started (it may go elsewhere).
     pub id: u64,
-    pub name: String,
+    pub name: Arc<str>,
     pub host: Option<String>,
     pub path_prefix: String,
     pub strip_prefix: bool,
-    pub coalesce: CoalescePolicy,
+    pub coalesce: Arc<CoalescePolicy>,
+    /// What its requests' keys are made of.
+    pub keys: KeyPolicy,
+    /// What its flights run under (its name and `coalesce`, shared).
+    pub scope: Scope,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<RouteMetrics>,
-    /// The route's response cache, when it has one. A reload starts it empty.
+    /// The route's response cache, when it has one. Kept by a reload that leaves the route
+    /// unchanged.
     pub cache: Option<Arc<ResponseCache>>,
-    pub cache_policy: Option<CachePolicy>,
+    /// As configured: what a reload compares.
+    config: RouteConfig,
 }
 
 impl Route {
@@ -51,69 +64,34 @@ impl Route {
         };
         format!("{}{}", self.upstream.config.base_path, rest)
     }
+
+    /// The cache's policy, when the route has a cache.
+    pub fn cache_policy(&self) -> Option<&crate::config::CachePolicy> {
+        self.cache.as_ref().map(|cache| cache.policy())
+    }
 }
 
-/// All routes, sorted so that the first match is the right one.
+/// All routes, sorted so that the first match is the right one, and the upstreams they use.
 #[derive(Debug)]
 pub struct RouteTable {
     /// Routes with a host, longest prefix first (ties keep file order).
     with_host: Vec<Arc<Route>>,
     /// Routes without a host, longest prefix first.
     any_host: Vec<Arc<Route>>,
+    /// Every configured upstream by name, used by a route or not (a reload may bring one
+    /// back into use).
+    upstreams: BTreeMap<String, Arc<Upstream>>,
 }
 
 impl RouteTable {
-    /// Builds the table from a validated config. `upstream_for` yields the shared client for
-    /// an upstream name, which the config guarantees exists.
-    pub fn new(
-        config: &Config,
-        upstream_for: impl Fn(&str) -> Arc<Upstream>,
-        metrics: &Metrics,
-    ) -> RouteTable {
-        let mut with_host = Vec::new();
-        let mut any_host = Vec::new();
-        for route in &config.routes {
-            let RouteConfig {
-                name,
-                host,
-                path_prefix,
-                upstream,
-                strip_prefix,
-                coalesce,
-                cache,
-            } = route.clone();
-            let route = Arc::new(Route {
-                id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
-                metrics: Arc::new(metrics.for_route(&name)),
-                name,
-                host,
-                path_prefix,
-                strip_prefix,
-                coalesce,
-                cache: cache
-                    .as_ref()
-                    .map(|policy| Arc::new(ResponseCache::new(policy, metrics))),
-                cache_policy: cache,
-                upstream: upstream_for(&upstream),
-            });
-            if route.host.is_some() {
-                with_host.push(route);
-            } else {
-                any_host.push(route);
-            }
-        }
-        // A stable sort keeps file order among equal prefixes.
-        with_host.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        any_host.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        RouteTable {
-            with_host,
-            any_host,
-        }
-    }
-
     /// Every route, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.with_host.iter().chain(self.any_host.iter())
+    }
+
+    /// Every upstream, by name.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.values()
     }
 
     /// The route for a request, or `None` (the proxy answers 404).
@@ -152,7 +130,7 @@ mod tests {
     use super::*;
 
     fn table() -> RouteTable {
-        let config = Config::from_toml(
+        let config = crate::config::Config::from_toml(
             r#"
 [upstreams.a]
 url = "http://127.0.0.1:1/base"
@@ -173,12 +151,11 @@ upstream = "a"
 "#,
         )
         .expect("valid");
-        let upstream = Arc::new(Upstream::new(config.upstreams["a"].clone()));
-        RouteTable::new(&config, |_| upstream.clone(), &Metrics::new())
+        RouteTable::new(&config, &crate::observe::metrics::Metrics::new(), None)
     }
 
     fn name(table: &RouteTable, host: Option<&str>, path: &str) -> Option<String> {
-        table.find(host, path).map(|r| r.name.clone())
+        table.find(host, path).map(|r| r.name.to_string())
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! A flight's fetch task: it waits for the upstream's head, publishes it once, copies every
+//! body chunk into the flight (pausing while the flight's buffer is full), then publishes the
+//! end and takes the flight out of the table.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use super::coordinator::Coordinator;
+use super::flight::{Flight, SharedHead};
+use super::status::Lead;
+use super::subscription::Subscription;
+use crate::sharing::Sharing;
+use crate::upstream::FetchError;
+
+/// What a flight's fetch produces: the upstream response (head received and cleaned, body to
+/// come) and the verdict on who may share it.
+pub struct Fetched<B> {
+    pub response: Response<B>,
+    pub sharing: Sharing,
+    /// The cache will store the response once its body is in (`Cache-Status: stored`).
+    pub stored: bool,
+}
+
+impl Lead {
+    /// Starts the flight's fetch on a task of its own, so it outlives the leader's request
+    /// while followers still wait, and returns the leader's subscription.
+    pub fn start<Fut, B>(mut self, fetch: Fut) -> Subscription
+    where
+        Fut: Future<Output = Result<Fetched<B>, FetchError>> + Send + 'static,
+        B: Body<Data = Bytes, Error = FetchError> + Send + Unpin + 'static,
+    {
+        self.started = true;
+        let flight = self.flight.clone();
+        let coordinator = self.coordinator.clone();
+        let task = tokio::spawn({
+            let flight = flight.clone();
+            let coordinator = coordinator.clone();
+            async move {
+                let end = drive(&coordinator, &flight, fetch).await;
+                coordinator.finish(&flight, end);
+            }
+        });
+        flight.set_fetch(task.abort_handle());
+        Subscription::leader(&coordinator, flight)
+    }
+}
+
+/// The fetch task's work: wait for the head, then copy every body chunk into the flight,
+/// pausing until the flight's buffer has room for it.
+async fn drive<Fut, B>(
+    coordinator: &Coordinator,
+    flight: &Arc<Flight>,
+    fetch: Fut,
+) -> Result<(), FetchError>
+where
+    Fut: Future<Output = Result<Fetched<B>, FetchError>>,
+    B: Body<Data = Bytes, Error = FetchError> + Unpin,
+{
+    let Fetched {
+        response,
+        sharing,
+        stored,
+    } = fetch.await?;
+    let (parts, mut body) = response.into_parts();
+    let shareable = sharing.shareable();
+    let matched_rule = sharing.matched_rule.clone();
+    flight.publish_head(SharedHead {
+        status: parts.status,
+        headers: parts.headers,
+        sharing,
+        stored,
+    });
+    if let Some(rule) = matched_rule {
+        tracing::debug!(route = %flight.scope.route, path = flight.key.path(), rule, "response not shareable; releasing followers");
+        coordinator.remember_pass(flight);
+    } else if !shareable {
+        // New requests must not queue behind a response only the leader may have.
+        coordinator.forget(flight);
+    }
+    while let Some(frame) = body.frame().await {
+        // Trailers are dropped: the hop to the client may not carry them (HTTP/1.1 without
+        // `TE: trailers`), and nothing the proxy promises depends on them yet.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if flight.make_room(data.len() as u64).await {
+            coordinator.forget(flight);
+        }
+        flight.publish_chunk(data);
+    }
+    Ok(())
+}

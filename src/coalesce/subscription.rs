@@ -1,0 +1,80 @@
+//! One client's place in a flight: reading the body at its own cursor, and leaving (which
+//! cancels the fetch when the last client leaves before it ends). What the flight's head
+//! means for the client is `status`'s business.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::coordinator::Coordinator;
+use super::flight::Flight;
+use crate::upstream::FetchError;
+
+/// A client's place in a flight, and how far it has read. Dropping it leaves the flight; when
+/// the last client leaves before the fetch ends, the fetch is cancelled. The leader holds one
+/// too, so the fetch belongs to whoever is still waiting, not to the client that started it.
+#[derive(Debug)]
+pub struct Subscription {
+    flight: Arc<Flight>,
+    coordinator: Arc<Coordinator>,
+    reader: u64,
+    /// Index of the next body chunk this client reads.
+    cursor: usize,
+}
+
+impl Subscription {
+    pub(super) fn leader(coordinator: &Arc<Coordinator>, flight: Arc<Flight>) -> Subscription {
+        Subscription {
+            flight,
+            coordinator: coordinator.clone(),
+            reader: Flight::LEADER,
+            cursor: 0,
+        }
+    }
+
+    pub(super) fn follower(
+        coordinator: &Arc<Coordinator>,
+        flight: &Arc<Flight>,
+        reader: u64,
+    ) -> Subscription {
+        Subscription {
+            flight: flight.clone(),
+            coordinator: coordinator.clone(),
+            reader,
+            cursor: 0,
+        }
+    }
+
+    pub fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+
+    pub(super) fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.coordinator
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.reader == Flight::LEADER
+    }
+
+    /// The next body chunk for this client: `None` at a clean end, an error if the fetch
+    /// failed or this client fell too far behind.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FetchError>> {
+        self.flight.next_chunk(self.reader, &mut self.cursor).await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.flight.leave(self.reader, self.cursor) {
+            self.coordinator.forget(&self.flight);
+            self.coordinator.stats.record_flight_cancelled();
+            tracing::debug!(
+                flight = self.flight.id,
+                route = %self.flight.scope.route,
+                key = %format_args!("{:016x}", self.flight.key.digest()),
+                "flight cancelled: every client left"
+            );
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Phase 6, response: what every upstream response head goes through before anyone sees it
+//! (hop-by-hop fields removed, `Via` added), and the verdict on who may share it, under the
+//! route's coalescing policy read through its targeted cache fields (RFC 9213). The one place
+//! each of these happens, for flights, refreshes, pass-throughs and tunnels alike.
+
+use http::{HeaderMap, Response, Version};
+
+use super::hygiene;
+use crate::cache;
+use crate::route::Route;
+use crate::sharing::{self, Sharing};
+
+/// The upstream response head cleaned for clients.
+pub(super) fn clean<B>(mut response: Response<B>) -> Response<B> {
+    clean_head(response.headers_mut());
+    response
+}
+
+pub(super) fn clean_head(headers: &mut HeaderMap) {
+    hygiene::clean_response_headers(headers, Version::HTTP_11);
+}
+
+/// Who may be given `response` (already cleaned) on `route`.
+pub(super) fn judge<B>(route: &Route, response: &Response<B>) -> Sharing {
+    let targeted = cache::as_targeted(route.cache_policy(), response.headers());
+    sharing::judge_response(&route.coalesce, response.status(), &targeted)
+}

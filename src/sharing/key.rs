@@ -1,0 +1,408 @@
+//! The key: what makes two requests "identical", for sharing one upstream fetch and for
+//! finding a stored response. [`KeyPolicy`] is the one place keys are derived, so the flight
+//! table and the cache can never disagree about who may share what.
+
+use std::fmt;
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
+use http::header::{HeaderName, AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::rules::RANGE_AND_CONDITIONAL;
+
+/// What a route puts into the keys of its requests. Made once per route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// The route's id, unique in the process (never reused, even across reloads), so that two
+    /// routes never share a key, and a request routed by a new route table never joins a
+    /// flight an old one started.
+    pub route: u64,
+    /// Request headers whose values are part of the key (`key_headers`).
+    pub headers: Vec<HeaderName>,
+}
+
+/// The parts of a request its keys are made from.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub method: &'a Method,
+    /// The authority the request was routed by (`Host`, `:authority`, or the absolute-form
+    /// target's): an origin may answer each host differently, and it sees the host.
+    pub authority: Option<&'a HeaderValue>,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// A shared POST's body, read whole; empty otherwise.
+    pub body: &'a [u8],
+    /// The conditional headers a revalidation sends instead of the request's own (a stored
+    /// response's validators), or `None` for the request's own.
+    pub validators: Option<&'a HeaderMap>,
+}
+
+impl KeyPolicy {
+    /// The key of a request's flight: everything of the request that reaches the upstream and
+    /// may change its answer. A revalidation is keyed with the validators it sends, as a
+    /// conditional request would be: only clients that found the same stored response share
+    /// its flight, so its 304 means something to every one of them.
+    pub fn flight_key(&self, request: &KeyParts<'_>) -> Key {
+        let conditions = request.validators.unwrap_or(request.headers);
+        self.encode(request, request.method, Some(conditions), request.body)
+    }
+
+    /// The key a request's stored response is found under: a plain GET of the same resource
+    /// (no Range, no conditions, no body), so that HEAD and conditional GETs are answered
+    /// from a stored GET.
+    pub fn cache_key(&self, request: &KeyParts<'_>) -> Key {
+        self.encode(request, &Method::GET, None, &[])
+    }
+
+    fn encode(
+        &self,
+        request: &KeyParts<'_>,
+        method: &Method,
+        conditions: Option<&HeaderMap>,
+        body: &[u8],
+    ) -> Key {
+        let path_and_query = request.path_and_query;
+        let mut out = Writer(Vec::with_capacity(96 + path_and_query.len() + body.len()));
+        out.0.extend_from_slice(&self.route.to_le_bytes());
+        out.bytes(method.as_str().as_bytes());
+        let start = out.0.len() + 4;
+        out.bytes(path_and_query.as_bytes());
+        let path_and_query = start..out.0.len();
+        // Host names are case-insensitive (RFC 9110 §4.2.3): one key for every spelling.
+        out.lowercase(request.authority.map_or(&[][..], HeaderValue::as_bytes));
+        out.0
+            .extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
+        for name in &self.headers {
+            // Normalised as `Vary` values are, so that spacing and case in, say,
+            // Accept-Encoding do not split flights or stored responses.
+            out.normalised(request.headers, name);
+        }
+        let none = HeaderMap::new();
+        for name in &RANGE_AND_CONDITIONAL {
+            out.values(conditions.unwrap_or(&none), name);
+        }
+        out.values(request.headers, &AUTHORIZATION);
+        out.values(request.headers, &COOKIE);
+        out.bytes(body);
+        // Not a variant; a variant replaces this marker with its own part.
+        out.0.push(0);
+        Key::seal(out.0, path_and_query, false)
+    }
+}
+
+/// Two requests share a flight only when their keys are equal. The key holds the route, the
+/// method, the path and query exactly as received, the authority (lower-cased), the values of
+/// the route's `key_headers`,
+/// the Range and conditional headers (so a 206 or 304 only reaches clients that asked for
+/// exactly that), and the credentials (Authorization and Cookie), so that two users never
+/// share a response made for one of them. A follower released by `Vary` re-joins under a
+/// *variant* key that also holds its values for the varying headers.
+///
+/// The credentials are kept as received, not hashed, so that a hash collision can never
+/// hand one user another's response; they never leave the process. `Debug` shows only the
+/// route, method, path and [`Key::digest`], never the query or any header value.
+///
+/// Representation: every part is written, length-prefixed, into one buffer, hashed once
+/// with the process's random keys, and shared behind an `Arc`. A request's key is made once
+/// and then cloned into the flight table, the fetch and the pass memory; each clone is a
+/// reference count, and each table lookup hashes one `u64` and compares one buffer.
+#[derive(Clone)]
+pub struct Key(Arc<Encoded>);
+
+struct Encoded {
+    /// Of `bytes`, with the process's random SipHash keys (so that clients cannot choose keys
+    /// that collide in the flight table).
+    hash: u64,
+    /// Where the path and query lie in `bytes`.
+    path_and_query: Range<usize>,
+    variant: bool,
+    bytes: Box<[u8]>,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash && self.0.bytes == other.0.bytes)
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+/// Writes the parts of a key, each prefixed with its length (or count), so that no two
+/// different keys write the same bytes.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// A field's value as `Vary` compares it ([`super::vary_value`]), or a marker for none.
+    fn lowercase(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        self.0.extend(bytes.iter().map(u8::to_ascii_lowercase));
+    }
+
+    fn normalised(&mut self, headers: &HeaderMap, name: &HeaderName) {
+        match super::vary::vary_value(headers, name) {
+            None => self.0.push(0),
+            Some(value) => {
+                self.0.push(1);
+                self.bytes(value.as_bytes());
+            }
+        }
+    }
+
+    fn values(&mut self, headers: &HeaderMap, name: &HeaderName) {
+        let values = headers.get_all(name);
+        self.0
+            .extend_from_slice(&(values.iter().count() as u32).to_le_bytes());
+        for value in values {
+            self.bytes(value.as_bytes());
+        }
+    }
+}
+
+fn random_state() -> &'static RandomState {
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    STATE.get_or_init(RandomState::new)
+}
+
+impl Key {
+    fn seal(bytes: Vec<u8>, path_and_query: Range<usize>, variant: bool) -> Key {
+        Key(Arc::new(Encoded {
+            hash: random_state().hash_one(&bytes),
+            path_and_query,
+            variant,
+            bytes: bytes.into_boxed_slice(),
+        }))
+    }
+
+    /// This key narrowed to one variant of a response that varies on `vary`.
+    pub fn variant(&self, vary: &[HeaderName], headers: &HeaderMap) -> Key {
+        let base = &self.0.bytes[..self.0.bytes.len() - 1];
+        let mut out = Writer(base.to_vec());
+        out.0.push(1);
+        out.0.extend_from_slice(&(vary.len() as u32).to_le_bytes());
+        for name in vary {
+            out.bytes(name.as_str().as_bytes());
+            // Normalised (RFC 9111 §4.1): `gzip,br` and `gzip, br` are one variant.
+            out.normalised(headers, name);
+        }
+        Key::seal(out.0, self.0.path_and_query.clone(), true)
+    }
+
+    pub fn is_variant(&self) -> bool {
+        self.0.variant
+    }
+
+    /// The key's hash under the process's random keys, computed once: what the flight table
+    /// shards by.
+    pub fn hash64(&self) -> u64 {
+        self.0.hash
+    }
+
+    /// The method, written right after the route's id.
+    fn method(&self) -> &str {
+        let len = self.0.bytes[8..12].try_into().map_or(0, u32::from_le_bytes) as usize;
+        std::str::from_utf8(&self.0.bytes[12..12 + len]).unwrap_or("")
+    }
+
+    /// The path and query exactly as received.
+    pub fn path_and_query(&self) -> &str {
+        // Written from a `&str` in `new`.
+        std::str::from_utf8(&self.0.bytes[self.0.path_and_query.clone()]).unwrap_or("")
+    }
+
+    /// The path without the query, which is safe to log.
+    pub fn path(&self) -> &str {
+        let path_and_query = self.path_and_query();
+        path_and_query
+            .split_once('?')
+            .map_or(path_and_query, |(path, _)| path)
+    }
+
+    /// A stable 64-bit digest of the whole key, for logs: it tells flights apart without
+    /// revealing the query or the credentials.
+    pub fn digest(&self) -> u64 {
+        // `DefaultHasher::new()` uses fixed keys, so the digest is the same for the same key
+        // within one build, which is what correlating log lines needs.
+        let mut hasher = DefaultHasher::new();
+        self.0.bytes.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Key({} {} {} #{:016x})",
+            u64::from_le_bytes(self.0.bytes[..8].try_into().unwrap_or_default()),
+            self.method(),
+            self.path(),
+            self.digest()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> KeyPolicy {
+        KeyPolicy {
+            route: 7,
+            headers: vec![http::header::ACCEPT_ENCODING],
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// The flight key of `method target` for host `t.example` with `pairs`.
+    fn key(method: &Method, target: &str, pairs: &[(&'static str, &'static str)]) -> Key {
+        keyed(method, "t.example", target, pairs)
+    }
+
+    fn keyed(
+        method: &Method,
+        host: &'static str,
+        target: &str,
+        pairs: &[(&'static str, &'static str)],
+    ) -> Key {
+        let headers = headers(pairs);
+        let authority = HeaderValue::from_static(host);
+        policy().flight_key(&KeyParts {
+            method,
+            authority: Some(&authority),
+            path_and_query: target,
+            headers: &headers,
+            body: &[],
+            validators: None,
+        })
+    }
+
+    #[test]
+    fn equal_requests_make_equal_keys_with_equal_hashes() {
+        let a = key(&Method::GET, "/a?x=1", &[("cookie", "s=1")]);
+        let b = key(
+            &Method::GET,
+            "/a?x=1",
+            &[("cookie", "s=1"), ("accept", "*/*")],
+        );
+        assert_eq!(a, b);
+        assert_eq!(random_state().hash_one(&a), random_state().hash_one(&b));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.path(), "/a");
+        assert_eq!(
+            format!("{a:?}"),
+            format!("Key(7 GET /a #{:016x})", a.digest())
+        );
+    }
+
+    #[test]
+    fn every_part_of_the_key_tells_requests_apart() {
+        let base = key(&Method::GET, "/a", &[]);
+        let others = [
+            key(&Method::HEAD, "/a", &[]),
+            key(&Method::GET, "/a?", &[]),
+            key(&Method::GET, "/b", &[]),
+            keyed(&Method::GET, "u.example", "/a", &[]),
+            key(&Method::GET, "/a", &[("accept-encoding", "br")]),
+            key(&Method::GET, "/a", &[("authorization", "Bearer 1")]),
+            key(&Method::GET, "/a", &[("cookie", "s=1")]),
+            key(&Method::GET, "/a", &[("range", "bytes=0-1")]),
+            key(&Method::GET, "/a", &[("if-none-match", "\"1\"")]),
+        ];
+        for other in &others {
+            assert_ne!(&base, other, "{other:?}");
+        }
+        // Values are length-prefixed: moving bytes between two values makes another key.
+        let split = key(&Method::GET, "/a", &[("cookie", "ab"), ("cookie", "c")]);
+        let moved = key(&Method::GET, "/a", &[("cookie", "a"), ("cookie", "bc")]);
+        assert_ne!(split, moved);
+    }
+
+    #[test]
+    fn rfc9110_4_2_3_the_host_is_in_every_key_and_compared_without_case() {
+        let lower = keyed(&Method::GET, "t.example", "/a", &[]);
+        assert_eq!(lower, keyed(&Method::GET, "T.Example", "/a", &[]));
+        assert_ne!(lower, keyed(&Method::GET, "evil.example", "/a", &[]));
+        let request = |host: &'static str| {
+            let authority = HeaderValue::from_static(host);
+            policy().cache_key(&KeyParts {
+                method: &Method::HEAD,
+                authority: Some(&authority),
+                path_and_query: "/a",
+                headers: &headers(&[("range", "bytes=0-1")]),
+                body: b"ignored",
+                validators: None,
+            })
+        };
+        assert_ne!(request("t.example"), request("evil.example"));
+    }
+
+    #[test]
+    fn the_cache_key_is_a_plain_get_and_a_revalidation_is_keyed_by_its_validators() {
+        let authority = HeaderValue::from_static("t.example");
+        let conditional = headers(&[("if-none-match", "\"1\""), ("range", "bytes=0-1")]);
+        let parts = |method, headers, validators| KeyParts {
+            method,
+            authority: Some(&authority),
+            path_and_query: "/a",
+            headers,
+            body: &[],
+            validators,
+        };
+        let plain = HeaderMap::new();
+        let plain_get = policy().flight_key(&parts(&Method::GET, &plain, None));
+        assert_eq!(
+            policy().cache_key(&parts(&Method::HEAD, &conditional, None)),
+            policy().cache_key(&parts(&Method::GET, &plain, None))
+        );
+        let validators = headers(&[("if-none-match", "\"1\"")]);
+        let revalidation = policy().flight_key(&parts(&Method::GET, &plain, Some(&validators)));
+        assert_ne!(revalidation, plain_get);
+        // Keyed as the conditional request a client would send with those validators.
+        let asked = headers(&[("if-none-match", "\"1\"")]);
+        assert_eq!(
+            revalidation,
+            policy().flight_key(&parts(&Method::GET, &asked, None))
+        );
+    }
+
+    #[test]
+    fn a_variant_differs_from_its_base_and_by_the_varying_values() {
+        let base = key(&Method::GET, "/a", &[]);
+        let vary = [http::header::ACCEPT_LANGUAGE];
+        let en = base.variant(&vary, &headers(&[("accept-language", "en")]));
+        let de = base.variant(&vary, &headers(&[("accept-language", "de")]));
+        let none = base.variant(&vary, &HeaderMap::new());
+        assert!(!base.is_variant());
+        assert!(en.is_variant() && none.is_variant());
+        assert_ne!(base, none);
+        assert_ne!(en, de);
+        assert_eq!(
+            en,
+            base.variant(&vary, &headers(&[("accept-language", "en")]))
+        );
+        assert_eq!(en.path(), "/a");
+    }
+}
