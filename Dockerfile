@@ -13,7 +13,8 @@ COPY config ./config
 # Cargo.toml names the benchmark tools and the test binary; their sources must exist.
 COPY bench ./bench
 COPY tests ./tests
-RUN cargo build --release --locked --bin coalesce-proxy
+# The proxy alone: the demo, test origin and fuzz entry points (the `tools` feature) stay out.
+RUN cargo build --release --locked --no-default-features --bin coalesce-proxy
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/coalesce-proxy /usr/local/bin/coalesce-proxy

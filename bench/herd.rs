@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use coalesce_proxy::herd::{send_all_when, HerdSummary};
-use coalesce_proxy::origin;
+use coalesce_proxy::tools::herd::{send_all_when, HerdSummary};
+use coalesce_proxy::tools::origin;
 use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use coalesce_proxy::origin::{Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{Origin, OriginSettings};
 
 #[derive(Parser)]
 struct Args {

@@ -6,29 +6,34 @@
 //!
 //! # Layout
 //!
-//! A request goes down the layers of the request path; each owns one decision and hands the
-//! request on, and the response comes back up the same way:
+//! A request goes through the phases [`proxy`] composes (route, look up, coalesce, admit,
+//! upstream request, response, log), each the business of one layer. The layers, from the top;
+//! each imports only those below it (`.ci/check-layers.py` fails CI on a cycle):
 //!
+//! - [`cli`]: the command line, logging set-up, signals, and the `healthcheck` subcommand.
 //! - [`server`]: listeners, HTTP/1.1 and h2c connections (or TLS, [`server::tls`]), limits,
 //!   graceful shutdown, reload, the admin listener and its status page ([`server::status`]).
-//! - [`proxy`]: composes the layers below for one request, and answers for itself (404, 405,
-//!   errors); [`proxy::hygiene`] rewrites the headers every forwarded message gets.
-//!   1. [`route`]: which route (host, then longest prefix), and so which upstream and policy.
-//!   2. [`cache`]: the opt-in response cache: hit, stale, revalidate or miss; storage.
-//!   3. [`coalesce`]: the singleflight table: leader, follower or release; the key, the
-//!      sharing rules ([`coalesce::sharing`]), the pass memory and the fan-out bodies.
-//!   4. [`upstream`]: the pooled client: admission ([`upstream::admission`]), address choice
-//!      and passive health ([`upstream::balance`]), addresses that follow DNS
-//!      ([`upstream::dns`]), TLS ([`upstream::tls`]), timeouts, errors.
-//!
-//! Around the request path:
-//!
-//! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
+//! - [`proxy`]: the request pipeline: a [`proxy::RequestContext`] through the named phases;
+//!   it composes the layers below and decides nothing they decide.
+//! - [`route`]: the route table (host, then longest prefix); a route bundles one of each
+//!   layer below for its requests, and a reload keeps what it did not change.
+//! - [`coalesce`]: the per-key coordinator (flights, background refreshes, keys remembered
+//!   as not shareable; one status per request) and the flights' fan-out bodies.
+//! - [`cache`]: the opt-in response cache: RFC 9111 decisions as pure functions, storage,
+//!   invalidation.
+//! - [`sharing`]: what may be shared and under which key: one key policy for flights and the
+//!   cache, the sharing rules, `Vary`.
+//! - [`upstream`]: the pooled client: admission ([`upstream::admission`]), address choice and
+//!   passive health ([`upstream::balance`]), addresses that follow DNS ([`upstream::dns`]),
+//!   TLS ([`upstream::tls`]), timeouts, errors.
+//! - [`runtime`]: the worker threads, one single-threaded runtime each.
 //! - [`observe`]: stats, metrics, the access record, the status page's history, and the
 //!   rate-limited failure warnings.
-//! - [`cli`]: the command line, logging set-up and signals.
-//! - [`tools`]: what ships beside the proxy: the demo, the scriptable origin, the herd client,
-//!   the healthcheck subcommand and the fuzz entry points.
+//! - [`config`]: the TOML file, raw and validated ([`config::Config`]).
+//!
+//! Beside the proxy, not in it: `tools` (the `tools` feature, on by default; the image builds
+//! without it): the demo (`coalesce-demo`), the scriptable origin, the herd client and the
+//! fuzz entry points.
 #![forbid(unsafe_code)]
 
 pub mod cache;
@@ -41,10 +46,6 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod sharing;
+#[cfg(feature = "tools")]
 pub mod tools;
 pub mod upstream;
-
-// The paths these had before the layers had folders, which the tests, the benchmarks and the
-// fuzz targets use.
-pub use observe::{metrics, stats};
-pub use tools::{fuzzing, herd, origin};

@@ -2,7 +2,7 @@
 //! 503 for a request that cannot wait, and leaders admitted before pass-through requests.
 
 use bytes::Bytes;
-use coalesce_proxy::origin::OriginSettings;
+use coalesce_proxy::tools::origin::OriginSettings;
 use http::{Method, StatusCode};
 
 use crate::util::*;
@@ -96,4 +96,49 @@ async fn get_owned(addr: std::net::SocketAddr, path: &'static str) -> Reply {
 
 async fn herd_owned(addr: std::net::SocketAddr, n: usize, path: &'static str) -> Vec<Reply> {
     herd(addr, n, Method::GET, path, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_leaves_the_upstream_unchanged_keeps_it_with_its_taken_slots() {
+    let upstream = "concurrency = { max = 1, queue = 10, queue_timeout = \"20s\" }";
+    let h = Harness::start_with(OriginSettings::default(), upstream, "").await;
+    let config = config_text(&h.origin.url(), upstream, "");
+    let reload = || {
+        let config = coalesce_proxy::config::Config::from_toml(&config).expect("valid");
+        h.handle.reload(config);
+    };
+    // The upstream is the same one, pools and health and all; the route too (its cache).
+    let upstream = |h: &Harness| h.proxy.routes()[0].upstream.clone();
+    let (before, route_before) = (upstream(&h), h.proxy.routes()[0].clone());
+    reload();
+    assert!(std::sync::Arc::ptr_eq(&before, &upstream(&h)));
+    assert!(std::sync::Arc::ptr_eq(&route_before, &h.proxy.routes()[0]));
+    // The slot a held request took is still taken after a reload: the next request queues
+    // instead of reaching the origin beside it (a fresh limit would let two through).
+    let held = tokio::spawn(get_owned(h.addr, "/held?hold_head=g"));
+    assert!(h.origin.wait_until(PATIENCE, |o| o.reached("g")).await);
+    reload();
+    let waiting = tokio::spawn(get_owned(h.addr, "/after-reload"));
+    queued(&h, 1).await;
+    h.origin.open_gate("g");
+    assert_eq!(held.await.expect("held").status, StatusCode::OK);
+    assert_eq!(waiting.await.expect("waiting").status, StatusCode::OK);
+    assert_eq!(h.origin.peak_concurrency(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_upstream_builds_it_anew() {
+    let h = limited(1).await;
+    let before = h.proxy.routes()[0].upstream.clone();
+    let changed = config_text(&h.origin.url(), "response_timeout = \"9s\"", "");
+    h.handle
+        .reload(coalesce_proxy::config::Config::from_toml(&changed).expect("valid"));
+    let after = h.proxy.routes()[0].upstream.clone();
+    assert!(!std::sync::Arc::ptr_eq(&before, &after));
+    assert_eq!(
+        after.config.response_timeout,
+        std::time::Duration::from_secs(9)
+    );
+    assert!(after.config.concurrency.is_none());
+    assert_eq!(get(h.addr, "/after").await.status, StatusCode::OK);
 }

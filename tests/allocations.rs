@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coalesce_proxy::config::Config;
-use coalesce_proxy::origin::{Origin, OriginSettings};
 use coalesce_proxy::proxy::Proxy;
 use coalesce_proxy::server::Server;
+use coalesce_proxy::tools::origin::{Origin, OriginSettings};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

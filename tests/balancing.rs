@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use coalesce_proxy::origin::{Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::util::*;
@@ -264,7 +264,7 @@ async fn a_tier_of_sidecars_and_hashed_shields_makes_one_origin_request_per_key(
         origin.open_gate(gate);
         for herd in herds {
             for reply in herd.await.expect("herd") {
-                assert_eq!(reply.body(), &coalesce_proxy::origin::body(4000));
+                assert_eq!(reply.body(), &coalesce_proxy::tools::origin::body(4000));
             }
         }
         assert_eq!(

@@ -1,7 +1,7 @@
 //! Bounded memory and slow clients: one client that reads nothing never holds the others
 //! back, and a flight never holds more than its budget.
 
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

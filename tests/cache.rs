@@ -1,6 +1,6 @@
 //! The response cache in front of the singleflight table.
 
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::util::*;
@@ -227,6 +227,60 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
     assert_eq!(renewed.body(), &origin::body(100));
     assert_eq!(renewed.headers["x-origin-hit"], "2");
     assert_eq!(h.origin.hits(), 2, "exactly one refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_and_a_miss_for_the_same_resource_make_one_fetch() {
+    let h = harness().await;
+    // Stale for a 1 s window after its 1 s of freshness; every request after the first holds
+    // at gate r.
+    let path =
+        "/c/one?size=100&hold_rest=r&header=cache-control:max-age=1,%20stale-while-revalidate=1";
+    assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    let_it_go_stale().await;
+    assert_eq!(get(h.addr, path).await.outcome(), "stale");
+    assert!(h.origin.wait_until(PATIENCE, |o| o.reached("r")).await);
+    // Past the window, while the refresh is still held: the entry is now a miss, and the
+    // request revalidates it with the refresh's very request: it joins the refresh.
+    let_it_go_stale().await;
+    let miss = tokio::spawn({
+        let addr = h.addr;
+        async move { get(addr, path).await }
+    });
+    assert!(eventually(|| h.proxy.stats().snapshot().joined == 1).await);
+    h.origin.open_gate("r");
+    let miss = miss.await.expect("the miss");
+    assert_eq!(miss.outcome(), "follower");
+    assert_eq!(miss.body(), &origin::body(100));
+    assert_eq!(
+        miss.header("cache-status"),
+        Some("coalesce-proxy; fwd=stale; fwd-status=304; stored; collapsed")
+    );
+    assert_eq!(h.origin.hits(), 2, "the refresh was the only fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_is_in_the_cache_key() {
+    let h = harness().await;
+    let path = format!("/c/by-host?echo_header=x-forwarded-host&{FRESH}");
+    let ask = |host: &'static str| {
+        let path = path.clone();
+        async move { get_with(h.addr, &path, &[("host", host)]).await }
+    };
+    assert_eq!(ask("good.example").await.outcome(), "leader");
+    assert_eq!(ask("Good.Example").await.outcome(), "hit");
+    let other = ask("evil.example").await;
+    assert_eq!(
+        other.outcome(),
+        "leader",
+        "never another host's stored response"
+    );
+    assert_eq!(other.body(), "x-forwarded-host=evil.example");
+    assert_eq!(
+        ask("good.example").await.body(),
+        "x-forwarded-host=good.example"
+    );
+    assert_eq!(h.origin.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

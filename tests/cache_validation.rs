@@ -1,7 +1,7 @@
 //! RFC 9111 §4.3: validation. Stale responses are revalidated with their validators and
 //! renewed by a 304; conditional requests from clients are answered from the cache.
 
-use coalesce_proxy::origin;
+use coalesce_proxy::tools::origin;
 use http::StatusCode;
 
 use crate::cache::{harness, FRESH};

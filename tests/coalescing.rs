@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 

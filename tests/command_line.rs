@@ -1,11 +1,12 @@
 //! The binary itself: `--check`, start-up errors, and draining on SIGTERM.
 
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use std::process::Command;
 
 use crate::util::*;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_coalesce-proxy");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_coalesce-demo");
 
 pub fn write_config(text: &str) -> TempFile {
     TempFile::new("toml", text.as_bytes())
@@ -27,16 +28,8 @@ fn check_accepts_the_shipped_configs() {
 #[test]
 fn demo_passes_when_every_client_gets_the_origins_bytes_and_fails_when_one_does_not() {
     let demo = |extra: &[&str]| {
-        Command::new(BINARY)
-            .args([
-                "demo",
-                "--clients",
-                "50",
-                "--origin-delay",
-                "20ms",
-                "--keys",
-                "2",
-            ])
+        Command::new(DEMO)
+            .args(["--clients", "50", "--origin-delay", "20ms", "--keys", "2"])
             .args(extra)
             .output()
             .expect("run")

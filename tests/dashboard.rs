@@ -59,7 +59,7 @@ async fn every_metric_the_grafana_dashboard_queries_exists_in_metrics() {
     // Families show in /metrics once they have a series: an upstream with a concurrency
     // limit, a served request and a failed one give every family the dashboard reads.
     let h = Harness::start_with(
-        coalesce_proxy::origin::OriginSettings::default(),
+        coalesce_proxy::tools::origin::OriginSettings::default(),
         "concurrency = { max = 4 }",
         "",
     )

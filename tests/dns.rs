@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use http::StatusCode;
 use tokio::net::UdpSocket;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::util::*;

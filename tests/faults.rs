@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -378,7 +378,7 @@ async fn connections_past_max_connections_get_503_and_room_comes_back() {
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     use std::process::Command;
 
-    let origin = coalesce_proxy::origin::Origin::start(OriginSettings::default())
+    let origin = coalesce_proxy::tools::origin::Origin::start(OriginSettings::default())
         .await
         .expect("origin");
     let file = crate::command_line::write_config(&config_text(&origin.url(), "", ""));

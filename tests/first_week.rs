@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use coalesce_proxy::config::Config;
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::command_line::{write_config, BINARY};

@@ -10,9 +10,9 @@ type Target = fn(&[u8]);
 fn every_kept_fuzz_input_runs_without_panicking() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
     let targets: [(&str, Target); 3] = [
-        ("config", coalesce_proxy::fuzzing::config),
-        ("key", coalesce_proxy::fuzzing::key),
-        ("sharing", coalesce_proxy::fuzzing::sharing),
+        ("config", coalesce_proxy::tools::fuzzing::config),
+        ("key", coalesce_proxy::tools::fuzzing::key),
+        ("sharing", coalesce_proxy::tools::fuzzing::sharing),
     ];
     let mut replayed = 0;
     for (target, run) in targets {

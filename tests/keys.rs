@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coalesce_proxy::origin;
+use coalesce_proxy::tools::origin;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 
@@ -275,4 +275,29 @@ async fn a_late_joiner_is_admitted_while_the_body_so_far_fits_max_replay_body_ex
     assert_eq!(late.outcome(), "follower");
     assert_eq!(late.body(), &origin::body(131_072));
     assert_eq!(h.origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_is_in_the_key_on_a_route_without_a_host_match() {
+    let h = Harness::start().await;
+    // Two herds for one path under two hosts, at once: an origin may build each answer from
+    // the host it is told (X-Forwarded-Host), so neither herd may be given the other's.
+    let path = "/hosted?echo_header=x-forwarded-host&hold_head=g";
+    let good = [("host", "good.example")];
+    let evil = [("host", "EVIL.example:80")];
+    let (good, evil, ()) = tokio::join!(
+        herd(h.addr, 5, Method::GET, path, &good),
+        herd(h.addr, 5, Method::GET, path, &evil),
+        h.open_when_followers(8, "g")
+    );
+    assert_eq!(h.origin.hits(), 2, "one flight per host");
+    assert_eq!(outcomes(&good), (1, 4, 0));
+    assert_eq!(outcomes(&evil), (1, 4, 0));
+    let body = |reply: &Reply| reply.body().clone();
+    assert!(good
+        .iter()
+        .all(|r| body(r) == "x-forwarded-host=good.example"));
+    assert!(evil
+        .iter()
+        .all(|r| body(r) == "x-forwarded-host=EVIL.example:80"));
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::command_line::{write_config, BINARY};
@@ -431,7 +431,7 @@ fn every_metric_the_deploy_docs_list_is_exposed() {
         .map(|name| name.trim().trim_matches('`').to_owned())
         .collect();
     assert!(names.len() >= 15, "{names:?}");
-    let stats = std::sync::Arc::new(coalesce_proxy::stats::Stats::default());
+    let stats = std::sync::Arc::new(coalesce_proxy::observe::stats::Stats::default());
     // Labelled families appear once a route has its series.
     let _route = stats.metrics.for_route("all");
     stats.metrics.upstream_error("all", "connect");

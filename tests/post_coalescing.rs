@@ -2,7 +2,7 @@
 //! sets `body_max`, a body that fits is read whole and becomes part of the key.
 
 use bytes::Bytes;
-use coalesce_proxy::origin::OriginSettings;
+use coalesce_proxy::tools::origin::OriginSettings;
 use http::{Method, StatusCode};
 
 use crate::util::*;

@@ -90,7 +90,7 @@ async fn an_upstream_with_http2_true_is_spoken_to_over_h2c() {
     );
     assert_eq!(outcomes(&replies), (1, 9, 0));
     for reply in &replies {
-        assert_eq!(reply.body(), &coalesce_proxy::origin::body(3000));
+        assert_eq!(reply.body(), &coalesce_proxy::tools::origin::body(3000));
     }
     let seen = inner.origin.requests().pop().expect("request");
     // Each hop appends the protocol it received: HTTP/1.1 from the client, then HTTP/2 from
@@ -137,5 +137,5 @@ async fn an_http2_client_gets_a_stream_reset_when_the_upstream_dies_mid_body() {
         .await
         .expect("body")
         .to_bytes();
-    assert_eq!(body, coalesce_proxy::origin::body(10));
+    assert_eq!(body, coalesce_proxy::tools::origin::body(10));
 }

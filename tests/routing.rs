@@ -1,7 +1,7 @@
 //! Which route a request takes (host first, then the longest prefix, the first of equals), and
 //! the path it is forwarded with (`strip_prefix`, the upstream's base path).
 
-use coalesce_proxy::origin::{Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{Origin, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::util::*;

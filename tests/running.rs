@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::Command;
 
-use coalesce_proxy::origin::Origin;
+use coalesce_proxy::tools::origin::Origin;
 
 use crate::command_line::BINARY;
 use crate::util::*;

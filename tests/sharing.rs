@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use coalesce_proxy::origin::{self, OriginSettings};
+use coalesce_proxy::tools::origin::{self, OriginSettings};
 use http::{Method, StatusCode};
 
 use crate::util::*;

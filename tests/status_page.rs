@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use coalesce_proxy::origin::OriginSettings;
+use coalesce_proxy::tools::origin::OriginSettings;
 use http::{Method, StatusCode};
 
 use crate::util::*;

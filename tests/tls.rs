@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use coalesce_proxy::config::Config;
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use coalesce_proxy::upstream::{FetchError, Upstream};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};

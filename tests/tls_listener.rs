@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use coalesce_proxy::config::Config;
-use coalesce_proxy::origin::{self, Origin, OriginSettings};
+use coalesce_proxy::tools::origin::{self, Origin, OriginSettings};
 use http::{StatusCode, Version};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -112,6 +112,23 @@ async fn https_get(h: &Harness, ca: &TestCa, path: &str, alpn: &[&[u8]]) -> Repl
         .await
         .expect("TLS handshake with the proxy");
     get_over(stream, path).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_tls_reach_the_upstream_with_x_forwarded_proto_https() {
+    let ca = TestCa::new();
+    let (h, _files) = https_proxy(&ca, "").await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let reply = https_get(&h, &ca, "/proto?size=3", &[alpn]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let requests = h.origin.requests();
+    assert_eq!(requests.len(), 2);
+    for seen in &requests {
+        // The client's own connection was TLS; the proxy's to the origin is not.
+        assert_eq!(seen.header_values("x-forwarded-proto"), ["https"]);
+        assert_eq!(seen.header_values("x-forwarded-host"), ["localhost"]);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

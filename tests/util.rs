@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coalesce_proxy::config::Config;
-use coalesce_proxy::origin::{Origin, OriginSettings};
 use coalesce_proxy::proxy::Proxy;
 use coalesce_proxy::server::{Server, ServerHandle};
+use coalesce_proxy::tools::origin::{Origin, OriginSettings};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| coalesce_proxy::fuzzing::sharing(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| coalesce_proxy::tools::fuzzing::sharing(data));

@@ -114,40 +114,67 @@ pub fn freshness_at(
         None => return None,
     };
     let initial_age = initial_age(headers, date, now);
-    // §5.2.2.2 and §5.2.2.8: once stale, must-revalidate and proxy-revalidate responses are
-    // never served without a successful revalidation, whatever else would allow it.
-    let revalidate_when_stale =
-        directives.has("must-revalidate") || directives.has("proxy-revalidate");
-    let window = |name: &str| match directives.seconds(name) {
-        _ if revalidate_when_stale => Duration::ZERO,
-        Some(seconds) => Duration::from_secs(seconds),
-        None => policy.grace,
+    let stored = Stored {
+        no_cache,
+        has_validator,
     };
-    if no_cache {
-        return Some(Freshness {
-            fresh_for: Duration::ZERO,
+    stored.freshness(policy, &directives, lifetime, initial_age)
+}
+
+/// What the storage checks found, for the last step.
+struct Stored {
+    /// `no-cache`: stored only to be revalidated before every use.
+    no_cache: bool,
+    /// An `ETag` or `Last-Modified` to revalidate with.
+    has_validator: bool,
+}
+
+impl Stored {
+    /// The freshness of a response with `lifetime` that was `initial_age` old on arrival, and
+    /// the stale windows its directives (or the route's `grace`) allow; `None` when it would
+    /// never be fresh nor servable stale nor revalidated, so is not worth storing.
+    fn freshness(
+        &self,
+        policy: &CachePolicy,
+        directives: &CacheControl,
+        lifetime: Duration,
+        initial_age: Duration,
+    ) -> Option<Freshness> {
+        // §5.2.2.2 and §5.2.2.8: once stale, must-revalidate and proxy-revalidate responses are
+        // never served without a successful revalidation, whatever else would allow it.
+        let revalidate_when_stale =
+            directives.has("must-revalidate") || directives.has("proxy-revalidate");
+        let window = |name: &str| match directives.seconds(name) {
+            _ if revalidate_when_stale => Duration::ZERO,
+            Some(seconds) => Duration::from_secs(seconds),
+            None => policy.grace,
+        };
+        if self.no_cache {
+            return Some(Freshness {
+                fresh_for: Duration::ZERO,
+                initial_age,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                always_revalidate: true,
+            });
+        }
+        let fresh_for = lifetime.saturating_sub(initial_age);
+        let stale_while_revalidate = window("stale-while-revalidate");
+        let stale_if_error = window("stale-if-error");
+        // A response that is never fresh is worth storing only to revalidate (it has a
+        // validator) or to serve stale as it allows.
+        let worth_storing = !fresh_for.is_zero()
+            || self.has_validator
+            || !stale_while_revalidate.is_zero()
+            || !stale_if_error.is_zero();
+        worth_storing.then_some(Freshness {
+            fresh_for,
             initial_age,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            always_revalidate: true,
-        });
+            stale_while_revalidate,
+            stale_if_error,
+            always_revalidate: false,
+        })
     }
-    let fresh_for = lifetime.saturating_sub(initial_age);
-    let stale_while_revalidate = window("stale-while-revalidate");
-    let stale_if_error = window("stale-if-error");
-    // A response that is never fresh is worth storing only to revalidate (it has a
-    // validator) or to serve stale as it allows.
-    let worth_storing = !fresh_for.is_zero()
-        || has_validator
-        || !stale_while_revalidate.is_zero()
-        || !stale_if_error.is_zero();
-    worth_storing.then_some(Freshness {
-        fresh_for,
-        initial_age,
-        stale_while_revalidate,
-        stale_if_error,
-        always_revalidate: false,
-    })
 }
 
 /// The response's fields as this cache reads them: when a targeted field applies (RFC 9213

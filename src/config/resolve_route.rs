@@ -44,51 +44,7 @@ impl Resolver<'_> {
         if let Some(enabled) = raw.enabled {
             policy.enabled = enabled;
         }
-        if let Some(methods) = raw.methods {
-            policy.methods = methods
-                .iter()
-                .map(|m| {
-                    Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
-                        self.error_at(m.span(), format!("invalid method {:?}", m.get_ref()))
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(headers) = raw.key_headers {
-            policy.key_headers = headers
-                .iter()
-                .map(|h| self.header_name(h))
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(header) = raw.header {
-            policy.outcome_header = if header.get_ref().is_empty() {
-                None
-            } else {
-                Some(self.header_name(&header)?)
-            };
-        }
-        if let Some(credentials) = &raw.credentials {
-            policy.credentials = match credentials.get_ref().as_str() {
-                "key" => Credentials::Key,
-                "pass" => Credentials::Pass,
-                other => {
-                    return Err(self.error_at(
-                        credentials.span(),
-                        format!("unknown credentials policy {other:?}: use \"key\" or \"pass\""),
-                    ))
-                }
-            };
-        }
-        if let Some(rules) = &raw.not_shareable {
-            policy.not_shareable = rules
-                .iter()
-                .map(|rule| {
-                    rule.get_ref()
-                        .parse()
-                        .map_err(|why: String| self.error_at(rule.span(), why))
-                })
-                .collect::<Result<_, _>>()?;
-        }
+        self.coalesce_lists(&mut policy, &raw)?;
         if let Some(ttl) = &raw.pass_ttl {
             policy.pass_ttl = self.duration(ttl)?;
         }
@@ -113,6 +69,71 @@ impl Resolver<'_> {
         if let Some(size) = &raw.body_max {
             policy.body_max = Some(self.size(size)?);
         }
+        self.check_buffers(&policy, &raw)?;
+        Ok(policy)
+    }
+
+    /// The list-valued and named settings of a `coalesce` table: methods, key headers, the
+    /// outcome header, credentials and `not_shareable` rules.
+    fn coalesce_lists(
+        &self,
+        policy: &mut CoalescePolicy,
+        raw: &raw::Coalesce,
+    ) -> Result<(), ConfigError> {
+        if let Some(methods) = &raw.methods {
+            policy.methods = methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                        self.error_at(m.span(), format!("invalid method {:?}", m.get_ref()))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(headers) = &raw.key_headers {
+            policy.key_headers = headers
+                .iter()
+                .map(|h| self.header_name(h))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(header) = &raw.header {
+            policy.outcome_header = if header.get_ref().is_empty() {
+                None
+            } else {
+                Some(self.header_name(header)?)
+            };
+        }
+        if let Some(credentials) = &raw.credentials {
+            policy.credentials = match credentials.get_ref().as_str() {
+                "key" => Credentials::Key,
+                "pass" => Credentials::Pass,
+                other => {
+                    return Err(self.error_at(
+                        credentials.span(),
+                        format!("unknown credentials policy {other:?}: use \"key\" or \"pass\""),
+                    ))
+                }
+            };
+        }
+        if let Some(rules) = &raw.not_shareable {
+            policy.not_shareable = rules
+                .iter()
+                .map(|rule| {
+                    rule.get_ref()
+                        .parse()
+                        .map_err(|why: String| self.error_at(rule.span(), why))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
+    /// A flight holds its whole replayable prefix, so its buffer must be at least that.
+    fn check_buffers(
+        &self,
+        policy: &CoalescePolicy,
+        raw: &raw::Coalesce,
+    ) -> Result<(), ConfigError> {
         if policy.max_flight_buffer < policy.max_replay_body {
             let span = raw
                 .max_flight_buffer
@@ -128,7 +149,7 @@ impl Resolver<'_> {
                 ),
             ));
         }
-        Ok(policy)
+        Ok(())
     }
 
     pub(super) fn route(

@@ -17,6 +17,54 @@ impl Resolver<'_> {
         table: std::ops::Range<usize>,
         raw: raw::Upstream,
     ) -> Result<UpstreamConfig, ConfigError> {
+        let (origins, base_path) = self.upstream_addresses(name, table, &raw)?;
+        let https = origins
+            .first()
+            .is_some_and(|o| o.scheme_str() == Some("https"));
+        let tls = match (https, raw.tls) {
+            (true, tls) => Some(
+                self.upstream_tls(name, tls.map(raw::Spanned::into_inner).unwrap_or_default())?,
+            ),
+            (false, None) => None,
+            (false, Some(tls)) => {
+                return Err(self.error_at(
+                    tls.span(),
+                    format!("upstream {name:?}: `tls` settings need https:// addresses"),
+                ))
+            }
+        };
+        let balance = self.balance(raw.balance.as_ref())?;
+        let concurrency = match raw.concurrency {
+            None => None,
+            Some(limit) => Some(self.concurrency(limit)?),
+        };
+        Ok(UpstreamConfig {
+            concurrency,
+            resolve_interval: self.duration_or(&raw.resolve_interval, Duration::from_secs(5))?,
+            nameservers: Vec::new(),
+            name: name.to_owned(),
+            origins,
+            balance,
+            max_fails: raw.max_fails.unwrap_or(1),
+            fail_window: self.duration_or(&raw.fail_window, Duration::from_secs(10))?,
+            fail_timeout: self.duration_or(&raw.fail_timeout, Duration::from_secs(10))?,
+            base_path,
+            connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
+            response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
+            idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
+            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+            http2: raw.http2.unwrap_or(false),
+            tls,
+        })
+    }
+
+    /// An upstream's addresses (`url` or `urls`) and the one path they share.
+    fn upstream_addresses(
+        &self,
+        name: &str,
+        table: std::ops::Range<usize>,
+        raw: &raw::Upstream,
+    ) -> Result<(Vec<Uri>, String), ConfigError> {
         let urls: Vec<&raw::Spanned<String>> = match (&raw.url, &raw.urls) {
             (Some(url), None) => vec![url],
             (None, Some(urls)) if !urls.is_empty() => urls.iter().collect(),
@@ -57,54 +105,19 @@ impl Resolver<'_> {
             base_path = Some(path);
             origins.push(origin);
         }
-        let https = origins
-            .first()
-            .is_some_and(|o| o.scheme_str() == Some("https"));
-        let tls = match (https, raw.tls) {
-            (true, tls) => Some(
-                self.upstream_tls(name, tls.map(raw::Spanned::into_inner).unwrap_or_default())?,
-            ),
-            (false, None) => None,
-            (false, Some(tls)) => {
-                return Err(self.error_at(
-                    tls.span(),
-                    format!("upstream {name:?}: `tls` settings need https:// addresses"),
-                ))
-            }
-        };
-        let balance = match raw.balance.as_ref().map(|b| b.get_ref().as_str()) {
-            None | Some("round_robin") => Balance::RoundRobin,
-            Some("least_requests") => Balance::LeastRequests,
-            Some("hash") => Balance::Hash,
-            Some(other) => {
-                return Err(self.error_at(
-                    raw.balance.as_ref().map_or(0..0, |b| b.span()),
-                    format!("unknown balance {other:?}: use \"round_robin\", \"least_requests\" or \"hash\""),
-                ))
-            }
-        };
-        let concurrency = match raw.concurrency {
-            None => None,
-            Some(limit) => Some(self.concurrency(limit)?),
-        };
-        Ok(UpstreamConfig {
-            concurrency,
-            resolve_interval: self.duration_or(&raw.resolve_interval, Duration::from_secs(5))?,
-            nameservers: Vec::new(),
-            name: name.to_owned(),
-            origins,
-            balance,
-            max_fails: raw.max_fails.unwrap_or(1),
-            fail_window: self.duration_or(&raw.fail_window, Duration::from_secs(10))?,
-            fail_timeout: self.duration_or(&raw.fail_timeout, Duration::from_secs(10))?,
-            base_path: base_path.unwrap_or_default(),
-            connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
-            response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
-            idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
-            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
-            http2: raw.http2.unwrap_or(false),
-            tls,
-        })
+        Ok((origins, base_path.unwrap_or_default()))
+    }
+
+    fn balance(&self, raw: Option<&raw::Spanned<String>>) -> Result<Balance, ConfigError> {
+        match raw.map(|b| b.get_ref().as_str()) {
+            None | Some("round_robin") => Ok(Balance::RoundRobin),
+            Some("least_requests") => Ok(Balance::LeastRequests),
+            Some("hash") => Ok(Balance::Hash),
+            Some(other) => Err(self.error_at(
+                raw.map_or(0..0, |b| b.span()),
+                format!("unknown balance {other:?}: use \"round_robin\", \"least_requests\" or \"hash\""),
+            )),
+        }
     }
 
     fn concurrency(&self, raw: raw::Concurrency) -> Result<ConcurrencyLimit, ConfigError> {

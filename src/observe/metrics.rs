@@ -104,32 +104,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
-/// Every metric the proxy exports, under the `coalesce_proxy_` prefix.
-pub struct Metrics {
-    registry: Registry,
-    requests: Family<OutcomeLabels, Counter>,
-    response_bytes: Family<OutcomeLabels, Counter>,
-    request_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
-    upstream_requests: Family<StatusLabels, Counter>,
-    upstream_errors: Family<ErrorLabels, Counter>,
-    upstream_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    pub flight_followers: Histogram,
-    pub flights_in_flight: Gauge,
-    pub followers_waiting: Gauge,
-    pub clients_cut_off: Counter,
-    pub send_timeouts: Counter,
-    pub pass_memory_keys: Gauge,
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    pub cache_evictions: Counter,
-    pub cache_stale_served: Counter,
-    pub cache_revalidations: Counter,
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
-    admission: AdmissionFamilies,
-    upstream_addresses: Family<UpstreamLabels, Gauge>,
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -142,164 +116,63 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("coalesce_proxy");
-        let requests = Family::default();
-        registry.register(
-            "requests",
-            "Client requests answered, by route and outcome (leader, follower, pass, hit, stale)",
-            requests.clone(),
-        );
-        let response_bytes = Family::default();
-        registry.register(
-            "response_bytes",
-            "Response body bytes sent to clients, by route and outcome",
-            response_bytes.clone(),
-        );
-        let request_duration =
-            Family::<OutcomeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "request_duration_seconds",
-            "From a request's arrival to the last byte of its response, by route and outcome",
-            request_duration.clone(),
-        );
-        let upstream_requests = Family::default();
-        registry.register(
-            "upstream_requests",
-            "Requests sent upstream, by route and response status class (error: no response)",
-            upstream_requests.clone(),
-        );
-        let upstream_errors = Family::default();
-        registry.register(
-            "upstream_errors",
-            "Upstream fetches that failed, by route and kind (connect, response_timeout, before_head, idle_timeout, body)",
-            upstream_errors.clone(),
-        );
-        let upstream_duration =
-            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "upstream_duration_seconds",
-            "From sending a request upstream to its response head, by route",
-            upstream_duration.clone(),
-        );
-        let flight_followers = Histogram::new([
-            0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
-        ]);
-        registry.register(
-            "flight_followers",
-            "Followers per completed flight: upstream requests each flight saved",
-            flight_followers.clone(),
-        );
-        let flights_in_flight = Gauge::default();
-        registry.register(
-            "flights_in_flight",
-            "Flights in the singleflight table now",
-            flights_in_flight.clone(),
-        );
-        let followers_waiting = Gauge::default();
-        registry.register(
-            "followers_waiting",
-            "Followers waiting for their flight's response head now",
-            followers_waiting.clone(),
-        );
-        let clients_cut_off = Counter::default();
-        registry.register(
-            "clients_cut_off",
-            "Clients cut off for holding up a full flight for client_stall_timeout",
-            clients_cut_off.clone(),
-        );
-        let send_timeouts = Counter::default();
-        registry.register(
-            "send_timeouts",
-            "Client connections closed because writes to them made no progress for send_timeout",
-            send_timeouts.clone(),
-        );
-        let pass_memory_keys = Gauge::default();
-        registry.register(
-            "pass_memory_keys",
-            "Keys currently sent straight upstream because their last response was not shareable",
-            pass_memory_keys.clone(),
-        );
-        let cache_hits = Counter::default();
-        registry.register(
-            "cache_hits",
-            "Requests answered from a route's response cache",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        registry.register(
-            "cache_misses",
-            "Cache lookups that found nothing fresh (the request went on to a flight)",
-            cache_misses.clone(),
-        );
-        let cache_evictions = Counter::default();
-        registry.register(
-            "cache_evictions",
-            "Responses evicted from a cache to stay within its max_size",
-            cache_evictions.clone(),
-        );
-        let cache_stale_served = Counter::default();
-        registry.register(
-            "cache_stale_served",
-            "Stale responses served while being refreshed, or because the upstream failed",
-            cache_stale_served.clone(),
-        );
-        let cache_revalidations = Counter::default();
-        registry.register(
-            "cache_revalidations",
-            "Background refreshes of stale responses (conditional when the response had validators)",
-            cache_revalidations.clone(),
-        );
-        let cache_entries = Gauge::default();
-        registry.register(
-            "cache_entries",
-            "Responses stored in the caches now",
-            cache_entries.clone(),
-        );
-        let cache_bytes = Gauge::default();
-        registry.register(
-            "cache_bytes",
-            "Bytes held by the caches now (bodies, headers and bookkeeping)",
-            cache_bytes.clone(),
-        );
-        let admission = AdmissionFamilies::register(&mut registry);
-        let upstream_addresses = Family::default();
-        registry.register(
-            "upstream_addresses",
-            "Addresses an upstream balances over now (each DNS record of a name is one)",
-            upstream_addresses.clone(),
-        );
-        Metrics {
-            registry,
-            admission,
-            upstream_addresses,
-            cache_hits,
-            cache_misses,
-            cache_evictions,
-            cache_stale_served,
-            cache_revalidations,
-            cache_entries,
-            cache_bytes,
-            requests,
-            response_bytes,
-            request_duration,
-            upstream_requests,
-            upstream_errors,
-            upstream_duration,
-            flight_followers,
-            flights_in_flight,
-            followers_waiting,
-            clients_cut_off,
-            send_timeouts,
-            pass_memory_keys,
+/// Declares every metric once: its field, its type and how it is made, its exported name and
+/// its help text. Generates [`Metrics`] and [`Metrics::new`], which registers each.
+macro_rules! families {
+    ($($vis:vis $field:ident: $ty:ty = $make:expr, $name:literal, $help:literal;)*) => {
+        /// Every metric the proxy exports, under the `coalesce_proxy_` prefix.
+        pub struct Metrics {
+            registry: Registry,
+            admission: AdmissionFamilies,
+            $($vis $field: $ty,)*
         }
-    }
 
+        impl Metrics {
+            pub fn new() -> Metrics {
+                let mut registry = Registry::with_prefix("coalesce_proxy");
+                $(
+                    let $field: $ty = $make;
+                    registry.register($name, $help, $field.clone());
+                )*
+                let admission = AdmissionFamilies::register(&mut registry);
+                Metrics { registry, admission, $($field,)* }
+            }
+        }
+    };
+}
+
+type ByOutcome<M> = Family<OutcomeLabels, M>;
+type LatencyBy<L> = Family<L, Histogram, fn() -> Histogram>;
+
+families! {
+    requests: ByOutcome<Counter> = Family::default(), "requests", "Client requests answered, by route and outcome (leader, follower, pass, hit, stale)";
+    response_bytes: ByOutcome<Counter> = Family::default(), "response_bytes", "Response body bytes sent to clients, by route and outcome";
+    request_duration: LatencyBy<OutcomeLabels> = Family::new_with_constructor(latency_histogram), "request_duration_seconds", "From a request's arrival to the last byte of its response, by route and outcome";
+    upstream_requests: Family<StatusLabels, Counter> = Family::default(), "upstream_requests", "Requests sent upstream, by route and response status class (error: no response)";
+    upstream_errors: Family<ErrorLabels, Counter> = Family::default(), "upstream_errors", "Upstream fetches that failed, by route and kind (connect, response_timeout, before_head, idle_timeout, body, overloaded)";
+    upstream_duration: LatencyBy<RouteLabels> = Family::new_with_constructor(latency_histogram), "upstream_duration_seconds", "From sending a request upstream to its response head, by route";
+    upstream_addresses: Family<UpstreamLabels, Gauge> = Family::default(), "upstream_addresses", "Addresses an upstream balances over now (each DNS record of a name is one)";
+    pub flight_followers: Histogram = Histogram::new(FANOUT_BUCKETS), "flight_followers", "Followers per completed flight: upstream requests each flight saved";
+    pub flights_in_flight: Gauge = Gauge::default(), "flights_in_flight", "Flights in the singleflight table now";
+    pub followers_waiting: Gauge = Gauge::default(), "followers_waiting", "Followers waiting for their flight's response head now";
+    pub clients_cut_off: Counter = Counter::default(), "clients_cut_off", "Clients cut off for holding up a full flight for client_stall_timeout";
+    pub send_timeouts: Counter = Counter::default(), "send_timeouts", "Client connections closed because writes to them made no progress for send_timeout";
+    pub pass_memory_keys: Gauge = Gauge::default(), "pass_memory_keys", "Keys currently sent straight upstream because their last response was not shareable";
+    pub cache_hits: Counter = Counter::default(), "cache_hits", "Requests answered from a route's response cache";
+    pub cache_misses: Counter = Counter::default(), "cache_misses", "Cache lookups that found nothing fresh (the request went on to a flight)";
+    pub cache_evictions: Counter = Counter::default(), "cache_evictions", "Responses evicted from a cache to stay within its max_size";
+    pub cache_stale_served: Counter = Counter::default(), "cache_stale_served", "Stale responses served while being refreshed, or because the upstream failed";
+    pub cache_revalidations: Counter = Counter::default(), "cache_revalidations", "Background refreshes of stale responses (conditional when the response had validators)";
+    pub cache_entries: Gauge = Gauge::default(), "cache_entries", "Responses stored in the caches now";
+    pub cache_bytes: Gauge = Gauge::default(), "cache_bytes", "Bytes held by the caches now (bodies, headers and bookkeeping)";
+}
+
+/// Followers per flight: from none to a herd of ten thousand.
+const FANOUT_BUCKETS: [f64; 11] = [
+    0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
+];
+
+impl Metrics {
     /// The handles one route counts into.
     pub fn for_route(&self, route: &str) -> RouteMetrics {
         let outcome = |family: &Family<OutcomeLabels, Counter>, outcome: Outcome| {

@@ -1,4 +1,4 @@
-//! `coalesce-proxy demo`: the product in one command, with nothing else to install.
+//! `coalesce-demo`: the product in one command, with nothing else to install.
 //!
 //! It starts the built-in slow [`origin`](crate::tools::origin) and the proxy on ephemeral loopback
 //! ports (configured from the embedded `config/demo.toml`), sends a herd of identical GETs, a
@@ -20,7 +20,9 @@ use crate::tools::origin::{self, Origin, OriginSettings};
 /// The configuration the demo runs on; `{origin}` becomes the built-in origin's URL.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
-#[derive(Debug, clap::Args)]
+/// Start a slow built-in origin and the proxy on loopback, send a herd through, and report.
+#[derive(Debug, clap::Parser)]
+#[command(name = "coalesce-demo", version, about)]
 pub struct DemoArgs {
     /// Concurrent identical GETs in the herd.
     #[arg(long, default_value_t = 1000)]
@@ -50,7 +52,23 @@ fn parse_size(text: &str) -> Result<usize, String> {
     usize::try_from(size.as_u64()).map_err(|_| format!("{text} is too large"))
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// The `coalesce-demo` binary: exit 0 when every client got the origin's exact bytes.
+pub fn main() -> std::process::ExitCode {
+    let args = <DemoArgs as clap::Parser>::parse();
+    crate::cli::run_with_runtime(|| run(args))
+}
+
+/// The proxy and its origin, running on loopback for the demo.
+struct Running {
+    origin: Origin,
+    proxy: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    reporter: StatsReporter,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<crate::server::Shutdown>,
+}
+
+async fn start(args: &DemoArgs) -> anyhow::Result<Running> {
     crate::observe::logging::init_logging(&LogConfig {
         format: LogFormat::Text,
         level: "warn".into(),
@@ -73,13 +91,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let mut reporter = StatsReporter::new(proxy.stats().clone(), {
+    let reporter = StatsReporter::new(proxy.stats().clone(), {
         let coordinator = proxy.coordinator().clone();
         move || coordinator.len()
     });
-    let expected = origin::body(args.body_size);
-    let mut problems = Vec::new();
-
     println!(
         "coalesce-proxy demo: origin {} (answers after {}), proxy http://{proxy_addr}",
         origin.url(),
@@ -89,6 +104,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("status page: http://{admin}/ (live while the demo runs; --hold keeps it up)");
     }
     println!();
+    Ok(Running {
+        origin,
+        proxy: proxy_addr,
+        admin: admin_addr,
+        reporter,
+        stop,
+        serving,
+    })
+}
+
+async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let Running {
+        origin,
+        proxy: proxy_addr,
+        admin: admin_addr,
+        mut reporter,
+        stop,
+        serving,
+    } = start(&args).await?;
+    let expected = origin::body(args.body_size);
+    let mut problems = Vec::new();
 
     // The origin reads its script from the query (see `origin`).
     let query = args

@@ -1,12 +1,12 @@
-//! The tools that ship in the binary and the test harness, outside the request path.
+//! What ships beside the proxy, not in it: the demo (the `coalesce-demo` binary), the
+//! scriptable origin the demo, the tests and the benchmarks use, the herd client, and the fuzz
+//! targets' entry points. Behind the default `tools` feature; the image builds without it.
 //!
-//! [`demo`] runs the product in one command; [`origin`] is the scriptable origin the demo,
-//! the tests and the benchmarks use; [`herd`] sends a barrier-released herd; [`healthcheck`]
-//! is the `healthcheck` subcommand for images without curl; [`fuzzing`] holds the fuzz
-//! targets' entry points.
+//! [`demo`] runs the product in one command; [`origin`] can misbehave on purpose; [`herd`]
+//! sends a barrier-released herd; [`fuzzing`] is what the fuzzers and their regression tests
+//! call.
 
 pub mod demo;
 pub mod fuzzing;
-pub mod healthcheck;
 pub mod herd;
 pub mod origin;

@@ -1,4 +1,5 @@
-//! `coalesce-proxy healthcheck`: one GET against a health URL, for container health checks.
+//! `coalesce-proxy healthcheck`: one GET against a health URL, for container health checks
+//! (the image has no shell and no curl).
 //! With `--config`, the URL comes from the configuration the container runs: the admin
 //! listener's `/healthz` when there is one, otherwise a connection to the first listen
 //! address, so an image whose mounted config has no admin listener (or another port) is

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::server::{Server, ServerHandle, Shutdown};
-use crate::tools::demo::DemoArgs;
+
+mod healthcheck;
 
 /// A reverse proxy that coalesces identical in-flight requests into one upstream fetch.
 #[derive(Debug, Parser)]
@@ -33,8 +34,6 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a slow built-in origin and the proxy on loopback, send a herd through, and report.
-    Demo(DemoArgs),
     /// GET a health URL (the admin listener's /healthz): exit 0 on a 2xx answer, 1 otherwise.
     /// For Docker's HEALTHCHECK, since the runtime image has no shell and no curl.
     Healthcheck {
@@ -57,7 +56,6 @@ const EXIT_BAD_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Demo(args)) => return run_with_runtime(|| crate::tools::demo::run(args)),
         Some(Command::Healthcheck {
             url,
             config,
@@ -65,10 +63,8 @@ pub fn main() -> ExitCode {
         }) => {
             return run_with_runtime(|| async move {
                 match (url, config) {
-                    (Some(url), _) => crate::tools::healthcheck::check(url, timeout).await,
-                    (None, Some(path)) => {
-                        crate::tools::healthcheck::check_config(&path, timeout).await
-                    }
+                    (Some(url), _) => healthcheck::check(url, timeout).await,
+                    (None, Some(path)) => healthcheck::check_config(&path, timeout).await,
                     (None, None) => anyhow::bail!("healthcheck needs --url or --config"),
                 }
             })
@@ -76,7 +72,7 @@ pub fn main() -> ExitCode {
         None => {}
     }
     let Some(path) = cli.config else {
-        eprintln!("error: --config PATH is required (or try `coalesce-proxy demo`)");
+        eprintln!("error: --config PATH is required (or try the demo: `coalesce-demo`)");
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
     let config = match Config::load(&path) {
@@ -100,7 +96,9 @@ pub fn main() -> ExitCode {
     run_with_runtime(|| serve(config, path))
 }
 
-fn run_with_runtime<F, Fut>(body: F) -> ExitCode
+/// Runs `body` on a multi-threaded runtime (the server starts its own workers beside it),
+/// with the open-file limit raised; its error is printed with its whole cause chain.
+pub fn run_with_runtime<F, Fut>(body: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
