@@ -12,10 +12,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::flight::Flight;
+use super::flight::{Flight, FlightError};
 use crate::observe::stats::{FlightSummary, Stats};
 use crate::sharing::Key;
-use crate::upstream::FetchError;
 
 /// Shards of the table: a power of two, several times the workers of any machine the proxy
 /// runs on, so that two keys rarely share a lock.
@@ -153,11 +152,11 @@ impl Coordinator {
     /// Ends `flight` with `end`: out of the table first, so that a request arriving after the
     /// end always starts a new flight instead of finding a finished one; then the end is
     /// published to its clients and the flight is counted.
-    pub(super) fn finish(&self, flight: &Arc<Flight>, end: Result<(), FetchError>) {
+    pub(super) fn finish(&self, flight: &Arc<Flight>, end: Result<(), FlightError>) {
         self.forget(flight);
         // Failures before the head were counted when the upstream request failed; only
         // mid-body failures are the flight's to report.
-        let failure = end.as_ref().err().map(FetchError::kind);
+        let failure = end.as_ref().err().map(FlightError::kind);
         let mid_body_failure = failure.filter(|_| flight.status().is_some());
         if !flight.publish_end(end) {
             return;

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body::{Body, Frame};
 
+use super::FlightError;
 use super::Subscription;
-use crate::upstream::FetchError;
 
 /// One client's view of a flight's body. It starts at chunk 0 whenever the client joined, so a
 /// late follower still gets the whole body, and it waits (without polling) for chunks that
@@ -18,9 +18,9 @@ use crate::upstream::FetchError;
 /// It owns the client's [`Subscription`], so dropping the body (the client went away) leaves
 /// the flight.
 pub struct FanoutBody {
-    frames: BoxStream<'static, Result<Frame<Bytes>, FetchError>>,
+    frames: BoxStream<'static, Result<Frame<Bytes>, FlightError>>,
     /// The fetch's error, held back for one poll: see [`Body::poll_frame`].
-    held_error: Option<FetchError>,
+    held_error: Option<FlightError>,
 }
 
 impl FanoutBody {
@@ -43,12 +43,12 @@ impl FanoutBody {
 
 impl Body for FanoutBody {
     type Data = Bytes;
-    type Error = FetchError;
+    type Error = FlightError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, FetchError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
         if let Some(err) = self.held_error.take() {
             return Poll::Ready(Some(Err(err)));
         }

@@ -42,7 +42,7 @@ impl Lead {
             let coordinator = coordinator.clone();
             async move {
                 let end = drive(&coordinator, &flight, fetch).await;
-                coordinator.finish(&flight, end);
+                coordinator.finish(&flight, end.map_err(Into::into));
             }
         });
         flight.set_fetch(task.abort_handle());

@@ -23,6 +23,6 @@ mod subscription;
 pub use coordinator::Coordinator;
 pub use fanout::FanoutBody;
 pub use fetch::Fetched;
-pub use flight::{Flight, Scope, SharedHead};
+pub use flight::{Flight, FlightError, Scope, SharedHead};
 pub use status::{Follower, Lead, Status};
 pub use subscription::Subscription;

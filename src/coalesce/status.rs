@@ -11,10 +11,9 @@ use std::time::Instant;
 use http::HeaderMap;
 
 use super::coordinator::{Coordinator, Slot};
-use super::flight::{Flight, Scope, SharedHead};
+use super::flight::{Flight, FlightError, Scope, SharedHead};
 use super::subscription::Subscription;
 use crate::sharing::{vary_matches, Key};
-use crate::upstream::FetchError;
 
 /// Everything a request can be told about its key, from entering the table to being served.
 /// The proxy has one reaction to each (`proxy::share`); nothing else decides who fetches.
@@ -24,7 +23,7 @@ pub enum Status {
     /// A fetch is in the air: wait for its head ([`Subscription::settle`]).
     Follow(Subscription),
     /// The flight's head (or its error, when errors are shared) is this request's answer.
-    Done(Subscription, Result<Arc<SharedHead>, FetchError>),
+    Done(Subscription, Result<Arc<SharedHead>, FlightError>),
     /// The flight failed and its failure is not shared (`share_errors = false`): enter again,
     /// and one of those that do becomes the new leader. Once per request.
     ReElect,
@@ -39,7 +38,7 @@ pub enum Status {
 }
 
 /// A new flight whose fetch this request must start ([`Lead::start`], in `fetch`). Dropping it
-/// unstarted ends the flight (its clients get [`FetchError::Cancelled`]), so no flight waits
+/// unstarted ends the flight (its clients get [`FlightError::Cancelled`]), so no flight waits
 /// for a fetch that never comes.
 pub struct Lead {
     pub(super) flight: Arc<Flight>,
@@ -57,7 +56,7 @@ impl Drop for Lead {
     fn drop(&mut self) {
         if !self.started {
             self.coordinator
-                .finish(&self.flight, Err(FetchError::Cancelled));
+                .finish(&self.flight, Err(FlightError::Cancelled));
         }
     }
 }
@@ -103,7 +102,11 @@ impl Subscription {
     }
 
     /// A follower's reaction to its flight's head: take it, or why not.
-    fn verdict(self, head: Result<Arc<SharedHead>, FetchError>, follower: &Follower<'_>) -> Status {
+    fn verdict(
+        self,
+        head: Result<Arc<SharedHead>, FlightError>,
+        follower: &Follower<'_>,
+    ) -> Status {
         let policy = &self.flight().scope.policy;
         let head = match head {
             Err(_) if !policy.share_errors && follower.may_reelect => return Status::ReElect,

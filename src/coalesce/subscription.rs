@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::coordinator::Coordinator;
-use super::flight::Flight;
-use crate::upstream::FetchError;
+use super::flight::{Flight, FlightError};
 
 /// A client's place in a flight, and how far it has read. Dropping it leaves the flight; when
 /// the last client leaves before the fetch ends, the fetch is cancelled. The leader holds one
@@ -59,7 +58,7 @@ impl Subscription {
 
     /// The next body chunk for this client: `None` at a clean end, an error if the fetch
     /// failed or this client fell too far behind.
-    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FetchError>> {
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FlightError>> {
         self.flight.next_chunk(self.reader, &mut self.cursor).await
     }
 }

@@ -42,7 +42,7 @@ impl Proxy {
                 return Reply::pass(error_reply(
                     route.coalesce.outcome_header.as_ref(),
                     Outcome::Pass,
-                    &err,
+                    err.status(),
                 ))
             }
         };
@@ -60,7 +60,7 @@ impl Proxy {
                 return Reply::pass(error_reply(
                     route.coalesce.outcome_header.as_ref(),
                     Outcome::Pass,
-                    &err,
+                    err.status(),
                 ))
             }
         };
@@ -138,7 +138,11 @@ impl Proxy {
                     &err,
                     "upstream request failed",
                 );
-                error_reply(route.coalesce.outcome_header.as_ref(), Outcome::Pass, &err)
+                error_reply(
+                    route.coalesce.outcome_header.as_ref(),
+                    Outcome::Pass,
+                    err.status(),
+                )
             }
         };
         Reply::pass(response)

@@ -12,7 +12,7 @@ use super::ProxyBody;
 use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
-use crate::upstream::{BoxError, FetchError};
+use crate::upstream::BoxError;
 
 /// What serving a request produced, before it is counted and observed.
 pub struct Reply {
@@ -51,19 +51,20 @@ pub fn set_outcome<B>(response: &mut Response<B>, header: Option<&HeaderName>, o
     }
 }
 
-/// The answer to a fetch that failed before the head: 502, or 504 for a timeout.
+/// The answer to a fetch that failed before the head with `status`: 502, 504 for a timeout,
+/// 503 at the upstream's concurrency limit.
 pub fn error_reply(
     header: Option<&HeaderName>,
     outcome: Outcome,
-    err: &FetchError,
+    status: StatusCode,
 ) -> Response<ProxyBody> {
-    let message = match err.status() {
+    let message = match status {
         StatusCode::GATEWAY_TIMEOUT => "upstream timed out\n",
         StatusCode::SERVICE_UNAVAILABLE => "upstream is at its concurrency limit; try again soon\n",
         _ => "upstream request failed\n",
     };
-    let mut response = text_reply(header, outcome, err.status(), message.into());
-    if err.status() == StatusCode::SERVICE_UNAVAILABLE {
+    let mut response = text_reply(header, outcome, status, message.into());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -14,10 +14,10 @@ use super::reply::{cached, error_reply, set_outcome, Reply};
 use super::Proxy;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::{self, Lookup, Miss, Settled, StoredResponse};
-use crate::coalesce::{FanoutBody, Follower, SharedHead, Status, Subscription};
+use crate::coalesce::{FanoutBody, FlightError, Follower, SharedHead, Status, Subscription};
 use crate::observe::outcome::Outcome;
 use crate::sharing::{Key, RANGE_AND_CONDITIONAL};
-use crate::upstream::{BoxError, FetchError};
+use crate::upstream::BoxError;
 
 impl Proxy {
     /// Answers a request that may share: from the cache, else from the flight for its key,
@@ -99,7 +99,7 @@ impl Proxy {
         request: &RequestContext,
         miss: &Miss,
         subscription: Subscription,
-        head: Result<Arc<SharedHead>, FetchError>,
+        head: Result<Arc<SharedHead>, FlightError>,
     ) -> Reply {
         let seen = head.as_ref().ok().map(|h| (h.status, &h.headers));
         let authorized = request.parts.headers.contains_key(header::AUTHORIZATION);
@@ -246,7 +246,7 @@ fn shared_error(
     request: &RequestContext,
     reason: Forward,
     subscription: &Subscription,
-    err: &FetchError,
+    err: &FlightError,
 ) -> Reply {
     let route = &request.route;
     let outcome = outcome_of(subscription);
@@ -255,7 +255,11 @@ fn shared_error(
         crate::observe::failure_log::upstream_failed(&route.name, err.kind(), err, what);
     }
     Reply {
-        response: error_reply(route.coalesce.outcome_header.as_ref(), outcome, err),
+        response: error_reply(
+            route.coalesce.outcome_header.as_ref(),
+            outcome,
+            err.status(),
+        ),
         outcome,
         flight: Some(subscription.flight().id),
         cache_status: Some(CacheStatus::Forward {

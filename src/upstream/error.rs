@@ -1,5 +1,6 @@
 //! Every way an upstream fetch can fail, as one `Clone` error: a coalesced flight hands the
-//! same error to all of its clients.
+//! same error to all of its clients. A flight's own ends (cancelled, a client cut off) are the
+//! flight's error (`coalesce`), not this one.
 
 use std::time::Duration;
 
@@ -22,15 +23,9 @@ pub enum FetchError {
     IdleTimeout(Duration),
     #[error("upstream body failed: {0}")]
     Body(String),
-    #[error("every client of the flight went away")]
-    Cancelled,
     /// The client's request cannot be turned into an upstream request (its target).
     #[error("request cannot be forwarded: {0}")]
     BadRequest(String),
-    /// Not an upstream failure: this one client read nothing for `client_stall_timeout` while
-    /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
-    #[error("client read nothing for {0:?} while its flight's buffer was full")]
-    StalledClient(Duration),
     /// The upstream's concurrency limit was reached and its queue was full, or the request
     /// waited past `queue_timeout`.
     #[error("upstream {upstream} is at its concurrency limit: {reason}")]
@@ -57,9 +52,7 @@ impl FetchError {
             FetchError::BeforeHead { .. } => "before_head",
             FetchError::IdleTimeout(_) => "idle_timeout",
             FetchError::Body(_) => "body",
-            FetchError::Cancelled => "cancelled",
             FetchError::BadRequest(_) => "bad_request",
-            FetchError::StalledClient(_) => "stalled_client",
             FetchError::Overloaded { .. } => "overloaded",
         }
     }

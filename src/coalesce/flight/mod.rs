@@ -13,6 +13,40 @@ use crate::config::CoalescePolicy;
 use crate::sharing::{Key, Sharing};
 use crate::upstream::FetchError;
 
+/// Why a flight, or one client's read of it, did not deliver a whole response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlightError {
+    /// The fetch failed; every client of the flight gets this.
+    #[error(transparent)]
+    Upstream(#[from] FetchError),
+    /// Every client of the flight went away, so its fetch was cancelled.
+    #[error("every client of the flight went away")]
+    Cancelled,
+    /// Not an upstream failure: this one client read nothing for `client_stall_timeout` while
+    /// its unread bytes filled the flight's `max_flight_buffer` and every other client waited.
+    #[error("client read nothing for {0:?} while its flight's buffer was full")]
+    StalledClient(std::time::Duration),
+}
+
+impl FlightError {
+    /// The status a client gets when this happens before the response head.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            FlightError::Upstream(err) => err.status(),
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlightError::Upstream(err) => err.kind(),
+            FlightError::Cancelled => "cancelled",
+            FlightError::StalledClient(_) => "stalled_client",
+        }
+    }
+}
+
 /// The route a flight runs under: its name (for logs and the status page) and its policy
 /// (the flight's limits).
 #[derive(Debug, Clone)]
@@ -82,7 +116,7 @@ struct FlightState {
     buffered: u64,
     peak_buffered: u64,
     /// `None` while the fetch runs; then `Ok` (whole body received) or why it failed.
-    end: Option<Result<(), FetchError>>,
+    end: Option<Result<(), FlightError>>,
     /// `(next chunk index, reader id)` of every client still reading. Ordered, so the slowest
     /// and the fastest reader are the first and last entries. A reader missing from here while
     /// its subscription lives was cut off for falling too far behind.
@@ -144,7 +178,7 @@ impl FlightState {
         if !self.readers.is_empty() || self.end.is_some() {
             return false;
         }
-        self.end = Some(Err(FetchError::Cancelled));
+        self.end = Some(Err(FlightError::Cancelled));
         self.open = false;
         if let Some(fetch) = self.fetch.take() {
             fetch.abort();
@@ -209,11 +243,11 @@ impl Flight {
     }
 
     /// The response head, once it arrives, or the error that ended the fetch before it.
-    pub async fn head(&self) -> Result<Arc<SharedHead>, FetchError> {
+    pub async fn head(&self) -> Result<Arc<SharedHead>, FlightError> {
         self.wait_for(|state| match (&state.head, &state.end) {
             (Some(head), _) => Some(Ok(head.clone())),
             (None, Some(Err(err))) => Some(Err(err.clone())),
-            (None, Some(Ok(()))) => Some(Err(FetchError::Body("no response head".into()))),
+            (None, Some(Ok(()))) => Some(Err(FetchError::Body("no response head".into()).into())),
             (None, None) => None,
         })
         .await
@@ -225,12 +259,12 @@ impl Flight {
         &self,
         id: u64,
         cursor: &mut usize,
-    ) -> Option<Result<Bytes, FetchError>> {
+    ) -> Option<Result<Bytes, FlightError>> {
         let stall = self.scope.policy.client_stall_timeout;
         let (next, freed) = self
             .wait_for(|state| {
                 if !state.readers.contains(&(*cursor, id)) {
-                    return Some((Some(Err(FetchError::StalledClient(stall))), false));
+                    return Some((Some(Err(FlightError::StalledClient(stall))), false));
                 }
                 if let Some(chunk) = state.chunks.get(*cursor - state.first_chunk) {
                     let chunk = chunk.clone();
@@ -401,7 +435,7 @@ impl Flight {
 
     /// Records how the fetch ended and closes the flight. Returns false if it had already
     /// ended (cancelled).
-    pub(super) fn publish_end(&self, end: Result<(), FetchError>) -> bool {
+    pub(super) fn publish_end(&self, end: Result<(), FlightError>) -> bool {
         let first = {
             let mut state = self.lock();
             state.fetch = None;

@@ -97,6 +97,6 @@ fn cutting_the_slowest_removes_every_reader_at_that_cursor_and_frees_their_chunk
     // The last reader gone while the fetch runs: the fetch is cancelled.
     assert_eq!(s.cut_slowest(), 1);
     assert!(s.cancel_if_abandoned());
-    assert!(matches!(s.end, Some(Err(FetchError::Cancelled))));
+    assert!(matches!(s.end, Some(Err(FlightError::Cancelled))));
     assert!(!s.cancel_if_abandoned(), "only once");
 }
