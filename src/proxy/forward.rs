@@ -28,7 +28,7 @@ impl Proxy {
     /// Forwards an `Upgrade` request (WebSocket above all). When the upstream switches
     /// protocols, the client gets the 101 and both upgraded connections are joined, bytes
     /// untouched, until either side closes. Never coalesced; counted as `pass`.
-    pub(super) async fn tunnel(&self, mut request: RequestContext, body: Incoming) -> Reply {
+    pub(super) async fn tunnel(&self, request: &mut RequestContext, body: Incoming) -> Reply {
         let route = request.route.clone();
         let client_side = request
             .parts
@@ -36,7 +36,7 @@ impl Proxy {
             .remove::<hyper::upgrade::OnUpgrade>();
         let protocol = request.parts.headers.get(header::UPGRADE).cloned();
         let body = body.map_err(BoxError::from).boxed();
-        let mut upstream = match upstream_request(&request, body) {
+        let mut upstream = match upstream_request(request, body) {
             Ok(request) => request,
             Err(err) => {
                 return Reply::pass(error_reply(

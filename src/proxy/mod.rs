@@ -18,6 +18,7 @@
 //!
 //! A request that may not share skips 2 and 3 and is forwarded on its own (`forward`).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -133,24 +134,30 @@ impl Proxy {
         caches.map(|cache| cache.purge_tag(tag)).sum()
     }
 
-    /// The whole life of one request, phase by phase.
-    pub async fn handle(
-        &self,
+    /// The whole life of one request, phase by phase. The route phase runs now, before the
+    /// future is made, so the future holds only what the later phases need: one request
+    /// context, which they borrow (a value moved from phase to phase would take its room in
+    /// every phase's future, and a waiting client pays for each of those bytes).
+    pub fn handle(
+        self: &Arc<Self>,
         request: Request<Incoming>,
         connection: Connection,
-    ) -> Response<ObservedBody<ProxyBody>> {
+    ) -> impl Future<Output = Response<ObservedBody<ProxyBody>>> + Send + 'static {
         let started = Instant::now();
         let routing = self.routing.load_full();
         let log = log::Entry::begin(&request, started, routing.access_log);
         let (parts, body) = request.into_parts();
-        let (route, reply) = match routing.route(parts, connection) {
-            Err(reply) => (None, *reply),
-            Ok(request) => {
-                let route = request.route.clone();
-                (Some(route), self.serve(&routing, request, body).await)
-            }
-        };
-        let metrics = route.map_or_else(|| self.unrouted.clone(), |r| r.metrics.clone());
-        log.finish(&self.stats, metrics, reply)
+        let routed = routing.route(parts, connection);
+        let proxy = self.clone();
+        async move {
+            let (metrics, reply) = match routed {
+                Err(reply) => (proxy.unrouted.clone(), *reply),
+                Ok(mut request) => {
+                    let reply = proxy.serve(&routing, &mut request, body).await;
+                    (request.route.metrics.clone(), reply)
+                }
+            };
+            log.finish(&proxy.stats, metrics, reply)
+        }
     }
 }

@@ -17,20 +17,29 @@ use super::ProxyBody;
 use crate::cache::{byte_range, RangeAnswer};
 use crate::upstream::BoxError;
 
-/// The request for the whole resource and the range asked for, when `request` asks a cached
-/// route for one byte range of it (and nothing makes the range conditional): the same
-/// request without `Range`.
-pub(super) fn whole_resource(request: &RequestContext) -> Option<(RequestContext, String)> {
+/// Whether `request` asks a cached route for one byte range of a resource (and nothing makes
+/// the range conditional): then the whole resource is fetched, and cut.
+pub(super) fn fetches_whole(request: &RequestContext) -> bool {
     let parts = &request.parts;
-    let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
-    if request.route.cache.is_none()
-        || parts.method != Method::GET
-        || parts.headers.contains_key(header::IF_RANGE)
-        || !range.trim_start().starts_with("bytes=")
-        || range.contains(',')
-    {
+    let Some(range) = parts.headers.get(header::RANGE) else {
+        return false;
+    };
+    let range = range.to_str().unwrap_or_default();
+    request.route.cache.is_some()
+        && parts.method == Method::GET
+        && !parts.headers.contains_key(header::IF_RANGE)
+        && range.trim_start().starts_with("bytes=")
+        && !range.contains(',')
+}
+
+/// The request for the whole resource and the range asked for, when [`fetches_whole`]: the
+/// same request without `Range`.
+pub(super) fn whole_resource(request: &RequestContext) -> Option<(RequestContext, String)> {
+    if !fetches_whole(request) {
         return None;
     }
+    let parts = &request.parts;
+    let range = parts.headers.get(header::RANGE)?.to_str().ok()?;
     let mut headers = parts.headers.clone();
     headers.remove(header::RANGE);
     Some((request.as_get(headers), range.to_owned()))

@@ -70,7 +70,7 @@ impl Proxy {
     pub(super) async fn serve(
         &self,
         routing: &Routing,
-        mut request: RequestContext,
+        request: &mut RequestContext,
         body: Incoming,
     ) -> Reply {
         if hygiene::is_upgrade(&request.parts) {
@@ -79,16 +79,21 @@ impl Proxy {
         }
         let policy = &request.route.coalesce;
         let reply = if sharing::request_may_share(policy, &request.parts, body.is_end_stream()) {
-            match read_shared_body(&request, body).await {
-                Ok(whole) => {
-                    request.body = whole;
-                    self.share(&request).await
-                }
+            // Boxed: only a shared request with a body (a POST on a route with `body_max`)
+            // reads one, and inline this state would grow every request's.
+            let read = match body.is_end_stream() {
+                true => Ok(()),
+                false => Box::pin(read_shared_body(request, body))
+                    .await
+                    .map(|whole| request.body = whole),
+            };
+            match read {
+                Ok(()) => self.share(request).await,
                 Err(reply) => reply,
             }
         } else {
             let body = body.map_err(BoxError::from).boxed();
-            let reply = self.pass(&request, body, None).await;
+            let reply = self.pass(request, body, None).await;
             let response = &reply.response;
             cache::after_unsafe_request(
                 |host, path| routing.routes.find(host, path)?.cache.as_deref(),
@@ -98,17 +103,14 @@ impl Proxy {
             );
             reply
         };
-        add_cache_status_header(&request, reply)
+        add_cache_status_header(request, reply)
     }
 }
 
-/// The body of a request that may share: empty, or read whole when the route lets bodies
-/// share (`body_max`), so that it can be part of the key. A client that does not send the
-/// body it announced gets a 400.
+/// The body of a request that may share, read whole when the route lets bodies share
+/// (`body_max`), so that it can be part of the key. A client that does not send the body it
+/// announced gets a 400.
 async fn read_shared_body(request: &RequestContext, body: Incoming) -> Result<bytes::Bytes, Reply> {
-    if body.is_end_stream() {
-        return Ok(bytes::Bytes::new());
-    }
     let policy = &request.route.coalesce;
     let limit = sharing::shareable_body_length(policy, &request.parts).unwrap_or(0);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

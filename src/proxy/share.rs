@@ -28,13 +28,20 @@ impl Proxy {
             Ok(served) => return served,
             Err(miss) => miss,
         };
-        match ranged::whole_resource(request) {
-            // Boxed: the rare path, and `coalesce` inline twice would double this future.
-            Some((whole, range)) => {
-                ranged::cut(Box::pin(self.coalesce(&whole, &miss)).await, &range)
-            }
-            None => self.coalesce(request, &miss).await,
+        if ranged::fetches_whole(request) {
+            // Boxed: the rare path, and inline its state would grow every shared request's.
+            return Box::pin(self.share_range(request, miss)).await;
         }
+        self.coalesce(request, &miss).await
+    }
+
+    /// A byte range that missed a cached route: the whole resource through its flight, so
+    /// that the cache stores it, cut to the range asked for.
+    async fn share_range(&self, request: &RequestContext, miss: Miss) -> Reply {
+        let Some((whole, range)) = ranged::whole_resource(request) else {
+            return self.coalesce(request, &miss).await;
+        };
+        ranged::cut(self.coalesce(&whole, &miss).await, &range)
     }
 
     /// The look-up phase: a fresh stored response is the answer; a stale one too, while it is
@@ -55,8 +62,7 @@ impl Proxy {
     /// The coalesce phase: what the coordinator says about the request's key, and the one
     /// reaction to each status, until the request has its answer.
     async fn coalesce(&self, request: &RequestContext, miss: &Miss) -> Reply {
-        let validators = miss.validators();
-        let mut key = request.flight_key(validators.as_ref());
+        let mut key = request.flight_key(miss.validators().as_ref());
         let (scope, headers) = (&request.route.scope, &request.parts.headers);
         let mut may_reelect = true;
         let mut status = self.coordinator.enter(&key, scope, headers);

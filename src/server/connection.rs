@@ -147,9 +147,8 @@ impl ConnectionServer {
     {
         let proxy = self.proxy.clone();
         let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let request = detach_head(request);
-            async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
+            let response = proxy.handle(detach_head(request), connection);
+            async move { Ok::<_, Infallible>(response.await) }
         });
         let stats = self.proxy.stats().clone();
         let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
