@@ -18,6 +18,7 @@
 //!
 //! A request that may not share skips 2 and 3 and is forwarded on its own (`forward`).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -134,7 +135,8 @@ impl Proxy {
         caches.map(|cache| cache.purge_tag(tag)).sum()
     }
 
-    /// The whole life of one request, phase by phase. The route phase runs now, before the
+    /// The whole life of one request, phase by phase; never an error (hyper's services may
+    /// fail, but the proxy answers every request). The route phase runs now, before the
     /// future is made, so the future holds only what the later phases need: one request
     /// context, which they borrow (a value moved from phase to phase would take its room in
     /// every phase's future, and a waiting client pays for each of those bytes).
@@ -142,7 +144,8 @@ impl Proxy {
         self: &Arc<Self>,
         request: Request<Incoming>,
         connection: Connection,
-    ) -> impl Future<Output = Response<ObservedBody<ProxyBody>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response<ObservedBody<ProxyBody>>, Infallible>> + Send + 'static
+    {
         let started = Instant::now();
         let routing = self.routing.load_full();
         let log = log::Entry::begin(&request, started, routing.access_log);
@@ -157,7 +160,7 @@ impl Proxy {
                     (request.route.metrics.clone(), reply)
                 }
             };
-            log.finish(&proxy.stats, metrics, reply)
+            Ok(log.finish(&proxy.stats, metrics, reply))
         }
     }
 }

@@ -1,7 +1,6 @@
 //! One client connection: which protocol it speaks, serving it with hyper's builder for that
 //! protocol, and finishing it when the server drains.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -146,10 +145,10 @@ impl ConnectionServer {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.proxy.clone();
-        let service = service_fn(move |request| {
-            let response = proxy.handle(detach_head(request), connection);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
+        // The request's future itself, not `async move { future.await }`: an async block would
+        // hold it twice (once captured, once awaited), and hyper keeps room for one in every
+        // connection.
+        let service = service_fn(move |request| proxy.handle(detach_head(request), connection));
         let stats = self.proxy.stats().clone();
         let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
         if http2 {
