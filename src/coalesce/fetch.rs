@@ -37,6 +37,10 @@ impl Lead {
         self.started = true;
         let flight = self.flight.clone();
         let coordinator = self.coordinator.clone();
+        // Boxed once: passed by value into the task, into `drive` and then awaited, an
+        // unboxed fetch would sit in the task's future three times over (several KB, copied
+        // whole when the task is spawned).
+        let fetch = Box::pin(fetch);
         let task = tokio::spawn({
             let flight = flight.clone();
             let coordinator = coordinator.clone();
