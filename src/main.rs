@@ -1,3 +1,5 @@
+//! The `coalesce-proxy` binary: everything is in the library (`cli::main`).
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

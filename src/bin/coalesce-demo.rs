@@ -1,3 +1,5 @@
+//! The `coalesce-demo` binary: the product in one command (`tools::demo`).
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
