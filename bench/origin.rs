@@ -23,7 +23,9 @@ struct Args {
     #[arg(long, default_value = "1KiB")]
     body_size: bytesize::ByteSize,
     /// Also answer every connection on this address with the number of requests served so
-    /// far (plain text), so a benchmark can count upstream requests per scenario.
+    /// far (plain text), so a benchmark can count upstream requests per scenario; for
+    /// `GET /connections`, the connections accepted so far and the most open at once since the
+    /// previous such GET.
     #[arg(long)]
     stats_listen: Option<SocketAddr>,
     /// Serve HTTPS, writing the certificate of the CA that signed ours to this file.
@@ -82,7 +84,7 @@ async fn main() -> std::io::Result<()> {
         let origin = origin.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let hits = origin.hits();
+                let origin = origin.clone();
                 tokio::spawn(async move {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     // Read the request first: closing with it unread would reset the
@@ -95,7 +97,12 @@ async fn main() -> std::io::Result<()> {
                             Ok(n) => request.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let body = format!("{hits}\n");
+                    let body = if request.starts_with(b"GET /connections ") {
+                        let peak = origin.take_peak_open_connections();
+                        format!("{} {peak}\n", origin.connections())
+                    } else {
+                        format!("{}\n", origin.hits())
+                    };
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()

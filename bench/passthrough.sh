@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# The everyday request: plain pass-through, nothing to coalesce, through every
-# target side by side in one run, with each target's CPU time per request from /proc.
+# The everyday request, side by side in one run: plain pass-through (nothing to coalesce)
+# through every target, each target's CPU per request from /proc split into user and kernel
+# time, the upstream connections each opened against the most it held open at once,
+# and the herd rows; then the issue's goals, each as met or not with its figures.
 #
-#   bench/passthrough.sh            full run (wrk 8 s per target; h2load 100,000 requests)
+#   bench/passthrough.sh            full run (wrk 8 s per load, h2load 100,000 requests,
+#                                   herds of 1,000 and 10,000)
 #   bench/passthrough.sh --quick    shorter, to check the harness
 #
-# Targets: the direct origin, a bare hyper proxy (bench/bare.rs: the floor for our own
-# code), coalesce-proxy, nginx (keepalive upstream, no cache) and haproxy (http-reuse
-# always), each with two workers or threads. HTTP/1.1 rows: wrk -t2 -c64, every request a new
-# key, 1 KiB answers, origin delay 0. HTTP/2 rows: h2load -c32 -m10 (h2c), 64-byte POSTs
-# passing through, 1 KiB answers. Loopback only; stops everything it starts.
+# Targets: the direct origin, a bare hyper proxy (bench/bare.rs: hyper's server and
+# hyper-util's pooled client, nothing else), coalesce-proxy with its default configuration
+# (plus a route with coalescing off, for the joinable-GET row), nginx (keepalive upstream, no
+# cache on /pass/) and haproxy (http-reuse always), each with two workers or threads.
+# Loads: HTTP/1.1 wrk -t2 -c64 (and -c256 for connection churn), every request a new key,
+# 1 KiB answers, origin delay 0; HTTP/2 h2load -c32 -m10 (h2c), 64-byte POSTs passing
+# through, 1 KiB answers; herds of identical GETs (origin 200 ms) through the proxy and
+# through nginx with its cache lock. Loopback only; stops everything it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
-if [ $quick = 1 ]; then seconds=3; h2_requests=20000; else seconds=8; h2_requests=100000; fi
+if [ $quick = 1 ]; then
+  seconds=3; h2_requests=20000; herds="200 2000"
+else
+  seconds=8; h2_requests=100000; herds="1000 10000"
+fi
 
 source bench/lib.sh
 install_missing nginx wrk haproxy
@@ -23,17 +33,21 @@ build_release
 cargo build --release --quiet --example bare
 hz=$(getconf CLK_TCK)
 
-origin_port=$(port)
-"$bin/examples/origin" --listen "127.0.0.1:$origin_port" >/dev/null &
-pids+=($!); wait_port "$origin_port"
+origin_port=$(port); origin_stats=$(port)
+"$bin/examples/origin" --listen "127.0.0.1:$origin_port" --stats-listen "127.0.0.1:$origin_stats" >/dev/null &
+pids+=($!); wait_port "$origin_port"; wait_port "$origin_stats"
+# "connections peak": connections the origin accepted so far, and the most it had open at once
+# since the previous call.
+origin_connections() { http_get "$origin_stats" /connections | tr -d '\r'; }
 
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-# The pids of a target: the process and its children (nginx's workers).
+# User and kernel clock ticks of a target (the process and its children: nginx's workers).
 family() { echo "$1" $(pgrep -P "$1" || true); }
+cpu_split() { local u=0 s=0; for p in $(family "$1"); do
+  read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps)); done; echo "$u $s"; }
 
 # wrk over distinct keys: "req/s p99_ms requests".
-h1_load() { # url prefix
-  PREFIX=$2 timeout 120 wrk -t2 -c64 -d"${seconds}s" --latency -s bench/distinct.lua "$1" 2>/dev/null | python3 -c '
+h1_load() { # url prefix connections
+  PREFIX=$2 timeout 120 wrk -t2 -c"$3" -d"${seconds}s" --latency -s bench/distinct.lua "$1" 2>/dev/null | python3 -c '
 import re, sys
 text = sys.stdin.read()
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -59,86 +73,99 @@ def ms(v):
 print(f"{float(rps.group(1)):.0f}" if rps else 0, f"{ms(mean.group(1)):.2f}" if mean else 0, done.group(1) if done else 0)'
 }
 
-results=()
-# Runs both loads against a target whose pids are $pids_of; records "name h1... h2..." rows.
-measure() { # name h1_port h2_port prefix pid
-  local name=$1 h1=$2 h2=$3 prefix=$4 pid=$5 t0 rps p99 n cpu1 cpu2 h2rps h2mean h2n
-  t0=$(cpu_ticks $(family "$pid"))
-  read -r rps p99 n <<<"$(h1_load "http://127.0.0.1:$h1" "$prefix")"
-  cpu1=$(python3 -c "print(f'{($(cpu_ticks $(family "$pid")) - $t0) / $hz / max($n, 1) * 1e6:.1f}')")
-  if [ -n "$h2" ]; then
-    t0=$(cpu_ticks $(family "$pid"))
-    read -r h2rps h2mean h2n <<<"$(h2_load "$h2" "$prefix")"
-    cpu2=$(python3 -c "print(f'{($(cpu_ticks $(family "$pid")) - $t0) / $hz / max($h2n, 1) * 1e6:.1f}')")
-    [ "$h2n" = "$h2_requests" ] || echo "$name: only $h2n of $h2_requests HTTP/2 requests succeeded" >&2
-  else
-    h2rps=-; h2mean=-; cpu2=-
-  fi
-  results+=("$name $rps $p99 $cpu1 $h2rps $h2mean $cpu2")
-  echo "$name: h1 $rps req/s p99 $p99 ms ${cpu1} µs; h2 $h2rps req/s ${cpu2} µs" >&2
+herd_load() { # port path clients → "ok p99_ms"
+  local out; out=$(timeout 300 "$bin/examples/herd" --addr "127.0.0.1:$1" --path "$2" --clients "$3" --expect-size 1KiB || true)
+  echo "$(sed -n 's/.*\bok=\([^ ]*\).*/\1/p' <<<"$out") $(sed -n 's/.*\bp99_ms=\([^ ]*\).*/\1/p' <<<"$out")"
 }
 
-# --- the targets, one at a time ---------------------------------------------------------------
-measure direct "$origin_port" "" / "$(pgrep -f "examples/origin --listen 127.0.0.1:$origin_port" | head -1)"
+rows=()   # "target load rps latency_ms requests user_us kernel_us connections peak"
+# Runs one load against the target with pid $2 and records its row.
+measure() { # target load pid command...
+  local target=$1 load=$2 pid=$3; shift 3
+  local c0 p0 u0 s0 rps lat n c1 peak u1 s1
+  read -r c0 p0 <<<"$(origin_connections)"
+  read -r u0 s0 <<<"$(cpu_split "$pid")"
+  read -r rps lat n <<<"$("$@")"
+  read -r u1 s1 <<<"$(cpu_split "$pid")"
+  read -r c1 peak <<<"$(origin_connections)"
+  local row; row=$(python3 -c "n=max($n,1); print(f'$target $load $rps $lat $n {($u1-$u0)/$hz/n*1e6:.2f} {($s1-$s0)/$hz/n*1e6:.2f} $((c1 - c0)) $peak')")
+  rows+=("$row"); echo "$row" >&2
+}
+herd_row() { # target pid port path clients
+  local c0 p0 u0 s0 ok p99 u1 s1 c1 peak
+  read -r c0 p0 <<<"$(origin_connections)"
+  read -r u0 s0 <<<"$(cpu_split "$2")"
+  read -r ok p99 <<<"$(herd_load "$3" "$4" "$5")"
+  read -r u1 s1 <<<"$(cpu_split "$2")"
+  read -r c1 peak <<<"$(origin_connections)"
+  local row; row=$(python3 -c "n=$5; print(f'$1 herd$5 {int(\"${ok:-0}\")} ${p99:-0} $5 {($u1-$u0)/$hz/n*1e6:.2f} {($s1-$s0)/$hz/n*1e6:.2f} $((c1 - c0)) $peak')")
+  rows+=("$row"); echo "$row" >&2
+}
+run_id=$RANDOM
 
+# --- bare hyper proxy ---------------------------------------------------------------------
 p=$(port)
 "$bin/examples/bare" --listen "127.0.0.1:$p" --upstream "127.0.0.1:$origin_port" --threads 2 &
 pid=$!; pids+=("$pid"); wait_port "$p"
-measure bare "$p" "$p" / "$pid"
+measure bare h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
+measure bare h2 "$pid" h2_load "$p" /
+measure bare h1c256 "$pid" h1_load "http://127.0.0.1:$p" / 256
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+# --- coalesce-proxy, default configuration ------------------------------------------------
 p=$(port)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 2\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.origin]\nurl = "http://127.0.0.1:%s"\npool_max_idle = 256\n[[routes]]\npath_prefix = "/"\nupstream = "origin"\n' \
-  "$p" "$origin_port" >"$work/proxy.toml"
+cat >"$work/proxy.toml" <<TOML
+[server]
+listen = "127.0.0.1:$p"
+[log]
+level = "warn"
+stats_interval = "0s"
+[upstreams.origin]
+url = "http://127.0.0.1:$origin_port"
+[[routes]]
+path_prefix = "/"
+upstream = "origin"
+[[routes]]
+name = "pass"
+path_prefix = "/pass/"
+upstream = "origin"
+coalesce = { enabled = false }
+TOML
 "$bin/coalesce-proxy" --config "$work/proxy.toml" &
 pid=$!; pids+=("$pid"); wait_port "$p"
-measure coalesce-proxy "$p" "$p" / "$pid"
+measure proxy h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
+measure proxy h2 "$pid" h2_load "$p" /
+measure proxy h1c256 "$pid" h1_load "http://127.0.0.1:$p" / 256
+# A GET nobody joins against the same GET on a route that never coalesces, alternated.
+for round in 1 2; do
+  measure proxy joinable$round "$pid" h1_load "http://127.0.0.1:$p" / 64
+  measure proxy passroute$round "$pid" h1_load "http://127.0.0.1:$p" /pass/ 64
+done
+for n in $herds; do herd_row proxy "$pid" "$p" "/herd-$run_id-$n?delay=200&size=1024" "$n"; done
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+# --- nginx --------------------------------------------------------------------------------
 p=$(port); p2=$(port)
 for d in client_body proxy_temp fastcgi_temp uwsgi_temp scgi_temp cache; do mkdir -p "$work/$d"; chmod 777 "$work/$d"; done
 sed -e "s|@WORK@|$work|g" -e "s|@ORIGIN@|$origin_port|g" -e "s|@PORT@|$p|g" -e "s|@H2PORT@|$p2|g" \
   bench/nginx.conf.template >"$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" &
 pid=$!; pids+=("$pid"); wait_port "$p"; wait_port "$p2"
-measure nginx "$p" "$p2" /pass/ "$pid"
+measure nginx h1 "$pid" h1_load "http://127.0.0.1:$p" /pass/ 64
+measure nginx h2 "$pid" h2_load "$p2" /
+measure nginx h1c256 "$pid" h1_load "http://127.0.0.1:$p" /pass/ 256
+for n in $herds; do herd_row nginx "$pid" "$p" "/herd-$run_id-nginx-$n?delay=200&size=1024" "$n"; done
 kill -QUIT "$pid"; wait "$pid" 2>/dev/null || true
 
+# --- haproxy ------------------------------------------------------------------------------
 p=$(port); p2=$(port)
 sed -e "s|@ORIGIN@|$origin_port|g" -e "s|@PORT@|$p|g" -e "s|@H2PORT@|$p2|g" \
   bench/haproxy.cfg.template >"$work/haproxy.cfg"
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 &
 pid=$!; pids+=("$pid"); wait_port "$p"; wait_port "$p2"
-measure haproxy "$p" "$p2" / "$pid"
+measure haproxy h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
+measure haproxy h2 "$pid" h2_load "$p2" /
+measure haproxy h1c256 "$pid" h1_load "http://127.0.0.1:$p" / 256
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-# --- the table ---------------------------------------------------------------------------------
-python3 - "${results[@]}" <<'PY'
-import sys
-rows = {r.split()[0]: r.split()[1:] for r in sys.argv[1:]}
-def f(name, i):
-    v = rows[name][i]
-    return None if v == "-" else float(v)
-print("| target | HTTP/1.1 req/s | p99 ms | CPU µs/request | HTTP/2 req/s | mean ms | CPU µs/request |")
-print("|---|---|---|---|---|---|---|")
-for name, (rps, p99, cpu1, h2rps, h2mean, cpu2) in rows.items():
-    if name == "direct":
-        cpu1 = cpu2 = "(origin)"
-    print(f"| {name} | {rps} | {p99} | {cpu1} | {h2rps} | {h2mean} | {cpu2} |")
-def ratio(a, b):
-    return f"{a / b:.2f}" if a and b else "n/a"
-p, n, b = "coalesce-proxy", "nginx", "bare"
-print()
-print("| goal | figure | target | met |")
-print("|---|---|---|---|")
-for label, value, target, better in [
-    ("1. HTTP/1.1 CPU per request, proxy ÷ nginx", ratio(f(p, 2), f(n, 2)), 1.0, "le"),
-    ("1. HTTP/1.1 req/s, proxy ÷ nginx", ratio(f(p, 0), f(n, 0)), 1.0, "ge"),
-    ("1. HTTP/1.1 p99, proxy ÷ nginx", ratio(f(p, 1), f(n, 1)), 1.0, "le"),
-    ("2. HTTP/1.1 CPU per request, proxy ÷ bare hyper", ratio(f(p, 2), f(b, 2)), 1.1, "le"),
-    ("3. HTTP/2 CPU per request, proxy ÷ nginx", ratio(f(p, 5), f(n, 5)), 1.0, "le"),
-    ("3. HTTP/2 req/s, proxy ÷ nginx", ratio(f(p, 3), f(n, 3)), 1.0, "ge"),
-]:
-    met = "n/a" if value == "n/a" else ("yes" if (float(value) <= target if better == "le" else float(value) >= target) else "no")
-    print(f"| {label} | {value} | {'≤' if better == 'le' else '≥'} {target} | {met} |")
-PY
+python3 bench/passthrough_report.py "${rows[@]}"

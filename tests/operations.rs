@@ -437,6 +437,7 @@ fn every_metric_the_deploy_docs_list_is_exposed() {
     stats.metrics.upstream_error("all", "connect");
     let _admission = stats.metrics.for_upstream_admission("origin");
     let _addresses = stats.metrics.for_upstream_addresses("origin");
+    let _connections = stats.metrics.for_upstream_connections("origin");
     let exposition = stats.metrics.render();
     for name in names {
         let family = name.strip_suffix("_total").unwrap_or(&name);

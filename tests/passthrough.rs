@@ -215,6 +215,38 @@ async fn h2c_clients_are_served_and_coalesced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_the_pool_keeps_what_the_load_needs_and_opens_no_more() {
+    let h = Harness::start().await;
+    // Three waves of 100 requests in flight at once (each held at the origin until all are
+    // there): the first opens about 100 connections, the next two reuse them. A pool capped
+    // below the load (the old default, 64 shared by two workers) closes what comes back
+    // beyond its cap and opens it again for the next wave.
+    for wave in 1..=3u64 {
+        let gate = format!("wave{wave}");
+        let path = format!("/churn/{wave}?hold_head={gate}");
+        let (replies, ()) = tokio::join!(try_herd(h.addr, 100, Method::POST, &path, &[]), async {
+            assert!(
+                h.origin
+                    .wait_until(PATIENCE, |o| o.hits() == wave * 100)
+                    .await
+            );
+            h.origin.open_gate(&gate);
+        });
+        assert!(replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.status == StatusCode::OK)));
+    }
+    let opened = h.origin.connections();
+    assert!(
+        (100..=120).contains(&opened),
+        "{opened} upstream connections for 300 requests"
+    );
+    let metrics = h.proxy.render_metrics();
+    let series = "coalesce_proxy_upstream_connections_opened_total{upstream=\"origin\"}";
+    assert_eq!(metric(&metrics, series), opened as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_reused_unless_pool_max_idle_is_0() {
     // Each `fetch` is a new client connection, handed to the two workers in turn; each
     // worker keeps its own pool, so five requests need two upstream connections.

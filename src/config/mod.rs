@@ -139,7 +139,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Idle connections kept per upstream (shared out over the workers); unlimited unless
+    /// set: what the load needed stays open until idle for `pool_idle_timeout`.
     pub pool_max_idle: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle_timeout: Duration,
     /// Speak HTTP/2 to this upstream, one multiplexed connection instead of a pool of
     /// HTTP/1.1 ones: with prior knowledge (h2c) over plain TCP, by ALPN over TLS.
     pub http2: bool,

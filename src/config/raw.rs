@@ -114,6 +114,7 @@ pub struct Upstream {
     pub response_timeout: Option<Spanned<DurationText>>,
     pub idle_timeout: Option<Spanned<DurationText>>,
     pub pool_max_idle: Option<usize>,
+    pub pool_idle_timeout: Option<Spanned<DurationText>>,
     pub http2: Option<bool>,
     pub tls: Option<Spanned<Tls>>,
     pub concurrency: Option<Concurrency>,

@@ -52,7 +52,11 @@ impl Resolver<'_> {
             connect_timeout: self.duration_or(&raw.connect_timeout, Duration::from_secs(2))?,
             response_timeout: self.duration_or(&raw.response_timeout, Duration::from_secs(30))?,
             idle_timeout: self.duration_or(&raw.idle_timeout, Duration::from_secs(30))?,
-            pool_max_idle: raw.pool_max_idle.unwrap_or(64),
+            // No cap by default: a cap below the load's concurrency closes connections as they
+            // come back and opens new ones for the next requests (churn); HAProxy and Envoy
+            // keep what the load needs and close idle connections by time, as this does.
+            pool_max_idle: raw.pool_max_idle.unwrap_or(usize::MAX),
+            pool_idle_timeout: self.duration_or(&raw.pool_idle_timeout, Duration::from_secs(90))?,
             http2: raw.http2.unwrap_or(false),
             tls,
         })

@@ -124,6 +124,9 @@ macro_rules! families {
         pub struct Metrics {
             registry: Registry,
             admission: AdmissionFamilies,
+            /// The upstreams given a connections counter, so the stats line can read them (a
+            /// `Family` cannot be iterated).
+            upstream_connection_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
             $($vis $field: $ty,)*
         }
 
@@ -135,7 +138,12 @@ macro_rules! families {
                     registry.register($name, $help, $field.clone());
                 )*
                 let admission = AdmissionFamilies::register(&mut registry);
-                Metrics { registry, admission, $($field,)* }
+                Metrics {
+                    registry,
+                    admission,
+                    upstream_connection_names: Default::default(),
+                    $($field,)*
+                }
             }
         }
     };
@@ -152,6 +160,7 @@ families! {
     upstream_errors: Family<ErrorLabels, Counter> = Family::default(), "upstream_errors", "Upstream fetches that failed, by route and kind (connect, response_timeout, before_head, idle_timeout, body, overloaded)";
     upstream_duration: LatencyBy<RouteLabels> = Family::new_with_constructor(latency_histogram), "upstream_duration_seconds", "From sending a request upstream to its response head, by route";
     upstream_addresses: Family<UpstreamLabels, Gauge> = Family::default(), "upstream_addresses", "Addresses an upstream balances over now (each DNS record of a name is one)";
+    upstream_connections: Family<UpstreamLabels, Counter> = Family::default(), "upstream_connections_opened", "Connections opened to an upstream (TCP, and TLS when https): many more than requests in flight means the pool churns";
     pub flight_followers: Histogram = Histogram::new(FANOUT_BUCKETS), "flight_followers", "Followers per completed flight: upstream requests each flight saved";
     pub flights_in_flight: Gauge = Gauge::default(), "flights_in_flight", "Flights in the singleflight table now";
     pub followers_waiting: Gauge = Gauge::default(), "followers_waiting", "Followers waiting for their flight's response head now";
@@ -222,6 +231,38 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(labels.upstream, handles.clone());
         handles
+    }
+
+    /// The counter of connections opened to upstream `name`.
+    pub fn for_upstream_connections(&self, name: &str) -> Counter {
+        self.upstream_connection_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned());
+        self.upstream_connections
+            .get_or_create_owned(&UpstreamLabels {
+                upstream: name.to_owned(),
+            })
+    }
+
+    /// Connections opened so far, by upstream (for the stats line).
+    pub fn upstream_connections_opened(&self) -> Vec<(String, u64)> {
+        let names = self
+            .upstream_connection_names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let labels = |name: String| UpstreamLabels { upstream: name };
+        names
+            .into_iter()
+            .map(|name| {
+                let count = self
+                    .upstream_connections
+                    .get_or_create(&labels(name.clone()))
+                    .get();
+                (name, count)
+            })
+            .collect()
     }
 
     /// The gauge of upstream `name`'s address count.

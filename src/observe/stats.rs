@@ -248,6 +248,9 @@ pub struct StatsLine {
     /// Each limited upstream's queue and limit now, with its admitted and rejected counts
     /// over the interval.
     pub admission: Vec<(String, AdmissionFigures)>,
+    /// Connections opened to each upstream over the interval: far more than the requests in
+    /// flight means the pool churns.
+    pub connections_opened: Vec<(String, u64)>,
 }
 
 impl StatsLine {
@@ -256,6 +259,16 @@ impl StatsLine {
         self.top_keys
             .iter()
             .map(|(route, path, followers)| format!("{route}:{path}={followers}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `name:N` per upstream that opened connections this interval, comma-separated.
+    pub fn connections_text(&self) -> String {
+        self.connections_opened
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name}:{n}"))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -281,7 +294,7 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
             d.requests,
             d.leaders,
             d.followers,
@@ -292,7 +305,8 @@ impl std::fmt::Display for StatsLine {
             self.flights_in_flight,
             self.largest_fanout,
             self.top_keys_text(),
-            self.admission_text()
+            self.admission_text(),
+            self.connections_text()
         )
     }
 }
@@ -306,6 +320,8 @@ pub struct StatsReporter {
     last: StatsSnapshot,
     /// Admission totals at the previous report, by upstream.
     last_admission: HashMap<String, AdmissionFigures>,
+    /// Connections opened by the previous report, by upstream.
+    last_connections: HashMap<String, u64>,
 }
 
 impl StatsReporter {
@@ -318,6 +334,7 @@ impl StatsReporter {
             flights_in_flight: Box::new(flights_in_flight),
             last: StatsSnapshot::default(),
             last_admission: HashMap::new(),
+            last_connections: HashMap::new(),
         }
     }
 
@@ -332,6 +349,7 @@ impl StatsReporter {
             largest_fanout: self.stats.take_largest_fanout(),
             top_keys: self.stats.take_top_keys(),
             admission: self.admission_interval(),
+            connections_opened: self.connections_interval(),
         }
     }
 
@@ -348,6 +366,17 @@ impl StatsReporter {
                     ..total
                 };
                 (name, interval)
+            })
+            .collect()
+    }
+
+    /// Connections opened per upstream over the interval.
+    fn connections_interval(&mut self) -> Vec<(String, u64)> {
+        let now = self.stats.metrics.upstream_connections_opened();
+        now.into_iter()
+            .map(|(name, total)| {
+                let before = self.last_connections.insert(name.clone(), total);
+                (name, total - before.unwrap_or_default())
             })
             .collect()
     }
@@ -371,6 +400,7 @@ impl StatsReporter {
             largest_fanout = line.largest_fanout,
             top_keys = %line.top_keys_text(),
             admission = %line.admission_text(),
+            upstream_connections = %line.connections_text(),
             "stats"
         );
     }
@@ -437,7 +467,7 @@ mod tests {
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission="
+            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission= upstream_connections="
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);
@@ -447,7 +477,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.ends_with("largest_fanout=0 top_keys= admission="),
+            line.ends_with("largest_fanout=0 top_keys= admission= upstream_connections="),
             "{line}"
         );
     }
@@ -463,14 +493,14 @@ mod tests {
         api.rejected.inc_by(3);
         let line = reporter.next_line().to_string();
         assert!(
-            line.ends_with(" admission=api(queued=7,admitted=120,rejected=3,limit=32)"),
+            line.contains(" admission=api(queued=7,admitted=120,rejected=3,limit=32) "),
             "{line}"
         );
         api.admitted.inc_by(5);
         api.queued.set(0);
         let line = reporter.next_line().to_string();
         assert!(
-            line.ends_with(" admission=api(queued=0,admitted=5,rejected=0,limit=32)"),
+            line.contains(" admission=api(queued=0,admitted=5,rejected=0,limit=32) "),
             "{line}"
         );
     }

@@ -23,7 +23,6 @@ pub type RequestBody = BoxBody<Bytes, BoxError>;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
@@ -44,8 +43,9 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// One pool per worker thread (`runtime`), so that a request, its upstream
     /// connection and that connection's task all run on one thread: a connection pooled by
-    /// another worker would wake that worker twice per request. `pool_max_idle` is shared out
-    /// between them.
+    /// another worker would wake that worker twice per request. `pool_max_idle`, when set, is
+    /// shared out between them; by default a pool keeps every connection the load needed
+    /// until it has been idle for `pool_idle_timeout`.
     clients: Box<[Client<UpstreamConnector, RequestBody>]>,
     balancer: Arc<Balancer>,
     /// Until DNS has first answered for an upstream that follows names (`dns`): requests
@@ -71,12 +71,15 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        let connector = tls::connector(&config, connector);
+        let opened = metrics
+            .map(|m| m.for_upstream_connections(&config.name))
+            .unwrap_or_default();
+        let connector = tls::connector(&config, connector, opened);
         let clients = (0..workers)
             .map(|_| {
                 Client::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(config.pool_max_idle.div_ceil(workers))
-                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_idle_timeout(config.pool_idle_timeout)
                     .http2_only(config.http2)
                     .build(connector.clone())
             })

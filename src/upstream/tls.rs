@@ -34,6 +34,8 @@ use crate::config::{UpstreamConfig, UpstreamTls};
 pub struct UpstreamConnector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
+    /// Connections set up (`upstream_connections_opened`): how an operator sees churn.
+    opened: prometheus_client::metrics::counter::Counter,
 }
 
 type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
@@ -50,20 +52,32 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     fn call(&mut self, destination: Uri) -> Self::Future {
         let connecting = self.inner.call(destination);
         let timeout = self.timeout;
+        let opened = self.opened.clone();
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected,
+                Ok(connected) => {
+                    if connected.is_ok() {
+                        opened.inc();
+                    }
+                    connected
+                }
                 Err(_) => Err(format!("connection set-up took longer than {timeout:?}").into()),
             }
         })
     }
 }
 
-/// Wraps `tcp` (already set up with the upstream's timeouts) for `config`'s scheme.
-pub fn connector(config: &UpstreamConfig, tcp: HttpConnector) -> UpstreamConnector {
+/// Wraps `tcp` (already set up with the upstream's timeouts) for `config`'s scheme, counting
+/// the connections it sets up in `opened`.
+pub fn connector(
+    config: &UpstreamConfig,
+    tcp: HttpConnector,
+    opened: prometheus_client::metrics::counter::Counter,
+) -> UpstreamConnector {
     UpstreamConnector {
         inner: https_connector(config, tcp),
         timeout: config.connect_timeout,
+        opened,
     }
 }
 

@@ -105,6 +105,9 @@ pub(super) struct Shared {
     pub(super) hits: AtomicU64,
     /// Connections accepted.
     pub(super) connections: AtomicU64,
+    /// Connections open now, and the most open at once since `take_peak_open_connections`.
+    pub(super) open_connections: AtomicU64,
+    pub(super) peak_open_connections: AtomicU64,
     /// Requests whose client hung up before the response was complete.
     pub(super) cancelled: AtomicU64,
     pub(super) requests: Mutex<Vec<RecordedRequest>>,
@@ -213,16 +216,24 @@ impl Origin {
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
+                    let open = shared.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared
+                        .peak_open_connections
+                        .fetch_max(open, Ordering::SeqCst);
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
-                    match tls.clone() {
-                        None => drop(tokio::spawn(serve_connection(stream, shared))),
-                        Some(acceptor) => drop(tokio::spawn(async move {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                serve_connection(stream, shared).await;
+                    let tls = tls.clone();
+                    drop(tokio::spawn(async move {
+                        match tls {
+                            None => serve_connection(stream, shared.clone()).await,
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    serve_connection(stream, shared.clone()).await;
+                                }
                             }
-                        })),
-                    }
+                        }
+                        shared.open_connections.fetch_sub(1, Ordering::SeqCst);
+                    }));
                 }
             }
         });
@@ -278,6 +289,15 @@ impl Origin {
     /// The most requests the origin was answering at the same moment.
     pub fn peak_concurrency(&self) -> u64 {
         self.shared.peak_in_progress.load(Ordering::SeqCst)
+    }
+
+    /// The most connections open at once since the previous call (or the start); the next
+    /// period starts from those open now.
+    pub fn take_peak_open_connections(&self) -> u64 {
+        let now = self.shared.open_connections.load(Ordering::SeqCst);
+        self.shared
+            .peak_open_connections
+            .swap(now, Ordering::SeqCst)
     }
 
     /// Turns `cookie=1` on (the default) or off for later responses.
