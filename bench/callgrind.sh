@@ -8,7 +8,9 @@
 # Runs the proxy and the bare hyper proxy (bench/bare.rs) each under callgrind with one worker
 # thread, warms each up, zeroes the counters, sends REQUESTS pass-through GETs (distinct keys,
 # 1 KiB answers, over HTTP/1.1 keep-alive from h2load --h1, and then over HTTP/2 from h2load),
-# dumps, and prints instructions per request and the ratio. Each figure is the median of
+# dumps, and prints instructions per request and the ratio. The proxy runs twice: GETs that
+# could be joined (each leads a flight nobody joins), and the same GETs on a route with
+# coalescing off (a plain pass-through): the difference is what being joinable costs. Each figure is the median of
 # three runs: now and then a run comes out ~30 % higher for both protocols' HTTP/1.1 upstream
 # side (hyper parsing a response that arrived in two reads), which a median sets aside.
 # Loopback only.
@@ -27,7 +29,7 @@ pids+=($!); wait_port "$origin_port"
 
 # Distinct keys: nothing can coalesce. h2load cycles through the file.
 uris() { # port count
-  for i in $(seq "$2"); do echo "http://127.0.0.1:$1/cg$i-$RANDOM?size=1024&delay=0"; done
+  for i in $(seq "$2"); do echo "http://127.0.0.1:$1${prefix:-/}cg$i-$RANDOM?size=1024&delay=0"; done
 }
 
 # Runs "$@" (listening on $port) under callgrind; prints "h1 h2" instructions per request.
@@ -68,10 +70,12 @@ runs() { # proxy|bare → "h1 h2", each the median of three runs
   local h1=() h2=() a b
   for _ in 1 2 3; do
     port=$(port)
-    if [ "$1" = proxy ]; then
-      printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n' \
+    if [ "$1" != bare ]; then
+      printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n[[routes]]\npath_prefix = "/pass/"\nupstream = "o"\ncoalesce = { enabled = false }\n' \
         "$port" "$origin_port" >"$work/p.toml"
+      [ "$1" = pass ] && prefix=/pass/ || prefix=/
       read -r a b <<<"$(measure "$proxy_bin" --config "$work/p.toml")"
+      prefix=/
     else
       read -r a b <<<"$(measure target/release/examples/bare --listen "127.0.0.1:$port" --upstream "127.0.0.1:$origin_port" --threads 1)"
     fi
@@ -81,12 +85,13 @@ runs() { # proxy|bare → "h1 h2", each the median of three runs
   echo "$(median "${h1[@]}") $(median "${h2[@]}")"
 }
 read -r proxy_h1 proxy_h2 <<<"$(runs proxy)"
+read -r pass_h1 pass_h2 <<<"$(runs pass)"
 read -r bare_h1 bare_h2 <<<"$(runs bare)"
 
-echo "instructions per pass-through request ($requests requests, one worker, callgrind)"
-echo "| client | coalesce-proxy | bare hyper proxy | ratio |"
-echo "|---|---|---|---|"
+echo "instructions per request ($requests requests, one worker, callgrind)"
+echo "| client | coalesce-proxy, joinable GET | the same GET, coalescing off | bare hyper proxy | joinable ÷ bare | joinable − off |"
+echo "|---|---|---|---|---|---|"
 for mode in h1 h2; do
-  p=proxy_$mode; b=bare_$mode
-  echo "| $mode | ${!p} | ${!b} | $(python3 -c "print(f'{${!p}/${!b}:.2f}')") |"
+  p=proxy_$mode; q=pass_$mode; b=bare_$mode
+  echo "| $mode | ${!p} | ${!q} | ${!b} | $(python3 -c "print(f'{${!p}/${!b}:.2f}')") | $((${!p} - ${!q})) |"
 done

@@ -152,39 +152,51 @@ async fn a_flight_stays_within_max_flight_buffer_with_a_slow_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_keeps_reading_is_never_cut_however_often_the_buffer_fills() {
     const SIZE: usize = 8 << 20;
-    // A 1 MiB budget the reader below fills again and again; every read it makes must let the
-    // fetch go on at once (not after client_stall_timeout, and without cutting anyone).
+    // A 1 MiB budget the two readers below fill again and again; every read they make must let
+    // the fetch go on at once (not after client_stall_timeout, and without cutting anyone).
+    // Two, because a flight's fetch runs ahead of its readers on a task of its own once a
+    // follower joins; a lone leader runs it itself, at its own pace, and never fills a buffer.
     let h = Harness::start_with(
         OriginSettings::default(),
         "",
         "[coalesce]\nmax_replay_body = \"64KiB\"\nmax_flight_buffer = \"1MiB\"\nclient_stall_timeout = \"5s\"\n",
     )
     .await;
-    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
-    let request = format!(
-        "GET /steady?size={SIZE} HTTP/1.1\r\nhost: proxy.test\r\nconnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("send");
-    // Reads 256 KiB every 20 ms: steady progress, slower than loopback.
-    let mut received = Vec::with_capacity(SIZE + 1024);
-    let mut buffer = vec![0u8; 256 << 10];
-    loop {
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
-            .await
-            .expect("bytes in time")
-            .expect("read");
-        if n == 0 {
-            break;
+    let steady_reader = |addr| async move {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "GET /steady?size={SIZE}&hold_head=g HTTP/1.1\r\nhost: proxy.test\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("send");
+        // Reads 256 KiB every 20 ms: steady progress, slower than loopback.
+        let mut received = Vec::with_capacity(SIZE + 1024);
+        let mut buffer = vec![0u8; 256 << 10];
+        loop {
+            let n = tokio::time::timeout(PATIENCE, stream.read(&mut buffer))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        received.extend_from_slice(&buffer[..n]);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        received
+    };
+    let (first, second, ()) = tokio::join!(
+        steady_reader(h.addr),
+        steady_reader(h.addr),
+        h.open_when_followers(1, "g")
+    );
+    for received in [first, second] {
+        let head_end = received
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        assert_eq!(&received[head_end..], &origin::body(SIZE)[..]);
     }
-    let head_end = received
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert_eq!(&received[head_end..], &origin::body(SIZE)[..]);
     assert!(eventually(|| h.proxy.stats().snapshot().flights_done == 1).await);
     let snapshot = h.proxy.stats().snapshot();
     assert_eq!(snapshot.clients_cut_off, 0);

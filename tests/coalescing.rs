@@ -255,3 +255,30 @@ async fn upstream_statuses_reach_every_waiter_as_they_are() {
     assert_eq!(outcomes(&replies), (1, 19, 0));
     assert_eq!(h.origin.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_every_byte_while_the_leader_reads_nothing_after_its_head() {
+    const SIZE: usize = 24 << 20;
+    // A lone leader runs its flight's fetch itself, as its client reads. Here it reads the
+    // head and then nothing: the fetch must move to a task of its own when the follower
+    // joins, or the follower would wait on the leader's client. The body is larger than what
+    // loopback socket buffers absorb, so the leader's client really holds the fetch back.
+    let h = Harness::start_with(
+        OriginSettings::default(),
+        "",
+        "[coalesce]\nmax_replay_body = \"64MiB\"\nmax_flight_buffer = \"64MiB\"\n",
+    )
+    .await;
+    let path = format!("/held-back?size={SIZE}&chunked=1&chunks=384");
+    let mut leader = connect(h.addr).await;
+    let head = send_head(&mut leader, request(Method::GET, &path, &[], Bytes::new())).await;
+    assert_eq!(head.headers()["x-coalesce"], "leader");
+    let follower = tokio::time::timeout(PATIENCE, get(h.addr, &path))
+        .await
+        .expect("the follower is served while the leader reads nothing");
+    assert_eq!(follower.outcome(), "follower");
+    assert_eq!(follower.body(), &origin::body(SIZE));
+    let leader = read_reply(head).await;
+    assert_eq!(leader.body(), &origin::body(SIZE));
+    assert_eq!(h.origin.hits(), 1);
+}

@@ -4,11 +4,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body::{Body, Frame};
 
-use super::FlightError;
-use super::Subscription;
+use super::{FlightError, Subscription};
 
 /// One client's view of a flight's body. It starts at chunk 0 whenever the client joined, so a
 /// late follower still gets the whole body, and it waits (without polling) for chunks that
@@ -18,24 +16,16 @@ use super::Subscription;
 /// It owns the client's [`Subscription`], so dropping the body (the client went away) leaves
 /// the flight.
 pub struct FanoutBody {
-    frames: BoxStream<'static, Result<Frame<Bytes>, FlightError>>,
+    /// `Some` while reading; `None` after the end or an error, which also leaves the flight.
+    subscription: Option<Subscription>,
     /// The fetch's error, held back for one poll: see [`Body::poll_frame`].
     held_error: Option<FlightError>,
 }
 
 impl FanoutBody {
     pub fn new(subscription: Subscription) -> FanoutBody {
-        // `Some` while reading; `None` after an error has been yielded, which also drops the
-        // subscription at once.
-        let frames = stream::unfold(Some(subscription), |reading| async move {
-            let mut subscription = reading?;
-            match subscription.next_chunk().await? {
-                Ok(chunk) => Some((Ok(Frame::data(chunk)), Some(subscription))),
-                Err(err) => Some((Err(err), None)),
-            }
-        });
         FanoutBody {
-            frames: frames.boxed(),
+            subscription: Some(subscription),
             held_error: None,
         }
     }
@@ -52,17 +42,25 @@ impl Body for FanoutBody {
         if let Some(err) = self.held_error.take() {
             return Poll::Ready(Some(Err(err)));
         }
-        match self.frames.poll_next_unpin(cx) {
+        let Some(subscription) = self.subscription.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(subscription.poll_next_chunk(cx)) {
+            Some(Ok(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => {
+                self.subscription = None;
+                Poll::Ready(None)
+            }
             // hyper's HTTP/1 server flushes what it has buffered (the head, the chunks so far)
             // only when the body is pending; an error straight after them would close the
             // connection with them unsent, and the client would see no head at all instead
             // of the bytes so far. So the error waits one turn, and hyper flushes first.
-            Poll::Ready(Some(Err(err))) => {
+            Some(Err(err)) => {
+                self.subscription = None;
                 self.held_error = Some(err);
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
-            other => other,
         }
     }
 }

@@ -11,7 +11,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::coordinator::Coordinator;
-use super::flight::{Flight, SharedHead};
+use super::flight::{FetchFuture, Flight, SharedHead};
 use super::status::Lead;
 use super::subscription::Subscription;
 use crate::sharing::Sharing;
@@ -37,11 +37,9 @@ impl Lead {
         self.started = true;
         let flight = self.flight.clone();
         let coordinator = self.coordinator.clone();
-        // Boxed once: passed by value into the task, into `drive` and then awaited, an
-        // unboxed fetch would sit in the task's future three times over (several KB, copied
-        // whole when the task is spawned).
-        let fetch = Box::pin(fetch);
-        let task = tokio::spawn({
+        // One box for the whole fetch: the leader runs it inline, or it moves to a task when
+        // someone joins (`flight::driver`), and moving it then costs a pointer.
+        let whole: FetchFuture = Box::pin({
             let flight = flight.clone();
             let coordinator = coordinator.clone();
             async move {
@@ -49,7 +47,7 @@ impl Lead {
                 coordinator.finish(&flight, end.map_err(Into::into));
             }
         });
-        flight.set_fetch(task.abort_handle());
+        flight.start_fetch(whole);
         Subscription::leader(&coordinator, flight)
     }
 }
@@ -99,6 +97,13 @@ where
             coordinator.forget(flight);
         }
         flight.publish_chunk(data);
+        if body.is_end_stream() {
+            // A Content-Length body's last byte: end now, in the same poll, rather than when
+            // the body is polled once more. hyper stops reading a response once it has written
+            // Content-Length bytes, so a leader running the fetch inline might never poll it
+            // again, and a flight whose every client has its bytes must not end cancelled.
+            break;
+        }
     }
     Ok(())
 }

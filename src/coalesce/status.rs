@@ -79,14 +79,15 @@ impl Subscription {
     /// bounds (a timer of the same length would only race the flight's own 504).
     pub async fn settle(self, follower: &Follower<'_>) -> Status {
         let flight = self.flight().clone();
+        let reader = self.reader();
+        let head = std::future::poll_fn(|cx| flight.poll_head(reader, cx));
         if self.is_leader() {
-            let head = flight.head().await;
-            return Status::Done(self, head);
+            return Status::Done(self, head.await);
         }
         let waiting = self.coordinator().stats.follower_waiting();
         let head = match flight.scope.policy.max_wait {
-            None => flight.head().await,
-            Some(max_wait) => match tokio::time::timeout(max_wait, flight.head()).await {
+            None => head.await,
+            Some(max_wait) => match tokio::time::timeout(max_wait, head).await {
                 Ok(head) => head,
                 Err(_) => {
                     tracing::debug!(

@@ -3,6 +3,7 @@
 //! means for the client is `status`'s business.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
@@ -56,10 +57,23 @@ impl Subscription {
         self.reader == Flight::LEADER
     }
 
+    /// Its reader id in the flight.
+    pub(super) fn reader(&self) -> u64 {
+        self.reader
+    }
+
     /// The next body chunk for this client: `None` at a clean end, an error if the fetch
     /// failed or this client fell too far behind.
+    pub fn poll_next_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, FlightError>>> {
+        self.flight.poll_chunk(self.reader, &mut self.cursor, cx)
+    }
+
+    /// [`Subscription::poll_next_chunk`] as a future.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FlightError>> {
-        self.flight.next_chunk(self.reader, &mut self.cursor).await
+        std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
     }
 }
 

@@ -1,13 +1,24 @@
 //! One in-flight upstream fetch and the response it is producing, shared by its clients.
+//!
+//! This file holds the flight's state and its writer's side (publishing the head, chunks and
+//! end; making room); `wait` holds the readers' side (waiting for the head or the next
+//! chunk), and `driver` who runs the fetch: the leader, inline, while nobody else reads, or
+//! a task of its own once someone joins.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
+
+mod driver;
+mod wait;
+
+use driver::Fetch;
+pub(super) use driver::FetchFuture;
 
 use crate::config::CoalescePolicy;
 use crate::sharing::{Key, Sharing};
@@ -68,11 +79,10 @@ pub struct SharedHead {
 
 /// A fetch in progress and the response so far.
 ///
-/// The fetch task is the only writer of the head, the chunks and the end; clients only read,
-/// each at its own cursor. Every change a reader may wait for is followed by
-/// `changed.notify_waiters()`, and readers register for that notification *before* they look
-/// at the state, so no change can slip between a look and a wait (no polling, no lost
-/// wake-ups).
+/// The fetch is the only writer of the head, the chunks and the end; clients only read, each
+/// at its own cursor. A reader that finds nothing to read registers its waker in the same
+/// critical section as its look, and every publish wakes the registered readers after its
+/// change, so no change can slip between a look and a wait (no polling, no lost wake-ups).
 ///
 /// Memory: while the flight is *open* to joiners it keeps every chunk (a late joiner starts
 /// at byte 0), which `max_replay_body` bounds. Once closed, it keeps only chunks that some
@@ -91,12 +101,11 @@ pub struct Flight {
     pub leader_headers: HeaderMap,
     pub started: Instant,
     /// Guarded by a std mutex: it is held only to read or update a few fields, never across
-    /// an `.await`, so it cannot block the runtime for longer than a queue push.
+    /// an `.await` and never while the fetch is polled, so it cannot block the runtime for
+    /// longer than a queue push.
     state: Mutex<FlightState>,
-    /// Readers wait on this for the head, a chunk or the end.
-    changed: Notify,
-    /// The fetch task waits on this for room in the buffer. Separate from `changed` so that
-    /// every reader's progress does not wake every other reader.
+    /// The fetch waits on this for room in the buffer. A `Notify` of its own, so that every
+    /// reader's progress does not wake every other reader.
     drained: Notify,
 }
 
@@ -128,10 +137,15 @@ struct FlightState {
     cut_off: usize,
     /// New requests may join while this is true.
     open: bool,
-    /// Set while the fetch task waits for the buffer to drain.
+    /// Set while the fetch waits for the buffer to drain.
     fetch_waiting: bool,
-    /// Aborts the fetch task; set right after the task is spawned.
-    fetch: Option<AbortHandle>,
+    /// Who runs the fetch: the leader inline, or a task (`driver`).
+    fetch: Fetch,
+    /// The leader's waker while it waits, and the followers' (each woken and cleared at the
+    /// next publish; `spare` keeps the list's capacity between rounds).
+    leader_waker: Option<Waker>,
+    waiting: Vec<Waker>,
+    spare: Vec<Waker>,
 }
 
 impl FlightState {
@@ -173,17 +187,31 @@ impl FlightState {
         laggards.len()
     }
 
-    /// Records a cancellation if nobody is left to read a fetch that is still running.
-    fn cancel_if_abandoned(&mut self) -> bool {
+    /// Records a cancellation if nobody is left to read a fetch that is still running, and
+    /// stops the fetch: aborts its task, or hands back an inline fetch for the caller to drop
+    /// once the lock is released (dropping it runs the upstream response's drop code).
+    fn cancel_if_abandoned(&mut self) -> Option<Option<FetchFuture>> {
         if !self.readers.is_empty() || self.end.is_some() {
-            return false;
+            return None;
         }
         self.end = Some(Err(FlightError::Cancelled));
         self.open = false;
-        if let Some(fetch) = self.fetch.take() {
-            fetch.abort();
-        }
-        true
+        Some(self.fetch.stop())
+    }
+
+    /// The wakers to wake for a change just made: every waiting follower's, and the leader's
+    /// unless it is polling the fetch itself right now (it looks again when that poll
+    /// returns).
+    fn take_wakers(&mut self) -> Wakers {
+        let leader = match self.fetch.is_being_polled() {
+            true => None,
+            false => self.leader_waker.take(),
+        };
+        let followers = match self.waiting.is_empty() {
+            true => Vec::new(),
+            false => std::mem::replace(&mut self.waiting, std::mem::take(&mut self.spare)),
+        };
+        Wakers { leader, followers }
     }
 }
 
@@ -209,9 +237,11 @@ impl Flight {
                 cut_off: 0,
                 open: true,
                 fetch_waiting: false,
-                fetch: None,
+                fetch: Fetch::NotStarted { task: false },
+                leader_waker: None,
+                waiting: Vec::new(),
+                spare: Vec::new(),
             }),
-            changed: Notify::new(),
             drained: Notify::new(),
         }
     }
@@ -227,66 +257,6 @@ impl Flight {
 
     fn budget(&self) -> u64 {
         self.scope.policy.max_flight_buffer
-    }
-
-    /// Runs `look` on the state until it yields a value, sleeping between changes.
-    async fn wait_for<T>(&self, mut look: impl FnMut(&mut FlightState) -> Option<T>) -> T {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(value) = look(&mut self.lock()) {
-                return value;
-            }
-            changed.await;
-        }
-    }
-
-    /// The response head, once it arrives, or the error that ended the fetch before it.
-    pub async fn head(&self) -> Result<Arc<SharedHead>, FlightError> {
-        self.wait_for(|state| match (&state.head, &state.end) {
-            (Some(head), _) => Some(Ok(head.clone())),
-            (None, Some(Err(err))) => Some(Err(err.clone())),
-            (None, Some(Ok(()))) => Some(Err(FetchError::Body("no response head".into()).into())),
-            (None, None) => None,
-        })
-        .await
-    }
-
-    /// The chunk at reader `id`'s cursor, moving the cursor on: `None` at a clean end, an
-    /// error if the fetch failed first or the reader was cut off.
-    pub(super) async fn next_chunk(
-        &self,
-        id: u64,
-        cursor: &mut usize,
-    ) -> Option<Result<Bytes, FlightError>> {
-        let stall = self.scope.policy.client_stall_timeout;
-        let (next, freed) = self
-            .wait_for(|state| {
-                if !state.readers.contains(&(*cursor, id)) {
-                    return Some((Some(Err(FlightError::StalledClient(stall))), false));
-                }
-                if let Some(chunk) = state.chunks.get(*cursor - state.first_chunk) {
-                    let chunk = chunk.clone();
-                    let before = state.buffered;
-                    state.readers.remove(&(*cursor, id));
-                    *cursor += 1;
-                    state.readers.insert((*cursor, id));
-                    state.trim();
-                    let freed = state.buffered < before && state.fetch_waiting;
-                    return Some((Some(Ok(chunk)), freed));
-                }
-                match &state.end {
-                    None => None,
-                    Some(Ok(())) => Some((None, false)),
-                    Some(Err(err)) => Some((Some(Err(err.clone())), false)),
-                }
-            })
-            .await;
-        if freed {
-            self.drained.notify_one();
-        }
-        next
     }
 
     pub fn followers(&self) -> usize {
@@ -313,7 +283,8 @@ impl Flight {
     }
 
     /// Adds a client if the flight is open and has room for another follower. Called with
-    /// the group's table locked. Returns the new reader's id.
+    /// the coordinator's shard locked. Returns the new reader's id. From now on the fetch
+    /// must not depend on the leader reading: it moves to a task of its own (`driver`).
     pub(super) fn try_join(&self) -> Option<u64> {
         let mut state = self.lock();
         if !state.open || state.end.is_some() || state.followers >= self.scope.policy.max_followers
@@ -324,62 +295,56 @@ impl Flight {
         state.next_reader += 1;
         state.readers.insert((0, id));
         state.followers += 1;
+        state.fetch.needs_task();
         Some(id)
     }
 
     /// Removes a client. Returns true when it was the last one and the fetch, still running,
-    /// has been aborted.
+    /// has been stopped.
     pub(super) fn leave(&self, id: u64, cursor: usize) -> bool {
         let mut state = self.lock();
         state.readers.remove(&(cursor, id));
         let waiting = state.fetch_waiting;
         let before = state.buffered;
         state.trim();
-        let cancelled = state.cancel_if_abandoned();
+        let stopped = state.cancel_if_abandoned();
         let freed = state.buffered < before && waiting;
+        let wakers = stopped.is_some().then(|| state.take_wakers());
         drop(state);
         if freed {
             self.drained.notify_one();
         }
-        if cancelled {
-            self.changed.notify_waiters();
+        if let Some(wakers) = wakers {
+            self.wake(wakers);
         }
-        cancelled
-    }
-
-    pub(super) fn set_fetch(&self, fetch: AbortHandle) {
-        let mut state = self.lock();
-        if state.end.is_none() {
-            state.fetch = Some(fetch);
-        } else {
-            fetch.abort();
-        }
+        // Dropped here, outside the lock: an inline fetch's drop runs the upstream body's.
+        stopped.is_some()
     }
 
     /// Publishes the head. A head that may not be shared closes the flight to joiners.
     pub(super) fn publish_head(&self, head: SharedHead) {
-        {
-            let mut state = self.lock();
-            if !head.sharing.shareable() {
-                state.open = false;
-            }
-            state.head = Some(Arc::new(head));
+        let mut state = self.lock();
+        if !head.sharing.shareable() {
+            state.open = false;
         }
-        self.changed.notify_waiters();
+        state.head = Some(Arc::new(head));
+        let wakers = state.take_wakers();
+        drop(state);
+        self.wake(wakers);
     }
 
-    /// Appends a chunk to the log and wakes the readers. The fetch task calls
+    /// Appends a chunk to the log and wakes the readers. The fetch calls
     /// [`Flight::make_room`] first.
     pub(super) fn publish_chunk(&self, chunk: Bytes) {
-        {
-            let mut state = self.lock();
-            state.body_bytes += chunk.len() as u64;
-            state.buffered += chunk.len() as u64;
-            state.peak_buffered = state.peak_buffered.max(state.buffered);
-            state.chunks.push_back(chunk);
-            state.trim();
-        }
-        self.changed.notify_waiters();
+        let mut state = self.lock();
+        state.body_bytes += chunk.len() as u64;
+        state.buffered += chunk.len() as u64;
+        state.peak_buffered = state.peak_buffered.max(state.buffered);
+        state.chunks.push_back(chunk);
+        state.trim();
+        let wakers = state.take_wakers();
+        drop(state);
+        self.wake(wakers);
     }
 
     /// Gets the flight ready for a chunk of `incoming` bytes, before it is published. If the
@@ -419,15 +384,18 @@ impl Flight {
             if tokio::time::timeout(stall, drained).await.is_err() {
                 let mut state = self.lock();
                 let cut = state.cut_slowest();
-                let cancelled = state.cancel_if_abandoned();
+                let stopped = state.cancel_if_abandoned();
                 drop(state);
+                let cancelled = stopped.is_some();
+                drop(stopped);
                 if cut > 0 || cancelled {
                     tracing::debug!(
                         flight = self.id,
                         cut,
                         "cut off readers that held a full flight for client_stall_timeout"
                     );
-                    self.changed.notify_waiters();
+                    let wakers = self.lock().take_wakers();
+                    self.wake(wakers);
                 }
             }
         }
@@ -436,19 +404,44 @@ impl Flight {
     /// Records how the fetch ended and closes the flight. Returns false if it had already
     /// ended (cancelled).
     pub(super) fn publish_end(&self, end: Result<(), FlightError>) -> bool {
-        let first = {
-            let mut state = self.lock();
-            state.fetch = None;
-            state.open = false;
-            let first = state.end.is_none();
-            if first {
-                state.end = Some(end);
-            }
-            state.trim();
-            first
-        };
-        self.changed.notify_waiters();
+        let mut state = self.lock();
+        state.open = false;
+        let first = state.end.is_none();
+        if first {
+            state.end = Some(end);
+        }
+        state.trim();
+        let wakers = state.take_wakers();
+        drop(state);
+        self.wake(wakers);
         first
+    }
+}
+
+/// Readers to wake after a change, taken from the state to be woken outside its lock.
+#[must_use]
+struct Wakers {
+    leader: Option<Waker>,
+    followers: Vec<Waker>,
+}
+
+impl Flight {
+    /// Wakes `wakers`, and keeps the followers' list for the next round (a herd re-registers
+    /// at every chunk; growing a fresh list each time would cost a reallocation per doubling).
+    fn wake(&self, mut wakers: Wakers) {
+        if let Some(leader) = wakers.leader {
+            leader.wake();
+        }
+        if wakers.followers.capacity() == 0 {
+            return;
+        }
+        for follower in wakers.followers.drain(..) {
+            follower.wake();
+        }
+        let mut state = self.lock();
+        if state.spare.capacity() < wakers.followers.capacity() {
+            state.spare = wakers.followers;
+        }
     }
 }
 
