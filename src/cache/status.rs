@@ -58,9 +58,30 @@ pub enum CacheStatus {
     },
 }
 
+thread_local! {
+    /// The last value made on this thread: nearly every response of a busy route carries the
+    /// same one (`fwd=uri-miss; fwd-status=200`), and a clone of it costs a reference count
+    /// where a new one costs formatting and an allocation.
+    static LAST: std::cell::RefCell<Option<(CacheStatus, String, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 impl CacheStatus {
     /// The field value, `name` being the cache's name (an sf-token).
     pub fn header_value(&self, name: &str) -> HeaderValue {
+        let cached = LAST.with_borrow(|last| match last {
+            Some((status, named, value)) if status == self && named == name => Some(value.clone()),
+            _ => None,
+        });
+        if let Some(value) = cached {
+            return value;
+        }
+        let value = self.format(name);
+        LAST.set(Some((*self, name.to_owned(), value.clone())));
+        value
+    }
+
+    fn format(&self, name: &str) -> HeaderValue {
         let mut text = String::with_capacity(64);
         text.push_str(name);
         match *self {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::flight::{Flight, FlightError};
 use crate::observe::stats::{FlightSummary, Stats};
-use crate::sharing::Key;
+use crate::sharing::{Key, KeyHash};
 
 /// Shards of the table: a power of two, several times the workers of any machine the proxy
 /// runs on, so that two keys rarely share a lock.
@@ -41,7 +41,7 @@ pub(super) enum Slot {
 /// a shard, then a flight's state, never the other way round.
 #[derive(Debug)]
 pub struct Coordinator {
-    shards: Box<[Mutex<HashMap<Key, Slot>>]>,
+    shards: Box<[Mutex<HashMap<Key, Slot, KeyHash>>]>,
     pub(super) next_id: AtomicU64,
     pub(super) stats: Arc<Stats>,
 }
@@ -55,12 +55,14 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, Slot>> {
-        let shard = &self.shards[key.hash64() as usize % SHARDS];
+    pub(super) fn shard(&self, key: &Key) -> MutexGuard<'_, HashMap<Key, Slot, KeyHash>> {
+        // The hash's middle bits: the map in the shard uses its low bits for the bucket and
+        // its top bits for the tags, which must still vary within a shard.
+        let shard = &self.shards[(key.hash64() >> 32) as usize % SHARDS];
         shard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<Key, Slot>>> {
+    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, HashMap<Key, Slot, KeyHash>>> {
         self.shards
             .iter()
             .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner))

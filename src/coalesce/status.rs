@@ -13,7 +13,7 @@ use http::HeaderMap;
 use super::coordinator::{Coordinator, Slot};
 use super::flight::{Flight, FlightError, Scope, SharedHead};
 use super::subscription::Subscription;
-use crate::sharing::{vary_matches, Key};
+use crate::sharing::{vary_matches, Key, KeyHash};
 
 /// Everything a request can be told about its key, from entering the table to being served.
 /// The proxy has one reaction to each (`proxy::share`); nothing else decides who fetches.
@@ -175,7 +175,7 @@ impl Coordinator {
 
     fn lead(
         self: &Arc<Self>,
-        shard: &mut HashMap<Key, Slot>,
+        shard: &mut HashMap<Key, Slot, KeyHash>,
         key: &Key,
         scope: &Scope,
         headers: &HeaderMap,

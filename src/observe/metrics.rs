@@ -9,9 +9,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::observe::histogram::Histogram;
 use crate::observe::outcome::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,7 +101,7 @@ struct ErrorLabels {
 
 fn latency_histogram() -> Histogram {
     // 1 ms to about 33 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    Histogram::latency()
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,7 +161,7 @@ families! {
     upstream_duration: LatencyBy<RouteLabels> = Family::new_with_constructor(latency_histogram), "upstream_duration_seconds", "From sending a request upstream to its response head, by route";
     upstream_addresses: Family<UpstreamLabels, Gauge> = Family::default(), "upstream_addresses", "Addresses an upstream balances over now (each DNS record of a name is one)";
     upstream_connections: Family<UpstreamLabels, Counter> = Family::default(), "upstream_connections_opened", "Connections opened to an upstream (TCP, and TLS when https): many more than requests in flight means the pool churns";
-    pub flight_followers: Histogram = Histogram::new(FANOUT_BUCKETS), "flight_followers", "Followers per completed flight: upstream requests each flight saved";
+    pub flight_followers: Histogram = Histogram::new(FANOUT_BUCKETS, 1.0), "flight_followers", "Followers per completed flight: upstream requests each flight saved";
     pub flights_in_flight: Gauge = Gauge::default(), "flights_in_flight", "Flights in the singleflight table now";
     pub followers_waiting: Gauge = Gauge::default(), "followers_waiting", "Followers waiting for their flight's response head now";
     pub clients_cut_off: Counter = Counter::default(), "clients_cut_off", "Clients cut off for holding up a full flight for client_stall_timeout";

@@ -118,7 +118,8 @@ struct Encoded {
     /// Where the path and query lie in `bytes`.
     path_and_query: Range<usize>,
     variant: bool,
-    bytes: Box<[u8]>,
+    /// A `Vec`, not a boxed slice: shrinking it to fit would copy it once more.
+    bytes: Vec<u8>,
 }
 
 impl PartialEq for Key {
@@ -133,6 +134,40 @@ impl Eq for Key {}
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.0.hash);
+    }
+}
+
+/// A `BuildHasher` for maps keyed by [`Key`]: the key already carries its hash (keyed SipHash
+/// of its bytes), so the map takes it as it is rather than hashing a hash.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyHash;
+
+impl BuildHasher for KeyHash {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// The hasher of [`KeyHash`]: passes a key's `u64` through.
+#[derive(Debug, Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only keys use this hasher, and they write one u64; anything else is still hashed.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
     }
 }
 
@@ -185,7 +220,7 @@ impl Key {
             hash: random_state().hash_one(&bytes),
             path_and_query,
             variant,
-            bytes: bytes.into_boxed_slice(),
+            bytes,
         }))
     }
 

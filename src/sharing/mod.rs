@@ -13,7 +13,7 @@ mod key;
 mod rules;
 mod vary;
 
-pub use key::{Key, KeyParts, KeyPolicy};
+pub use key::{Key, KeyHash, KeyParts, KeyPolicy};
 pub use rules::{
     judge_response, request_may_share, shareable_body_length, tokens, Sharing,
     RANGE_AND_CONDITIONAL,

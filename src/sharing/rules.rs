@@ -26,26 +26,31 @@ pub static RANGE_AND_CONDITIONAL: [HeaderName; 6] = [
     header::IF_UNMODIFIED_SINCE,
 ];
 
-/// The comma-separated tokens of every `name` header, lower-cased, without parameters
-/// (`private="set-cookie"` counts as `private`).
-pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = String> + 'a {
+/// The comma-separated tokens of every `name` header as written (compare them without case),
+/// without parameters (`private="set-cookie"` counts as `private`). Borrowed: judging a
+/// response allocates nothing.
+pub fn raw_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .map(|token| {
-            let token = token.split(['=', ';']).next().unwrap_or("");
-            token.trim().to_ascii_lowercase()
-        })
+        .map(|token| token.split(['=', ';']).next().unwrap_or("").trim())
         .filter(|token| !token.is_empty())
+}
+
+/// [`raw_tokens`], lower-cased.
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = String> + 'a {
+    raw_tokens(headers, name).map(str::to_ascii_lowercase)
 }
 
 impl ResponseRule {
     pub fn matches(&self, headers: &HeaderMap) -> bool {
         match self {
             ResponseRule::Present(name) => headers.contains_key(name),
-            ResponseRule::HasToken(name, token) => tokens(headers, name).any(|t| t == *token),
+            ResponseRule::HasToken(name, token) => {
+                raw_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+            }
         }
     }
 }
@@ -78,8 +83,9 @@ pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &Hea
             .find(|rule| rule.matches(headers))
             .map(ResponseRule::to_string),
         unshared_error: status.is_server_error() && !policy.share_errors,
-        vary: tokens(headers, &header::VARY)
-            .filter(|t| t != "*")
+        // `HeaderName::from_bytes` lower-cases the name itself.
+        vary: raw_tokens(headers, &header::VARY)
+            .filter(|t| *t != "*")
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect(),
     }

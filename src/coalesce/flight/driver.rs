@@ -101,7 +101,9 @@ impl Flight {
         let ended = state.end.is_some();
         state.fetch = match std::mem::replace(&mut state.fetch, Fetch::Done) {
             _ if ended => Fetch::Done,
-            Fetch::NotStarted { task: true } => Fetch::Spawned(runtime.spawn(future).abort_handle()),
+            Fetch::NotStarted { task: true } => {
+                Fetch::Spawned(runtime.spawn(future).abort_handle())
+            }
             _ => Fetch::Inline { future, runtime },
         };
     }
