@@ -93,7 +93,11 @@ impl Proxy {
             }
         } else {
             let body = body.map_err(BoxError::from).boxed();
-            let reply = self.pass(request, body, None).await;
+            // Boxed: the upstream send's state (a request held through admission and hyper's
+            // send) would otherwise sit in every request's future, and hyper keeps room for one
+            // in every connection; a shared request never needs it inline (its fetch is a
+            // flight's, boxed there).
+            let reply = Box::pin(self.pass(request, body, None)).await;
             let response = &reply.response;
             cache::after_unsafe_request(
                 |host, path| routing.routes.find(host, path)?.cache.as_deref(),

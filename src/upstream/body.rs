@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::admission;
 use super::error::{error_chain, FetchError};
+use super::pool::Checkin;
 
 /// An upstream response body that fails with [`FetchError::IdleTimeout`] when the upstream
 /// sends nothing for `idle_timeout` while we wait for it, so a stalled upstream cannot hold
@@ -29,6 +30,9 @@ pub struct UpstreamBody {
     /// The request's slot under the upstream's concurrency limit, held until the body ends
     /// or is dropped.
     permit: Option<admission::Permit>,
+    /// Its HTTP/1 connection, given back to the pool when the body ends (or dropped, which
+    /// closes it, when the body is dropped before its end).
+    checkin: Option<Checkin>,
 }
 
 impl UpstreamBody {
@@ -36,6 +40,7 @@ impl UpstreamBody {
         inner: Incoming,
         idle_timeout: Duration,
         permit: Option<admission::Permit>,
+        checkin: Option<Checkin>,
     ) -> UpstreamBody {
         UpstreamBody {
             inner,
@@ -43,6 +48,26 @@ impl UpstreamBody {
             idle_timeout,
             waiting: false,
             permit,
+            checkin,
+        }
+    }
+
+    /// The response is complete: its slot is free and its connection goes back to the pool,
+    /// whoever still holds this body.
+    fn ended(&mut self) {
+        self.permit = None;
+        if let Some(checkin) = self.checkin.take() {
+            checkin.give_back();
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body nobody polled to its end may still be complete: an empty one (HEAD, 204,
+        // 304), or a Content-Length body whose last byte was read.
+        if self.inner.is_end_stream() {
+            self.ended();
         }
     }
 }
@@ -74,9 +99,7 @@ impl Body for UpstreamBody {
             ready => {
                 this.waiting = false;
                 if matches!(ready, Poll::Ready(None)) {
-                    // The upstream has answered in full: its slot is free, whoever still holds
-                    // this body.
-                    this.permit = None;
+                    this.ended();
                 }
                 ready.map(|frame| {
                     frame.map(|frame| frame.map_err(|err| FetchError::Body(error_chain(&err))))

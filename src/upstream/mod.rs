@@ -12,6 +12,7 @@ pub mod balance;
 mod body;
 pub mod dns;
 mod error;
+mod pool;
 pub mod tls;
 
 pub use body::UpstreamBody;
@@ -28,25 +29,23 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::UpstreamConfig;
 use admission::{Admission, Permit, Priority, Refused};
 use balance::Balancer;
-use error::error_chain;
-use tls::UpstreamConnector;
+
+use pool::{Pool, SendError};
 
 /// One upstream: its settings and its connection pools. Shared by every route that names it.
 #[derive(Debug)]
 pub struct Upstream {
     pub config: UpstreamConfig,
-    /// One pool per worker thread (`runtime`), so that a request, its upstream
+    /// Its connections, a pool per worker thread (`pool`), so that a request, its upstream
     /// connection and that connection's task all run on one thread: a connection pooled by
     /// another worker would wake that worker twice per request. `pool_max_idle`, when set, is
     /// shared out between them; by default a pool keeps every connection the load needed
     /// until it has been idle for `pool_idle_timeout`.
-    clients: Box<[Client<UpstreamConnector, RequestBody>]>,
+    pool: Arc<Pool>,
     balancer: Arc<Balancer>,
     /// Until DNS has first answered for an upstream that follows names (`dns`): requests
     /// wait for it, up to `connect_timeout`.
@@ -75,15 +74,7 @@ impl Upstream {
             .map(|m| m.for_upstream_connections(&config.name))
             .unwrap_or_default();
         let connector = tls::connector(&config, connector, opened);
-        let clients = (0..workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(config.pool_max_idle.div_ceil(workers))
-                    .pool_idle_timeout(config.pool_idle_timeout)
-                    .http2_only(config.http2)
-                    .build(connector.clone())
-            })
-            .collect();
+        let pool = Arc::new(Pool::new(&config, connector, workers));
         let admission = config.concurrency.map(|limit| {
             let handles = metrics
                 .map(|m| m.for_upstream_admission(&config.name))
@@ -99,7 +90,7 @@ impl Upstream {
             balancer,
             first_resolution,
             config,
-            clients,
+            pool,
             admission,
         }
     }
@@ -113,11 +104,6 @@ impl Upstream {
     /// Its addresses now (for the status page).
     pub fn endpoints(&self) -> Arc<Vec<Arc<balance::Endpoint>>> {
         self.balancer.endpoints()
-    }
-
-    /// The calling worker's pool.
-    fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
-        &self.clients[crate::runtime::current() % self.clients.len()]
     }
 
     /// Waits for a slot under the upstream's concurrency limit, as `priority`, when it has
@@ -186,17 +172,17 @@ impl Upstream {
                 *request.uri_mut() = uri;
             }
         }
-        let response = picked.as_ref().map(|_| self.client().request(request));
         let upstream = self.clone();
         let response_timeout = self.config.response_timeout;
         let idle_timeout = self.config.idle_timeout;
         async move {
             let name = || upstream.config.name.clone();
-            let (Some(endpoint), Some(response)) = (picked, response) else {
+            let Some(endpoint) = picked else {
                 return Err(FetchError::NoHealthyAddress { upstream: name() });
             };
             let in_flight = upstream.balancer.start(&endpoint);
-            let response = tokio::time::timeout(response_timeout, response).await;
+            let sent = upstream.pool.send(request, endpoint.authority());
+            let response = tokio::time::timeout(response_timeout, sent).await;
             drop(in_flight);
             if !matches!(response, Ok(Ok(_))) {
                 upstream.balancer.failed(&endpoint);
@@ -208,21 +194,22 @@ impl Upstream {
                         timeout: response_timeout,
                     })
                 }
-                Ok(Err(err)) if err.is_connect() => {
+                Ok(Err(SendError::Connect(reason))) => {
                     return Err(FetchError::Connect {
                         upstream: name(),
-                        reason: explain_connect(error_chain(&err)),
+                        reason: explain_connect(reason),
                     })
                 }
-                Ok(Err(err)) => {
+                Ok(Err(SendError::BeforeHead(reason))) => {
                     return Err(FetchError::BeforeHead {
                         upstream: name(),
-                        reason: error_chain(&err),
+                        reason,
                     })
                 }
                 Ok(Ok(response)) => response,
             };
-            Ok(response.map(|body| UpstreamBody::new(body, idle_timeout, permit)))
+            let (response, checkin) = response;
+            Ok(response.map(|body| UpstreamBody::new(body, idle_timeout, permit, checkin)))
         }
     }
 }

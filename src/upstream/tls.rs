@@ -38,7 +38,8 @@ pub struct UpstreamConnector {
     opened: prometheus_client::metrics::counter::Counter,
 }
 
-type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+/// A connection the connector made: TLS or plain TCP.
+pub(super) type Connection = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
 impl tower_service::Service<Uri> for UpstreamConnector {
     type Response = Connection;
