@@ -172,17 +172,21 @@ impl Upstream {
                 *request.uri_mut() = uri;
             }
         }
-        let upstream = self.clone();
+        use futures_util::future::{ready, Either, FutureExt};
+        let Some(endpoint) = picked else {
+            let name = self.config.name.clone();
+            return Either::Left(ready(Err(FetchError::NoHealthyAddress { upstream: name })));
+        };
+        // Built now and finished by `map`: an async block would hold the send future twice
+        // (captured, and awaited), and this future sits in every fetch.
+        let in_flight = self.balancer.start(&endpoint);
         let response_timeout = self.config.response_timeout;
+        let sent = self.pool.send(request, endpoint.authority().clone());
+        let sent = tokio::time::timeout(response_timeout, sent);
+        let upstream = self.clone();
         let idle_timeout = self.config.idle_timeout;
-        async move {
+        Either::Right(sent.map(move |response| {
             let name = || upstream.config.name.clone();
-            let Some(endpoint) = picked else {
-                return Err(FetchError::NoHealthyAddress { upstream: name() });
-            };
-            let in_flight = upstream.balancer.start(&endpoint);
-            let sent = upstream.pool.send(request, endpoint.authority());
-            let response = tokio::time::timeout(response_timeout, sent).await;
             drop(in_flight);
             if !matches!(response, Ok(Ok(_))) {
                 upstream.balancer.failed(&endpoint);
@@ -210,7 +214,7 @@ impl Upstream {
             };
             let (response, checkin) = response;
             Ok(response.map(|body| UpstreamBody::new(body, idle_timeout, permit, checkin)))
-        }
+        }))
     }
 }
 

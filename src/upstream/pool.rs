@@ -16,6 +16,7 @@
 //! `pool_max_idle` caps what each worker keeps.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -117,28 +118,31 @@ impl Pool {
 
     /// Sends `request` (its URI absolute, addressed to `authority`) on a connection of the
     /// calling worker's pool; for HTTP/1, also the connection, to give back when the response
-    /// body ends.
-    pub(super) async fn send(
+    /// body ends. Not an `async fn`: the request then sits in the returned future once, not
+    /// also as an argument.
+    pub(super) fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
-        authority: &Authority,
-    ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+        authority: Authority,
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<Checkin>), SendError>> + Send + 'static
+    {
+        use futures_util::future::{Either, FutureExt};
         let worker = crate::runtime::current() % self.workers.len();
+        let pool = self.clone();
         if self.http2 {
-            return self
-                .send_http2(worker, request, authority)
-                .await
-                .map(|r| (r, None));
+            let sent = pool.send_http2(worker, request, authority);
+            return Either::Left(sent.map(|response| response.map(|r| (r, None))));
         }
-        self.send_http1(worker, request, authority).await
+        Either::Right(pool.send_http1(worker, request, authority))
     }
 
     async fn send_http1(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         worker: usize,
         mut request: Request<RequestBody>,
-        authority: &Authority,
+        authority: Authority,
     ) -> Result<(Response<Incoming>, Option<Checkin>), SendError> {
+        let authority = &authority;
         let uri = request.uri().clone();
         // HTTP/1 sends the origin form; the authority is in `Host`.
         let origin_form = uri
@@ -177,11 +181,12 @@ impl Pool {
     }
 
     async fn send_http2(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         worker: usize,
         request: Request<RequestBody>,
-        authority: &Authority,
+        authority: Authority,
     ) -> Result<Response<Incoming>, SendError> {
+        let authority = &authority;
         let cached = {
             let mut pool = self.worker(worker);
             pool.http2.get_mut(authority).and_then(|(sender, used)| {

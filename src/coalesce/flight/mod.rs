@@ -356,6 +356,7 @@ impl Flight {
     /// are cut off: everyone else is waiting on them. A chunk larger than the whole budget
     /// waits only for the buffer to empty.
     pub(super) async fn make_room(&self, incoming: u64) -> bool {
+        let budget = self.budget();
         let closed = {
             let mut state = self.lock();
             let closes =
@@ -364,9 +365,13 @@ impl Flight {
                 state.open = false;
                 state.trim();
             }
+            // Nearly always: room already. Then no registration with `drained` at all.
+            if state.buffered + incoming <= budget || state.buffered == 0 {
+                state.fetch_waiting = false;
+                return closes;
+            }
             closes
         };
-        let budget = self.budget();
         let stall = self.scope.policy.client_stall_timeout;
         loop {
             let drained = self.drained.notified();
