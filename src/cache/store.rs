@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::observe::sharded::Counter;
 use http::header::{self, HeaderMap, HeaderName};
-use prometheus_client::metrics::counter::Counter;
 
 use super::stored::StoredResponse;
 use crate::config::CachePolicy;

@@ -6,13 +6,12 @@
 //! built. Counting itself happens in `stats`, which owns a [`Metrics`].
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::observe::histogram::Histogram;
 use crate::observe::outcome::Outcome;
+use crate::observe::sharded::{Counter, Histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::observe::metrics::{AdmissionFigures, Metrics, RouteMetrics};
 use crate::observe::outcome::Outcome;
+use crate::observe::sharded::Counter;
 
 /// Distinct keys tracked per interval for the top-5 list; past it, new keys are not tracked
 /// until the next interval (a flood of unique paths must not grow memory).
@@ -22,9 +23,10 @@ const MAX_TRACKED_KEYS: usize = 10_000;
 /// difference of two snapshots.
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Sharded per worker: every request bumps some of these, from every worker.
         #[derive(Debug, Default)]
         struct Counters {
-            $($name: AtomicU64,)*
+            $($name: Counter,)*
         }
 
         /// Counter values at one moment, or their difference over an interval.
@@ -38,7 +40,7 @@ macro_rules! counters {
         impl Counters {
             fn load(&self, peak_flight_buffer: u64) -> StatsSnapshot {
                 StatsSnapshot {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    $($name: self.$name.get(),)*
                     peak_flight_buffer,
                 }
             }
@@ -115,23 +117,23 @@ impl Drop for Waiting<'_> {
 impl Stats {
     pub fn record_request(&self, outcome: Outcome) {
         let c = &self.counters;
-        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.requests.inc();
         let counter = match outcome {
             Outcome::Leader => &c.leaders,
             Outcome::Follower => &c.followers,
             Outcome::Pass => &c.passed,
             Outcome::Hit | Outcome::Stale => &c.hits,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
     }
 
     pub fn record_send_timeout(&self) {
-        self.counters.send_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.counters.send_timeouts.inc();
         self.metrics.send_timeouts.inc();
     }
 
     pub fn record_join(&self) {
-        self.counters.joined.fetch_add(1, Ordering::Relaxed);
+        self.counters.joined.inc();
     }
 
     /// A follower starts waiting for its flight's head.
@@ -163,25 +165,29 @@ impl Stats {
     }
 
     fn record_upstream_error(&self, route: &str, kind: &'static str) {
-        self.counters
-            .upstream_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.upstream_errors.inc();
         self.metrics.upstream_error(route, kind);
     }
 
     pub fn record_flight_done(&self, flight: FlightSummary<'_>) {
-        self.counters.flights_done.fetch_add(1, Ordering::Relaxed);
-        self.largest_fanout
-            .fetch_max(flight.followers, Ordering::Relaxed);
-        self.peak_flight_buffer
-            .fetch_max(flight.peak_buffered, Ordering::Relaxed);
-        self.counters
-            .clients_cut_off
-            .fetch_add(flight.cut_off, Ordering::Relaxed);
+        self.counters.flights_done.inc();
+        // Written only when they move: read-modify-writes of lines every worker shares
+        // cost more than the reads.
+        if flight.followers > self.largest_fanout.load(Ordering::Relaxed) {
+            self.largest_fanout
+                .fetch_max(flight.followers, Ordering::Relaxed);
+        }
+        if flight.peak_buffered > self.peak_flight_buffer.load(Ordering::Relaxed) {
+            self.peak_flight_buffer
+                .fetch_max(flight.peak_buffered, Ordering::Relaxed);
+        }
+        if flight.cut_off > 0 {
+            self.counters.clients_cut_off.inc_by(flight.cut_off);
+            self.metrics.clients_cut_off.inc_by(flight.cut_off);
+        }
         self.metrics
             .flight_followers
             .observe(flight.followers as f64);
-        self.metrics.clients_cut_off.inc_by(flight.cut_off);
         if let Some(kind) = flight.error {
             self.record_upstream_error(flight.route, kind);
         }
@@ -208,9 +214,7 @@ impl Stats {
     }
 
     pub fn record_flight_cancelled(&self) {
-        self.counters
-            .flights_cancelled
-            .fetch_add(1, Ordering::Relaxed);
+        self.counters.flights_cancelled.inc();
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

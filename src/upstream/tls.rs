@@ -35,7 +35,7 @@ pub struct UpstreamConnector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
     /// Connections set up (`upstream_connections_opened`): how an operator sees churn.
-    opened: prometheus_client::metrics::counter::Counter,
+    opened: crate::observe::sharded::Counter,
 }
 
 /// A connection the connector made: TLS or plain TCP.
@@ -73,7 +73,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 pub fn connector(
     config: &UpstreamConfig,
     tcp: HttpConnector,
-    opened: prometheus_client::metrics::counter::Counter,
+    opened: crate::observe::sharded::Counter,
 ) -> UpstreamConnector {
     UpstreamConnector {
         inner: https_connector(config, tcp),
