@@ -27,16 +27,16 @@ pub struct Fetched<B> {
 }
 
 impl Lead {
-    /// Starts the flight's fetch on a task of its own, so it outlives the leader's request
-    /// while followers still wait, and returns the leader's subscription.
+    /// Starts the flight's fetch (run by the leader while nobody else reads, on a task of its
+    /// own once someone does: `flight::driver`), and returns the leader's subscription.
     pub fn start<Fut, B>(mut self, fetch: Fut) -> Subscription
     where
         Fut: Future<Output = Result<Fetched<B>, FetchError>> + Send + 'static,
         B: Body<Data = Bytes, Error = FetchError> + Send + Unpin + 'static,
     {
-        self.started = true;
         let flight = self.flight.clone();
-        let coordinator = self.coordinator.clone();
+        // Only `start` takes it before the drop, and `start` consumes the lead.
+        let coordinator = self.coordinator.take().expect("a lead starts once");
         // The fetch boxed on its own, and the driver around it boxed again: the leader runs the
         // driver inline, or it moves to a task when someone joins (`flight::driver`), and
         // moving it costs a pointer. Boxed first, the fetch sits in the driver once, as a
@@ -52,7 +52,7 @@ impl Lead {
             }
         });
         flight.start_fetch(whole);
-        Subscription::leader(&coordinator, flight)
+        Subscription::leader(coordinator, flight)
     }
 }
 

@@ -42,8 +42,9 @@ pub enum Status {
 /// for a fetch that never comes.
 pub struct Lead {
     pub(super) flight: Arc<Flight>,
-    pub(super) coordinator: Arc<Coordinator>,
-    pub(super) started: bool,
+    /// Taken when the fetch starts (it then belongs to the fetch and the leader's
+    /// subscription); still here when the lead is dropped unstarted.
+    pub(super) coordinator: Option<Arc<Coordinator>>,
 }
 
 impl Lead {
@@ -54,9 +55,8 @@ impl Lead {
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        if !self.started {
-            self.coordinator
-                .finish(&self.flight, Err(FlightError::Cancelled));
+        if let Some(coordinator) = self.coordinator.take() {
+            coordinator.finish(&self.flight, Err(FlightError::Cancelled));
         }
     }
 }
@@ -185,8 +185,7 @@ impl Coordinator {
         shard.insert(key.clone(), Slot::Flight(flight.clone()));
         Lead {
             flight,
-            coordinator: self.clone(),
-            started: false,
+            coordinator: Some(self.clone()),
         }
     }
 }

@@ -23,10 +23,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(super) fn leader(coordinator: &Arc<Coordinator>, flight: Arc<Flight>) -> Subscription {
+    pub(super) fn leader(coordinator: Arc<Coordinator>, flight: Arc<Flight>) -> Subscription {
         Subscription {
             flight,
-            coordinator: coordinator.clone(),
+            coordinator,
             reader: Flight::LEADER,
             cursor: 0,
         }
