@@ -145,11 +145,14 @@ async fn hop_by_hop_headers_are_removed_and_forwarding_headers_added() {
             "keep-alive",
             "proxy-authorization",
             "proxy-connection",
-            "te",
             "upgrade",
         ] {
             assert!(seen.header(hop).is_none(), "{hop} was forwarded");
         }
+        // `TE: trailers` is the client's to send on (gRPC needs it); over HTTP/1.1 it is
+        // hop-by-hop, so the proxy names it in its own `Connection` (RFC 9110 §10.1.4).
+        assert_eq!(seen.header_values("te"), ["trailers"]);
+        assert_eq!(seen.header_values("connection"), ["te"]);
         assert_eq!(seen.header("x-end-to-end"), Some("kept"));
         assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3, 127.0.0.1"));
         // The proxy's own view overwrites what the client claimed.

@@ -64,7 +64,8 @@ impl StorePlan {
                 .store(self.key, &self.request_headers, self.sent, renewed);
             return None;
         }
-        if !shareable {
+        // A gRPC error is an error whatever its HTTP status (200): never stored.
+        if !shareable || crate::sharing::grpc_error(headers) {
             return None;
         }
         let fresh = freshness(policy, status, headers, has_authorization)?;
@@ -158,6 +159,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for StoringBody<B> {
             return polled;
         };
         match &polled {
+            // A body that ends with trailers is not stored: a stored response is served
+            // whole, as a range, to HEAD and as a 304, and its trailers (gRPC's status among
+            // them) would be lost on all of them; RFC 9111 §3 lets a cache discard trailers,
+            // but a response without its `grpc-status` is not the response.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => self.storing = None,
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     storing.bytes += data.len() as u64;

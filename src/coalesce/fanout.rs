@@ -46,7 +46,7 @@ impl Body for FanoutBody {
             return Poll::Ready(None);
         };
         match std::task::ready!(subscription.poll_next_chunk(cx)) {
-            Some(Ok(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             None => {
                 self.subscription = None;
                 Poll::Ready(None)

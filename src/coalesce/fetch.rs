@@ -89,10 +89,16 @@ where
         coordinator.forget(flight);
     }
     while let Some(frame) = body.frame().await {
-        // Trailers are dropped: the hop to the client may not carry them (HTTP/1.1 without
-        // `TE: trailers`), and nothing the proxy promises depends on them yet.
-        let Ok(data) = frame?.into_data() else {
-            continue;
+        let data = match frame?.into_data() {
+            Ok(data) => data,
+            // The last frame: every reader gets them after its last chunk (gRPC's status
+            // is in them). A reader whose hop cannot carry them has them dropped by hyper.
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    flight.publish_trailers(trailers);
+                }
+                continue;
+            }
         };
         if data.is_empty() {
             continue;

@@ -99,7 +99,19 @@ impl Subscription {
             },
         };
         drop(waiting);
-        self.verdict(head, follower)
+        match self.verdict(head, follower) {
+            Status::Done(subscription, Ok(head))
+                if head.sharing.status_in_trailers && follower.may_reelect =>
+            {
+                let failed = std::future::poll_fn(|cx| flight.poll_trailers_error(reader, cx));
+                match failed.await {
+                    // As for a 5xx under `share_errors = false`: one new leader, once.
+                    true => Status::ReElect,
+                    false => Status::Done(subscription, Ok(head)),
+                }
+            }
+            status => status,
+        }
     }
 
     /// A follower's reaction to its flight's head: take it, or why not.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::Frame;
 
 use super::coordinator::Coordinator;
 use super::flight::{Flight, FlightError};
@@ -62,17 +63,17 @@ impl Subscription {
         self.reader
     }
 
-    /// The next body chunk for this client: `None` at a clean end, an error if the fetch
-    /// failed or this client fell too far behind.
+    /// The next body frame for this client (a chunk, or the trailers after the last one):
+    /// `None` at a clean end, an error if the fetch failed or this client fell too far behind.
     pub fn poll_next_chunk(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, FlightError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
         self.flight.poll_chunk(self.reader, &mut self.cursor, cx)
     }
 
     /// [`Subscription::poll_next_chunk`] as a future.
-    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, FlightError>> {
+    pub async fn next_chunk(&mut self) -> Option<Result<Frame<Bytes>, FlightError>> {
         std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
     }
 }

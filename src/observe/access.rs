@@ -52,24 +52,37 @@ impl<B: Body> ObservedBody<B> {
     }
 
     fn finish(&mut self, complete: bool) {
-        let Some(record) = self.record.take() else {
-            return;
-        };
-        let elapsed = record.started.elapsed();
-        record
-            .route
-            .request_done(record.outcome, self.bytes, elapsed.as_secs_f64());
-        if self.access_log {
+        if let Some(record) = self.record.take() {
+            record.write(self.bytes, complete, self.access_log);
+        }
+    }
+}
+
+impl RequestRecord {
+    /// Records a request whose client went away before its response head: nginx's 499, with
+    /// the outcome `cancelled`.
+    pub fn cancelled(mut self, access_log: bool) {
+        self.status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        self.outcome = Outcome::Cancelled;
+        self.write(0, false, access_log);
+    }
+
+    /// The per-request metrics and the access log line, once the response has ended.
+    fn write(self, bytes: u64, complete: bool, access_log: bool) {
+        let elapsed = self.started.elapsed();
+        self.route
+            .request_done(self.outcome, bytes, elapsed.as_secs_f64());
+        if access_log {
             tracing::info!(
                 target: "coalesce_proxy::access",
-                method = %record.method,
-                route = %record.route.route,
-                path = record.path.as_deref().unwrap_or(""),
-                status = record.status.as_u16(),
-                bytes = self.bytes,
+                method = %self.method,
+                route = %self.route.route,
+                path = self.path.as_deref().unwrap_or(""),
+                status = self.status.as_u16(),
+                bytes,
                 duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-                outcome = record.outcome.as_str(),
-                flight = record.flight,
+                outcome = self.outcome.as_str(),
+                flight = self.flight,
                 complete,
                 "access"
             );

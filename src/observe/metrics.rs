@@ -320,9 +320,9 @@ pub struct RouteMetrics {
     pub route: String,
     /// By status class: error (no response), then 1xx to 5xx.
     upstream_requests: [Counter; 6],
-    requests: [Counter; 5],
-    response_bytes: [Counter; 5],
-    request_duration: [Histogram; 5],
+    requests: [Counter; Outcome::ALL.len()],
+    response_bytes: [Counter; Outcome::ALL.len()],
+    request_duration: [Histogram; Outcome::ALL.len()],
     pub upstream_duration: Histogram,
 }
 
@@ -334,7 +334,7 @@ impl RouteMetrics {
     }
 
     /// Requests answered since start, by outcome, in [`Outcome::ALL`]'s order.
-    pub fn requests_by_outcome(&self) -> [u64; 5] {
+    pub fn requests_by_outcome(&self) -> [u64; Outcome::ALL.len()] {
         std::array::from_fn(|i| self.requests[i].get())
     }
 

@@ -20,15 +20,19 @@ pub enum Outcome {
     /// Served a stale cached response: while it is refreshed in the background, or because
     /// the upstream failed.
     Stale,
+    /// The client went away (closed its connection, reset its stream: a gRPC deadline)
+    /// before its response head was ready: logged with nginx's status 499.
+    Cancelled,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Leader,
         Outcome::Follower,
         Outcome::Pass,
         Outcome::Hit,
         Outcome::Stale,
+        Outcome::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Outcome {
             Outcome::Pass => "pass",
             Outcome::Hit => "hit",
             Outcome::Stale => "stale",
+            Outcome::Cancelled => "cancelled",
         }
     }
 

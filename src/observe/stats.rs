@@ -63,6 +63,8 @@ counters! {
     followers,
     passed,
     hits,
+    /// Requests whose client went away before their response head (`Outcome::Cancelled`).
+    cancelled,
     /// Upstream fetches that failed (connect, timeout, reset, stall), shared or not.
     upstream_errors,
     flights_done,
@@ -123,6 +125,7 @@ impl Stats {
             Outcome::Follower => &c.followers,
             Outcome::Pass => &c.passed,
             Outcome::Hit | Outcome::Stale => &c.hits,
+            Outcome::Cancelled => &c.cancelled,
         };
         counter.inc();
     }
@@ -298,12 +301,13 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} cache_hits={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} cancelled={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
             d.requests,
             d.leaders,
             d.followers,
             d.passed,
             d.hits,
+            d.cancelled,
             d.upstream_errors,
             d.coalesce_ratio(),
             self.flights_in_flight,
@@ -397,6 +401,7 @@ impl StatsReporter {
             followers = delta.followers,
             passed = delta.passed,
             cache_hits = delta.hits,
+            cancelled = delta.cancelled,
             upstream_errors = delta.upstream_errors,
             // A number (three decimals), so JSON logs carry it as one.
             coalesce_ratio = (delta.coalesce_ratio() * 1000.0).round() / 1000.0,
@@ -471,7 +476,7 @@ mod tests {
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission= upstream_connections="
+            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 cancelled=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission= upstream_connections="
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);

@@ -68,7 +68,7 @@ impl Proxy {
         let upstream_side = switching.then(|| hyper::upgrade::on(&mut response));
         let upgraded_to = response.headers().get(header::UPGRADE).cloned();
         let (mut head, body) = response.into_parts();
-        response::clean_head(&mut head.headers);
+        response::clean_head(&mut head.headers, head.version);
         if let (Some(client_side), Some(upstream_side), Some(protocol)) =
             (client_side, upstream_side, upgraded_to)
         {

@@ -14,16 +14,18 @@ use http::{request, Uri, Version};
 
 use super::context::RequestContext;
 use crate::route::Route;
+use crate::sharing;
 
-/// The headers that are always hop-by-hop.
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// The headers that are always hop-by-hop (RFC 9110 §7.6.1, and RFC 9112's
+/// `Transfer-Encoding`). `Trailer` is not among them: it names the trailer fields that end a
+/// message, end to end, and hyper sends an HTTP/1.1 client only the trailers it names.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -128,6 +130,14 @@ pub fn upstream_request(request: &RequestContext) -> Result<(Uri, HeaderMap), ht
 
     let mut headers = parts.headers.clone();
     remove_hop_by_hop(&mut headers);
+    if sharing::accepts_trailers(&parts.headers) {
+        // `TE: trailers` is what gRPC servers demand, and the one value RFC 9113 §8.2.2
+        // allows over HTTP/2; over HTTP/1.1, TE is hop-by-hop, so `Connection` names it.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        if !upstream.config.http2 {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        }
+    }
     headers.remove(header::HOST);
     if let Some(host) = upstream.host() {
         headers.insert(header::HOST, host.clone());

@@ -1,15 +1,17 @@
 //! Phase 7, log: every request is counted once, when its response head is ready, and
-//! recorded (access log line, per-route metrics) when its body ends, completely or not.
+//! recorded (access log line, per-route metrics) when its body ends, completely or not; a
+//! request whose client went away before its head is counted and recorded as `cancelled`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, Method, Request, Response};
+use http::{header, Method, Request, Response, StatusCode};
 
 use super::reply::Reply;
 use super::ProxyBody;
 use crate::observe::access::{ObservedBody, RequestRecord};
 use crate::observe::metrics::RouteMetrics;
+use crate::observe::outcome::Outcome;
 use crate::observe::stats::Stats;
 
 /// What the log phase keeps of a request from its arrival.
@@ -46,16 +48,63 @@ impl Entry {
             .then(|| head.headers.get(header::CONTENT_LENGTH))
             .flatten()
             .and_then(|value| value.to_str().ok()?.parse().ok());
-        let record = RequestRecord {
+        let access_log = self.access_log;
+        let record = self.record(route, head.status, reply.outcome, reply.flight, length);
+        Response::from_parts(head, ObservedBody::new(body, record, access_log))
+    }
+
+    fn record(
+        self,
+        route: Arc<RouteMetrics>,
+        status: StatusCode,
+        outcome: Outcome,
+        flight: Option<u64>,
+        length: Option<u64>,
+    ) -> RequestRecord {
+        RequestRecord {
             started: self.started,
             length,
             method: self.method,
             path: self.path,
             route,
-            status: head.status,
-            outcome: reply.outcome,
-            flight: reply.flight,
+            status,
+            outcome,
+            flight,
+        }
+    }
+}
+
+/// A request not answered yet. Dropped so, its future was dropped: the client went away
+/// (closed its connection, or reset its stream, as a gRPC client does at its deadline)
+/// before the response head was ready, and it is recorded as `cancelled`, nginx's 499.
+pub(super) struct Unanswered<'a> {
+    /// The log entry and the route's metrics; taken by the answer.
+    pending: Option<(Entry, Arc<RouteMetrics>)>,
+    stats: &'a Stats,
+}
+
+impl Unanswered<'_> {
+    pub(super) fn new(entry: Entry, route: Arc<RouteMetrics>, stats: &Stats) -> Unanswered<'_> {
+        Unanswered {
+            pending: Some((entry, route)),
+            stats,
+        }
+    }
+
+    pub(super) fn answer(mut self, reply: Reply) -> Response<ObservedBody<ProxyBody>> {
+        let (entry, route) = self.pending.take().expect("answered once");
+        entry.finish(self.stats, route, reply)
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some((entry, route)) = self.pending.take() else {
+            return;
         };
-        Response::from_parts(head, ObservedBody::new(body, record, self.access_log))
+        self.stats.record_request(Outcome::Cancelled);
+        let access_log = entry.access_log;
+        let record = entry.record(route, StatusCode::OK, Outcome::Cancelled, None, None);
+        record.cancelled(access_log);
     }
 }

@@ -153,14 +153,16 @@ impl Proxy {
         let routed = routing.route(parts, connection);
         let proxy = self.clone();
         async move {
-            let (metrics, reply) = match routed {
-                Err(reply) => (proxy.unrouted.clone(), *reply),
-                Ok(mut request) => {
-                    let reply = proxy.serve(&routing, &mut request, body).await;
-                    (request.route.metrics.clone(), reply)
-                }
+            let metrics = match &routed {
+                Err(_) => proxy.unrouted.clone(),
+                Ok(request) => request.route.metrics.clone(),
             };
-            Ok(log.finish(&proxy.stats, metrics, reply))
+            let unanswered = log::Unanswered::new(log, metrics, &proxy.stats);
+            let reply = match routed {
+                Err(reply) => *reply,
+                Ok(mut request) => proxy.serve(&routing, &mut request, body).await,
+            };
+            Ok(unanswered.answer(reply))
         }
     }
 }

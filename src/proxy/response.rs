@@ -10,14 +10,16 @@ use crate::cache;
 use crate::route::Route;
 use crate::sharing::{self, Sharing};
 
-/// The upstream response head cleaned for clients.
+/// The upstream response head cleaned for clients; `Via` names the version the upstream
+/// answered with (RFC 9110 §7.6.3).
 pub(super) fn clean<B>(mut response: Response<B>) -> Response<B> {
-    clean_head(response.headers_mut());
+    let version = response.version();
+    clean_head(response.headers_mut(), version);
     response
 }
 
-pub(super) fn clean_head(headers: &mut HeaderMap) {
-    hygiene::clean_response_headers(headers, Version::HTTP_11);
+pub(super) fn clean_head(headers: &mut HeaderMap, version: Version) {
+    hygiene::clean_response_headers(headers, version);
 }
 
 /// Who may be given `response` (already cleaned) on `route`.

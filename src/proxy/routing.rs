@@ -17,7 +17,7 @@ use crate::observe::metrics::Metrics;
 use crate::observe::outcome::Outcome;
 use crate::route::RouteTable;
 use crate::sharing;
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, RequestBody};
 
 /// The parts of the configuration a reload replaces: routes, upstreams, policies.
 #[derive(Debug)]
@@ -78,53 +78,101 @@ impl Proxy {
             return Box::pin(self.tunnel(request, body)).await;
         }
         let policy = &request.route.coalesce;
-        let reply = if sharing::request_may_share(policy, &request.parts, body.is_end_stream()) {
+        let body = if sharing::request_may_share(policy, &request.parts, body.is_end_stream()) {
             // Boxed: only a shared request with a body (a POST on a route with `body_max`)
             // reads one, and inline this state would grow every request's.
             let read = match body.is_end_stream() {
-                true => Ok(()),
-                false => Box::pin(read_shared_body(request, body))
-                    .await
-                    .map(|whole| request.body = whole),
+                true => Ok(SharedBody::Whole(bytes::Bytes::new())),
+                false => Box::pin(read_shared_body(request, body)).await,
             };
             match read {
-                Ok(()) => self.share(request).await,
-                Err(reply) => reply,
+                Ok(SharedBody::Whole(whole)) => {
+                    request.body = whole;
+                    let reply = self.share(request).await;
+                    return add_cache_status_header(request, reply);
+                }
+                Ok(SharedBody::Longer(body)) => body,
+                Err(reply) => return add_cache_status_header(request, reply),
             }
         } else {
-            let body = body.map_err(BoxError::from).boxed();
-            // Boxed: the upstream send's state (a request held through admission and hyper's
-            // send) would otherwise sit in every request's future, and hyper keeps room for one
-            // in every connection; a shared request never needs it inline (its fetch is a
-            // flight's, boxed there).
-            let reply = Box::pin(self.pass(request, body, None)).await;
-            let response = &reply.response;
-            cache::after_unsafe_request(
-                |host, path| routing.routes.find(host, path)?.cache.as_deref(),
-                &request.parts,
-                response.status(),
-                response.headers(),
-            );
-            reply
+            body.map_err(BoxError::from).boxed()
         };
+        // Boxed: the upstream send's state (a request held through admission and hyper's
+        // send) would otherwise sit in every request's future, and hyper keeps room for one
+        // in every connection; a shared request never needs it inline (its fetch is a
+        // flight's, boxed there).
+        let reply = Box::pin(self.pass(request, body, None)).await;
+        let response = &reply.response;
+        cache::after_unsafe_request(
+            |host, path| routing.routes.find(host, path)?.cache.as_deref(),
+            &request.parts,
+            response.status(),
+            response.headers(),
+        );
         add_cache_status_header(request, reply)
     }
 }
 
-/// The body of a request that may share, read whole when the route lets bodies share
-/// (`body_max`), so that it can be part of the key. A client that does not send the body it
-/// announced gets a 400.
-async fn read_shared_body(request: &RequestContext, body: Incoming) -> Result<bytes::Bytes, Reply> {
+/// A request body read for sharing: whole, or found longer than the route lets share (or
+/// ending in trailers) and then passed through as it came, the bytes read so far first.
+enum SharedBody {
+    Whole(bytes::Bytes),
+    Longer(RequestBody),
+}
+
+/// The body of a request that may share, read when the route lets bodies share (`body_max`),
+/// so that it can be part of the key: up to its `Content-Length`, or, when it declares none,
+/// up to `body_max`, beyond which it passes through with no byte lost. A client that does not
+/// send the body it announced gets a 400.
+async fn read_shared_body(
+    request: &RequestContext,
+    mut body: Incoming,
+) -> Result<SharedBody, Reply> {
     let policy = &request.route.coalesce;
     let limit = sharing::shareable_body_length(policy, &request.parts).unwrap_or(0);
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(Reply::pass(text_reply(
-            policy.outcome_header.as_ref(),
-            Outcome::Pass,
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read whole\n".into(),
-        ))),
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut read = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Reply::pass(text_reply(
+                policy.outcome_header.as_ref(),
+                Outcome::Pass,
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read whole\n".into(),
+            )));
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                read += data.len() as u64;
+                chunks.push(data);
+                if read > limit {
+                    return Ok(SharedBody::Longer(replay(chunks, None, body)));
+                }
+            }
+            // Trailers reach the upstream, and are not in the key: the request goes alone.
+            Err(trailers) => return Ok(SharedBody::Longer(replay(chunks, Some(trailers), body))),
+        }
     }
+    Ok(SharedBody::Whole(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    }))
+}
+
+/// A body that gives `read` (and `trailers`) first, then the rest of `body` as it comes.
+fn replay(
+    read: Vec<bytes::Bytes>,
+    trailers: Option<http_body::Frame<bytes::Bytes>>,
+    body: Incoming,
+) -> RequestBody {
+    use futures_util::StreamExt;
+    let first = read
+        .into_iter()
+        .map(http_body::Frame::data)
+        .chain(trailers)
+        .map(Ok::<_, BoxError>);
+    let rest = http_body_util::BodyStream::new(body.map_err(BoxError::from));
+    BodyExt::boxed(http_body_util::StreamBody::new(
+        futures_util::stream::iter(first).chain(rest),
+    ))
 }

@@ -46,14 +46,21 @@ impl KeyPolicy {
     /// its flight, so its 304 means something to every one of them.
     pub fn flight_key(&self, request: &KeyParts<'_>) -> Key {
         let conditions = request.validators.unwrap_or(request.headers);
-        self.encode(request, request.method, Some(conditions), request.body)
+        let trailers = accepts_trailers(request.headers);
+        self.encode(
+            request,
+            request.method,
+            Some(conditions),
+            trailers,
+            request.body,
+        )
     }
 
     /// The key a request's stored response is found under: a plain GET of the same resource
     /// (no Range, no conditions, no body), so that HEAD and conditional GETs are answered
     /// from a stored GET.
     pub fn cache_key(&self, request: &KeyParts<'_>) -> Key {
-        self.encode(request, &Method::GET, None, &[])
+        self.encode(request, &Method::GET, None, false, &[])
     }
 
     fn encode(
@@ -61,6 +68,7 @@ impl KeyPolicy {
         request: &KeyParts<'_>,
         method: &Method,
         conditions: Option<&HeaderMap>,
+        trailers: bool,
         body: &[u8],
     ) -> Key {
         let path_and_query = request.path_and_query;
@@ -86,17 +94,33 @@ impl KeyPolicy {
         out.values(request.headers, &AUTHORIZATION);
         out.values(request.headers, &COOKIE);
         out.bytes(body);
+        // `TE: trailers` reaches the upstream, and a gRPC server refuses a call without it.
+        out.0.push(u8::from(trailers));
         // Not a variant; a variant replaces this marker with its own part.
         out.0.push(0);
         Key::seal(out.0, path_and_query, false)
     }
 }
 
+/// Whether a request's `TE` accepts trailers (the `trailers` token; RFC 9110 §10.1.4). It
+/// is forwarded (the one `TE` value HTTP/2 allows, RFC 9113 §8.2.2), so it is in flight keys.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let token = t.split(';').next().unwrap_or("");
+            token.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// Two requests share a flight only when their keys are equal. The key holds the route, the
 /// method, the path and query exactly as received, the authority (lower-cased), the values of
 /// the route's `key_headers`,
 /// the Range and conditional headers (so a 206 or 304 only reaches clients that asked for
-/// exactly that), and the credentials (Authorization and Cookie), so that two users never
+/// exactly that), whether `TE` accepts trailers, and the credentials (Authorization and Cookie), so that two users never
 /// share a response made for one of them. A follower released by `Vary` re-joins under a
 /// *variant* key that also holds its values for the varying headers.
 ///

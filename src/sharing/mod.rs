@@ -13,9 +13,9 @@ mod key;
 mod rules;
 mod vary;
 
-pub use key::{Key, KeyHash, KeyParts, KeyPolicy};
+pub use key::{accepts_trailers, Key, KeyHash, KeyParts, KeyPolicy};
 pub use rules::{
-    judge_response, request_may_share, shareable_body_length, tokens, Sharing,
+    grpc_error, is_grpc, judge_response, request_may_share, shareable_body_length, tokens, Sharing,
     RANGE_AND_CONDITIONAL,
 };
 pub use vary::{vary_matches, vary_value};

@@ -61,9 +61,14 @@ pub struct Sharing {
     /// The `not_shareable` rule the response matched: only the leader gets it, and the key is
     /// remembered as not shareable for `pass_ttl`.
     pub matched_rule: Option<String>,
-    /// A 5xx under `share_errors = false`: only the leader gets it; nothing is remembered,
-    /// since the next answer may well be fine.
+    /// A 5xx (or a gRPC error status in the head: a trailers-only response) under
+    /// `share_errors = false`: only the leader gets it; nothing is remembered, since the next
+    /// answer may well be fine.
     pub unshared_error: bool,
+    /// A gRPC response under `share_errors = false`: its status comes in its trailers, so a
+    /// follower takes it only once they show no error (or once the flight can no longer
+    /// keep the whole body for it).
+    pub status_in_trailers: bool,
     /// The request headers named by the response's `Vary`.
     pub vary: Vec<HeaderName>,
 }
@@ -74,6 +79,20 @@ impl Sharing {
     }
 }
 
+/// Whether a response is gRPC's (`application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Whether a head or trailer section carries a gRPC error: a `grpc-status` other than 0.
+pub fn grpc_error(fields: &HeaderMap) -> bool {
+    fields
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0")
+}
+
 /// Judges a response head under a route's policy.
 pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &HeaderMap) -> Sharing {
     Sharing {
@@ -82,7 +101,8 @@ pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &Hea
             .iter()
             .find(|rule| rule.matches(headers))
             .map(ResponseRule::to_string),
-        unshared_error: status.is_server_error() && !policy.share_errors,
+        unshared_error: (status.is_server_error() || grpc_error(headers)) && !policy.share_errors,
+        status_in_trailers: !policy.share_errors && is_grpc(headers) && !grpc_error(headers),
         // `HeaderName::from_bytes` lower-cases the name itself.
         vary: raw_tokens(headers, &header::VARY)
             .filter(|t| *t != "*")
@@ -92,7 +112,7 @@ pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &Hea
 }
 
 /// Whether a request may join a flight at all. A request with a body may only on a route
-/// with `body_max`, and only with a `Content-Length` within it ([`shareable_body_length`]).
+/// with `body_max`, and only if its body may be within it ([`shareable_body_length`]).
 pub fn request_may_share(
     policy: &CoalescePolicy,
     parts: &request::Parts,
@@ -116,20 +136,19 @@ pub fn request_may_share(
         && !(policy.credentials == Credentials::Pass && has_credentials)
 }
 
-/// The length of a request body the route lets share: a `Content-Length` (no
-/// `Transfer-Encoding`) within `body_max`. A chunked body of unknown length passes through.
+/// The most request body bytes to read for sharing a request on a route with `body_max`: its
+/// `Content-Length` when that is within `body_max`; `body_max` itself when the length is not
+/// declared (chunked, or HTTP/2 without `content-length`, as every gRPC client sends), in
+/// which case the body is read up to it and still passes through if it turns out longer.
 pub fn shareable_body_length(policy: &CoalescePolicy, parts: &request::Parts) -> Option<u64> {
     let max = policy.body_max?;
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
+        return Some(max);
     }
-    let length: u64 = parts
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
+    let Some(length) = parts.headers.get(header::CONTENT_LENGTH) else {
+        return Some(max);
+    };
+    let length: u64 = length.to_str().ok()?.parse().ok()?;
     (length <= max).then_some(length)
 }
 

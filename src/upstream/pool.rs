@@ -130,7 +130,7 @@ impl Pool {
         let worker = crate::runtime::current() % self.workers.len();
         let pool = self.clone();
         if self.http2 {
-            let sent = pool.send_http2(worker, request, authority);
+            let sent = pool.send_http2(worker, into_http2(request), authority);
             return Either::Left(sent.map(|response| response.map(|r| (r, None))));
         }
         Either::Right(pool.send_http1(worker, request, authority))
@@ -198,7 +198,8 @@ impl Pool {
         let mut sender = match cached {
             Some(sender) => sender,
             None => {
-                let sender = Box::pin(self.connect_http2(request.uri())).await?;
+                let target = connect_target(request.uri(), authority);
+                let sender = Box::pin(self.connect_http2(&target)).await?;
                 self.worker(worker)
                     .http2
                     .insert(authority.clone(), (sender.clone(), Instant::now()));
@@ -320,6 +321,33 @@ impl Pool {
         }
         left
     }
+}
+
+/// A request as HTTP/2 sends it (RFC 9113 §8.3.1): the authority in `:authority` (from the
+/// `Host` the request carries, which names the upstream) and no `host` field beside it (nginx
+/// answers a request with both 400), and no connection-specific fields (`te: trailers` aside).
+fn into_http2(mut request: Request<RequestBody>) -> Request<RequestBody> {
+    if let Some(host) = request.headers_mut().remove(http::header::HOST) {
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(authority) = Authority::try_from(host.as_bytes()) {
+            parts.authority = Some(authority);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request.headers_mut().remove(http::header::CONNECTION);
+    request
+}
+
+/// Where to connect for `uri`: its scheme, at the address `authority` (the request's own
+/// authority may be the name the upstream expects rather than the address chosen).
+fn connect_target(uri: &Uri, authority: &Authority) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = uri.scheme().cloned();
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 async fn sweep(pool: Weak<Pool>, period: Duration) {

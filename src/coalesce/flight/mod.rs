@@ -124,6 +124,9 @@ struct FlightState {
     /// Bytes in `chunks`, and the most that were ever there at once.
     buffered: u64,
     peak_buffered: u64,
+    /// The trailer fields that ended the body, if it had any (gRPC's `grpc-status` is one).
+    /// Every reader gets them after its last chunk, as one more step of its cursor.
+    trailers: Option<HeaderMap>,
     /// `None` while the fetch runs; then `Ok` (whole body received) or why it failed.
     end: Option<Result<(), FlightError>>,
     /// `(next chunk index, reader id)` of every client still reading. Ordered, so the slowest
@@ -230,6 +233,7 @@ impl Flight {
                 body_bytes: 0,
                 buffered: 0,
                 peak_buffered: 0,
+                trailers: None,
                 end: None,
                 readers: BTreeSet::from([(0, 0)]),
                 next_reader: 1,
@@ -384,7 +388,13 @@ impl Flight {
                     state.fetch_waiting = false;
                     return closed;
                 }
-                state.fetch_waiting = true;
+                // Followers waiting for the trailers stop waiting when the buffer is full.
+                let now_waiting = !std::mem::replace(&mut state.fetch_waiting, true);
+                let wakers = now_waiting.then(|| state.take_wakers());
+                drop(state);
+                if let Some(wakers) = wakers {
+                    self.wake(wakers);
+                }
             }
             if tokio::time::timeout(stall, drained).await.is_err() {
                 let mut state = self.lock();
@@ -404,6 +414,12 @@ impl Flight {
                 }
             }
         }
+    }
+
+    /// Keeps the trailers that ended the body, for every reader; [`Flight::publish_end`]
+    /// follows and wakes them.
+    pub(super) fn publish_trailers(&self, trailers: HeaderMap) {
+        self.lock().trailers = Some(trailers);
     }
 
     /// Records how the fetch ended and closes the flight. Returns false if it had already

@@ -58,6 +58,7 @@ fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
         body_bytes: buffered,
         buffered,
         peak_buffered: buffered,
+        trailers: None,
         end: None,
         readers: cursors
             .iter()

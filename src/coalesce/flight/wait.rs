@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::Frame;
 
 use super::driver::Fetch;
 use super::{Flight, FlightError, FlightState, SharedHead};
+use crate::sharing::grpc_error;
 use crate::upstream::FetchError;
 
 impl Flight {
@@ -27,14 +29,15 @@ impl Flight {
         })
     }
 
-    /// The chunk at reader `reader`'s cursor, moving the cursor on: `None` at a clean end, an
-    /// error if the fetch failed first or the reader was cut off.
+    /// The chunk at reader `reader`'s cursor, moving the cursor on; after the last chunk of a
+    /// body that ended with trailers, the trailers (one more step of the cursor); `None` at a
+    /// clean end, an error if the fetch failed first or the reader was cut off.
     pub(in crate::coalesce) fn poll_chunk(
         self: &Arc<Self>,
         reader: u64,
         cursor: &mut usize,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, FlightError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
         let stall = self.scope.policy.client_stall_timeout;
         let mut freed = false;
         let polled = self.poll_until(reader, cx, |state| {
@@ -49,18 +52,44 @@ impl Flight {
                 state.readers.insert((*cursor, reader));
                 state.trim();
                 freed = state.buffered < before && state.fetch_waiting;
-                return Some(Some(Ok(chunk)));
+                return Some(Some(Ok(Frame::data(chunk))));
             }
-            match &state.end {
-                None => None,
-                Some(Ok(())) => Some(None),
-                Some(Err(err)) => Some(Some(Err(err.clone()))),
+            let after_last = *cursor == state.first_chunk + state.chunks.len();
+            match (&state.end, &state.trailers) {
+                (None, _) => None,
+                (Some(Ok(())), Some(trailers)) if after_last => {
+                    let trailers = trailers.clone();
+                    state.readers.remove(&(*cursor, reader));
+                    *cursor += 1;
+                    state.readers.insert((*cursor, reader));
+                    Some(Some(Ok(Frame::trailers(trailers))))
+                }
+                (Some(Ok(())), _) => Some(None),
+                (Some(Err(err)), _) => Some(Some(Err(err.clone()))),
             }
         });
         if freed {
             self.drained.notify_one();
         }
         polled
+    }
+
+    /// For a follower of a response whose status comes in its trailers (gRPC, under
+    /// `share_errors = false`): whether the trailers carry an error, once the flight ends.
+    /// `false` when it failed (the body then ends in that error), and as soon as the flight
+    /// can no longer keep the whole body for a reader that has read none of it (past
+    /// `max_replay_body`, or its buffer full): the response is then taken as it is.
+    pub(in crate::coalesce) fn poll_trailers_error(
+        self: &Arc<Self>,
+        reader: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        self.poll_until(reader, cx, |state| match &state.end {
+            Some(Ok(())) => Some(state.trailers.as_ref().is_some_and(grpc_error)),
+            Some(Err(_)) => Some(false),
+            None if !state.open || state.fetch_waiting => Some(false),
+            None => None,
+        })
     }
 
     /// Runs `look` on the state; when it finds nothing, the leader polls an inline fetch and
