@@ -18,6 +18,8 @@ mod failures;
 mod faults;
 mod first_week;
 mod fuzz_regressions;
+mod grpc;
+mod http2_upstream;
 mod keys;
 mod operations;
 mod passthrough;

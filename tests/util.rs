@@ -315,6 +315,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     pub body: Result<Bytes, String>,
     pub received: Bytes,
+    /// The trailer section, when the body ended with one.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -395,10 +397,12 @@ pub async fn send_head(
 pub async fn read_reply(response: http::Response<Incoming>) -> Reply {
     let (parts, mut body) = response.into_parts();
     let mut received = bytes::BytesMut::new();
+    let mut trailers = None;
     let read = async {
         while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
-                received.extend_from_slice(&data);
+            match frame.map_err(|e| e.to_string())?.into_data() {
+                Ok(data) => received.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
             }
         }
         Ok::<(), String>(())
@@ -412,6 +416,7 @@ pub async fn read_reply(response: http::Response<Incoming>) -> Reply {
         headers: parts.headers,
         body: ended.map(|()| received.clone()),
         received,
+        trailers,
     }
 }
 

@@ -20,13 +20,16 @@ pub struct FanoutBody {
     subscription: Option<Subscription>,
     /// The fetch's error, held back for one poll: see [`Body::poll_frame`].
     held_error: Option<FlightError>,
+    /// The body is empty, known with the head ([`super::SharedHead::empty`]).
+    empty: bool,
 }
 
 impl FanoutBody {
-    pub fn new(subscription: Subscription) -> FanoutBody {
+    pub fn new(subscription: Subscription, empty: bool) -> FanoutBody {
         FanoutBody {
             subscription: Some(subscription),
             held_error: None,
+            empty,
         }
     }
 }
@@ -62,5 +65,9 @@ impl Body for FanoutBody {
                 Poll::Pending
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.empty || (self.subscription.is_none() && self.held_error.is_none())
     }
 }

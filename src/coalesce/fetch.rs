@@ -80,6 +80,7 @@ where
         headers: parts.headers,
         sharing,
         stored,
+        empty: body.is_end_stream(),
     });
     if let Some(rule) = matched_rule {
         tracing::debug!(route = %flight.scope.route, path = flight.key.path(), rule, "response not shareable; releasing followers");

@@ -175,10 +175,13 @@ fn upstream_path_and_query(route: &Route, uri: &Uri) -> Result<PathAndQuery, htt
     Ok(PathAndQuery::try_from(path_and_query)?)
 }
 
-/// Cleans an upstream response head before any client sees it.
+/// Cleans an upstream response head before any client sees it (no `Via` on a gRPC
+/// trailers-only response: [`sharing::grpc_trailers_only`]).
 pub fn clean_response_headers(headers: &mut HeaderMap, version: Version) {
     remove_hop_by_hop(headers);
-    append_to_list(headers, &header::VIA, via_entry(version));
+    if !sharing::grpc_trailers_only(headers) {
+        append_to_list(headers, &header::VIA, via_entry(version));
+    }
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ impl Proxy {
         let started = Instant::now();
         let routing = self.routing.load_full();
         let log = log::Entry::begin(&request, started, routing.access_log);
+        let http2 = request.version() == http::Version::HTTP_2;
         let (parts, body) = request.into_parts();
         let routed = routing.route(parts, connection);
         let proxy = self.clone();
@@ -158,10 +159,13 @@ impl Proxy {
                 Ok(request) => request.route.metrics.clone(),
             };
             let unanswered = log::Unanswered::new(log, metrics, &proxy.stats);
-            let reply = match routed {
+            let mut reply = match routed {
                 Err(reply) => *reply,
                 Ok(mut request) => proxy.serve(&routing, &mut request, body).await,
             };
+            if http2 {
+                reply::add_date(&mut reply.response);
+            }
             Ok(unanswered.answer(reply))
         }
     }

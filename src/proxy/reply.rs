@@ -12,6 +12,7 @@ use super::ProxyBody;
 use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
+use crate::sharing;
 use crate::upstream::BoxError;
 
 /// What serving a request produced, before it is counted and observed.
@@ -42,13 +43,51 @@ impl Reply {
     }
 }
 
-/// Sets the outcome header, when the route has one.
+/// Sets the outcome header, when the route has one (not on a gRPC trailers-only response:
+/// [`sharing::grpc_trailers_only`]).
 pub fn set_outcome<B>(response: &mut Response<B>, header: Option<&HeaderName>, outcome: Outcome) {
     if let Some(name) = header {
+        if sharing::grpc_trailers_only(response.headers()) {
+            return;
+        }
         response
             .headers_mut()
             .insert(name.clone(), outcome.header_value());
     }
+}
+
+/// Adds `Date` (RFC 9110 §6.6.1) to a response for an HTTP/2 client when the upstream sent
+/// none. hyper's HTTP/2 server is told not to (`server::connection`): it would add one to a
+/// gRPC trailers-only response too, whose head the client takes as the call's trailing
+/// metadata, which must arrive as the server sent it.
+pub fn add_date<B>(response: &mut Response<B>) {
+    let headers = response.headers();
+    if headers.contains_key(header::DATE) || sharing::grpc_trailers_only(headers) {
+        return;
+    }
+    response.headers_mut().insert(header::DATE, date_now());
+}
+
+thread_local! {
+    /// The date made last on this thread, and its second: made once a second, not per
+    /// response.
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
+}
+
+fn date_now() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(made, value)| {
+        if *made != second {
+            let text = httpdate::fmt_http_date(now);
+            *value = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
+            *made = second;
+        }
+        value.clone()
+    })
 }
 
 /// The answer to a fetch that failed before the head with `status`: 502, 504 for a timeout,
@@ -113,6 +152,9 @@ pub fn cached(entry: &StoredResponse, request: &RequestContext, outcome: Outcome
 pub fn add_cache_status_header(request: &RequestContext, mut reply: Reply) -> Reply {
     let (parts, route) = (&request.parts, &request.route);
     if route.cache.is_none() && !route.coalesce.enabled {
+        return reply;
+    }
+    if sharing::grpc_trailers_only(reply.response.headers()) {
         return reply;
     }
     let status = reply.cache_status.unwrap_or_else(|| {

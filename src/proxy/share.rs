@@ -224,7 +224,7 @@ fn fan_out(
 ) -> Reply {
     let outcome = outcome_of(&subscription);
     let flight = subscription.flight().id;
-    let body = FanoutBody::new(subscription).map_err(BoxError::from);
+    let body = FanoutBody::new(subscription, head.empty).map_err(BoxError::from);
     let mut response = http::Response::new(body.boxed_unsync());
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers.clone();

@@ -44,7 +44,9 @@ impl ConnectionServer {
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        // `Date` is the proxy's to add (`proxy::reply::add_date`): not on a gRPC
+        // trailers-only response, whose head is the call's trailing metadata.
+        http2.timer(TokioTimer::new()).auto_date_header(false);
         ConnectionServer {
             protocols: Protocols { http1, http2 },
             proxy,

@@ -15,7 +15,7 @@ mod vary;
 
 pub use key::{accepts_trailers, Key, KeyHash, KeyParts, KeyPolicy};
 pub use rules::{
-    grpc_error, is_grpc, judge_response, request_may_share, shareable_body_length, tokens, Sharing,
-    RANGE_AND_CONDITIONAL,
+    grpc_error, grpc_trailers_only, is_grpc, judge_response, request_may_share,
+    shareable_body_length, tokens, Sharing, RANGE_AND_CONDITIONAL,
 };
 pub use vary::{vary_matches, vary_value};

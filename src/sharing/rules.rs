@@ -93,16 +93,28 @@ pub fn grpc_error(fields: &HeaderMap) -> bool {
         .is_some_and(|status| status.as_bytes() != b"0")
 }
 
+/// Whether a response head is a gRPC trailers-only response (its status already in the
+/// head: an error before any message). gRPC clients take every field of such a head as the
+/// call's trailing metadata, so the proxy adds none of its own to it (`Via`, `Date`, the
+/// outcome header, `Cache-Status`): the metadata arrives as the server sent it.
+pub fn grpc_trailers_only(headers: &HeaderMap) -> bool {
+    is_grpc(headers) && headers.contains_key("grpc-status")
+}
+
 /// Judges a response head under a route's policy.
 pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &HeaderMap) -> Sharing {
+    // A gRPC error is an error whatever its HTTP status (200); its status is in the head only
+    // for a trailers-only response, and otherwise comes in the trailers.
+    let grpc = !policy.share_errors && is_grpc(headers);
+    let grpc_failed = grpc && grpc_error(headers);
     Sharing {
         matched_rule: policy
             .not_shareable
             .iter()
             .find(|rule| rule.matches(headers))
             .map(ResponseRule::to_string),
-        unshared_error: (status.is_server_error() || grpc_error(headers)) && !policy.share_errors,
-        status_in_trailers: !policy.share_errors && is_grpc(headers) && !grpc_error(headers),
+        unshared_error: (status.is_server_error() && !policy.share_errors) || grpc_failed,
+        status_in_trailers: grpc && !grpc_failed,
         // `HeaderName::from_bytes` lower-cases the name itself.
         vary: raw_tokens(headers, &header::VARY)
             .filter(|t| *t != "*")

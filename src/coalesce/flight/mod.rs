@@ -75,6 +75,10 @@ pub struct SharedHead {
     pub sharing: Sharing,
     /// The cache will store the response once it is complete (`Cache-Status: stored`).
     pub stored: bool,
+    /// The body is known to be empty with the head (the upstream ended its stream with it):
+    /// each client's response then ends with its head too, as a gRPC trailers-only
+    /// response must (a head, then an empty last DATA frame, is a malformed call to gRPC).
+    pub empty: bool,
 }
 
 /// A fetch in progress and the response so far.
@@ -194,7 +198,10 @@ impl FlightState {
     /// stops the fetch: aborts its task, or hands back an inline fetch for the caller to drop
     /// once the lock is released (dropping it runs the upstream response's drop code).
     fn cancel_if_abandoned(&mut self) -> Option<Option<FetchFuture>> {
-        if !self.readers.is_empty() || self.end.is_some() {
+        // A head with an empty body is the whole response: its clients may leave at once,
+        // before the fetch publishes the end it has already reached.
+        let whole = self.head.as_ref().is_some_and(|head| head.empty);
+        if !self.readers.is_empty() || self.end.is_some() || whole {
             return None;
         }
         self.end = Some(Err(FlightError::Cancelled));
