@@ -409,3 +409,45 @@ async fn a_grpc_error_counts_as_an_error_for_share_errors() {
     assert!((2..=20).contains(&failing), "{failing} calls");
     h.assert_table_empties().await;
 }
+
+/// A unary `Get` call framed by hand over HTTP/1.1 (gRPC's length-prefixed message).
+fn http1_grpc_request() -> Vec<u8> {
+    let message = b"\0\0\0\0\x05hello";
+    let mut request = format!(
+        "POST /test.Echo/Get HTTP/1.1\r\nhost: grpc.test\r\ncontent-type: application/grpc\r\n\
+         te: trailers\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        message.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(message);
+    request
+}
+
+/// An HTTP/1.1 client that sends `TE: trailers` gets the call's status in chunked trailers
+/// (RFC 9112 §7.1.2), though the gRPC server, speaking HTTP/2, declared none. (One that does
+/// not ask is refused by grpc-core, which wants `TE: trailers`; `faults::early_hints_and_*`
+/// shows such a client gets no trailers, RFC 9110 §6.5.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_asks_for_trailers_gets_the_grpc_status_in_them() {
+    let Some(python) = grpc_python() else { return };
+    let server = GrpcServer::start(&python, None).await;
+    let h = proxy_for(server.port, "http", "", "", "").await;
+
+    let answer = raw_exchange(&h, &http1_grpc_request()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\r\ntrailer: grpc-status, grpc-message, grpc-status-details-bin\r\n"),
+        "{answer}"
+    );
+    // The message, then the last chunk and the trailer section with the status.
+    let message = "E\r\n\0\0\0\0\x09got:hello\r\n";
+    assert!(answer.contains(message), "{answer:?}");
+    assert!(
+        answer.ends_with("\r\n0\r\ngrpc-status: 0\r\ngrpc-message: \r\n\r\n"),
+        "{answer:?}"
+    );
+}

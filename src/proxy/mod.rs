@@ -48,6 +48,7 @@ use crate::observe::access::ObservedBody;
 use crate::observe::metrics::RouteMetrics;
 use crate::observe::stats::Stats;
 use crate::route::Route;
+use crate::sharing;
 use crate::upstream::BoxError;
 use routing::Routing;
 
@@ -150,6 +151,7 @@ impl Proxy {
         let routing = self.routing.load_full();
         let log = log::Entry::begin(&request, started, routing.access_log);
         let http2 = request.version() == http::Version::HTTP_2;
+        let http1_trailers = !http2 && sharing::accepts_trailers(request.headers());
         let (parts, body) = request.into_parts();
         let routed = routing.route(parts, connection);
         let proxy = self.clone();
@@ -165,6 +167,8 @@ impl Proxy {
             };
             if http2 {
                 reply::add_date(&mut reply.response);
+            } else if http1_trailers {
+                reply::declare_grpc_trailers(&mut reply.response);
             }
             Ok(unanswered.answer(reply))
         }

@@ -68,6 +68,25 @@ pub fn add_date<B>(response: &mut Response<B>) {
     response.headers_mut().insert(header::DATE, date_now());
 }
 
+/// Declares gRPC's status trailers on a gRPC response to an HTTP/1.1 client that asked for
+/// trailers (`TE: trailers`) when the upstream declared none: hyper's HTTP/1.1 server sends
+/// only the trailer fields a `Trailer` header names (RFC 9110 §6.6.2 asks senders to declare
+/// them), and gRPC servers, speaking HTTP/2, never do. The call's outcome is in these three;
+/// trailing metadata of other names is not known before it arrives, and stays behind.
+pub fn declare_grpc_trailers<B>(response: &mut Response<B>) {
+    let headers = response.headers();
+    if !sharing::is_grpc(headers)
+        || sharing::grpc_trailers_only(headers)
+        || headers.contains_key(header::TRAILER)
+    {
+        return;
+    }
+    response.headers_mut().insert(
+        header::TRAILER,
+        HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+    );
+}
+
 thread_local! {
     /// The date made last on this thread, and its second: made once a second, not per
     /// response.
