@@ -253,3 +253,95 @@ async fn a_client_leaving_a_full_flight_lets_the_others_go_on_at_once() {
     assert_eq!(received + rest.to_bytes().len(), SIZE);
     assert_eq!(h.proxy.stats().snapshot().clients_cut_off, 0);
 }
+
+/// A client that asks for `path` on a new connection with a small receive window (so the
+/// kernel takes little of the response off the proxy's hands) and then reads nothing.
+async fn small_window_non_reader(h: &Harness, path: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(h.addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxy.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    stream
+}
+
+/// One HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HTTP/2 connection that opens its streams with a window of 0 (SETTINGS_INITIAL_WINDOW_SIZE,
+/// RFC 9113 §6.5.2) and never raises it: the proxy may send it no body byte at all.
+async fn zero_window_h2_client(h: &Harness, paths: &[&str]) -> TcpStream {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    for (i, path) in paths.iter().enumerate() {
+        // GET, http, then :path and :authority as literals with indexed names (RFC 7541 §6.2.2).
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 10]);
+        block.extend_from_slice(b"proxy.test");
+        out.extend(h2_frame(0x1, 0x5, 1 + 2 * i as u32, &block));
+    }
+    let mut stream = TcpStream::connect(h.addr).await.expect("connect");
+    stream.write_all(&out).await.expect("send");
+    stream
+}
+
+/// Flights whose clients all read nothing, each within its own `max_flight_buffer`, hold
+/// together at most `[server] max_buffered_bytes` (and a chunk each): their fetches stop
+/// reading upstream, a client that reads is served meanwhile, and when the clients leave,
+/// every byte goes back to the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flights_whose_clients_read_nothing_stay_within_max_buffered_bytes_together() {
+    const BUDGET: u64 = 4 << 20;
+    let h = Harness::start_with_server_setting("max_buffered_bytes = \"4MiB\"").await;
+    const SIZE: usize = 32 << 20;
+    // Three HTTP/1.1 flights and one HTTP/2 flight, each with a leader and a follower (so
+    // the fetch runs on its own task, ahead of both) that read nothing.
+    let mut hogs = Vec::new();
+    for (i, gate) in ["h1-a", "h1-b", "h1-c"].iter().enumerate() {
+        let path = format!("/{gate}?size={SIZE}&hold_head={gate}");
+        hogs.push(small_window_non_reader(&h, &path).await);
+        assert!(
+            h.origin
+                .wait_until(PATIENCE, |o| o.hits() == i as u64 + 1)
+                .await
+        );
+        hogs.push(small_window_non_reader(&h, &path).await);
+        h.open_when_followers(i as u64 + 1, gate).await;
+    }
+    let path = format!("/h2?size={SIZE}&hold_head=h2");
+    hogs.push(zero_window_h2_client(&h, &[&path, &path]).await);
+    h.open_when_followers(4, "h2").await;
+
+    let budget = &h.proxy.coordinator().budget;
+    assert!(
+        eventually(|| budget.waiting_fetches() == 4).await,
+        "the fetches went on reading: {} waiting, {} bytes held",
+        budget.waiting_fetches(),
+        budget.used()
+    );
+    let held = budget.used();
+    assert!(held <= BUDGET + 4 * (1 << 20), "{held} bytes held");
+    assert!(held >= BUDGET / 2, "only {held} bytes held");
+
+    let reply = get(h.addr, "/served?size=1000").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, Ok(origin::body(1000)));
+
+    drop(hogs);
+    h.assert_table_empties().await;
+    // Flights closed to joiners are out of the table already; they end as their clients'
+    // connections are found closed.
+    assert!(
+        eventually(|| (budget.used(), budget.waiting_fetches()) == (0, 0)).await,
+        "{} bytes still held, {} fetches waiting",
+        budget.used(),
+        budget.waiting_fetches()
+    );
+}

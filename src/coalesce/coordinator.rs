@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::budget::BufferBudget;
 use super::flight::{Flight, FlightError};
 use crate::observe::stats::{FlightSummary, Stats};
 use crate::sharing::{Key, KeyHash};
@@ -44,14 +45,17 @@ pub struct Coordinator {
     shards: Box<[Mutex<HashMap<Key, Slot, KeyHash>>]>,
     pub(super) next_id: AtomicU64,
     pub(super) stats: Arc<Stats>,
+    /// What every flight holds for its readers, against `[server] max_buffered_bytes`.
+    pub budget: Arc<BufferBudget>,
 }
 
 impl Coordinator {
-    pub fn new(stats: Arc<Stats>) -> Coordinator {
+    pub fn new(stats: Arc<Stats>, max_buffered_bytes: u64) -> Coordinator {
         Coordinator {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
             stats,
+            budget: Arc::new(BufferBudget::new(max_buffered_bytes)),
         }
     }
 

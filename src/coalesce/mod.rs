@@ -13,6 +13,7 @@
 //! no upstream request and rewrites no headers (that is `proxy`), and knows no routes: a flight
 //! runs under a [`Scope`] (the route's name and coalescing policy).
 
+mod budget;
 mod coordinator;
 mod fanout;
 mod fetch;
@@ -20,6 +21,7 @@ mod flight;
 mod status;
 mod subscription;
 
+pub use budget::BufferBudget;
 pub use coordinator::Coordinator;
 pub use fanout::FanoutBody;
 pub use fetch::Fetched;

@@ -193,7 +193,14 @@ impl Coordinator {
         headers: &HeaderMap,
     ) -> Lead {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let flight = Arc::new(Flight::new(id, key.clone(), scope.clone(), headers.clone()));
+        let flight = Flight::new(
+            id,
+            key.clone(),
+            scope.clone(),
+            headers.clone(),
+            self.budget.clone(),
+        );
+        let flight = Arc::new(flight);
         shard.insert(key.clone(), Slot::Flight(flight.clone()));
         Lead {
             flight,

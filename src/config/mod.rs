@@ -96,6 +96,10 @@ pub struct ServerConfig {
     /// The listen sockets' accept queue (`listen(2)`'s backlog; the kernel caps it at
     /// `net.core.somaxconn`).
     pub backlog: u32,
+    /// Response body bytes all flights together may hold for clients that have not read them
+    /// yet (`coalesce::budget`): the sum of every flight's buffer, which `max_flight_buffer`
+    /// bounds only one at a time.
+    pub max_buffered_bytes: u64,
 }
 
 /// `[server] tls`: the certificate chain and key every listener presents, read and checked

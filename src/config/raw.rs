@@ -77,6 +77,7 @@ pub struct Server {
     pub tls: Option<Spanned<ListenerTls>>,
     pub drain_delay: Option<Spanned<DurationText>>,
     pub backlog: Option<Spanned<u32>>,
+    pub max_buffered_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -201,6 +201,10 @@ impl Resolver<'_> {
                 Some(workers) => workers,
             },
             drain_delay: self.duration_or(&raw.drain_delay, Duration::ZERO)?,
+            max_buffered_bytes: match &raw.max_buffered_bytes {
+                None => 256 << 20,
+                Some(size) => self.size(size)?,
+            },
             backlog: match &raw.backlog {
                 None => 4096,
                 Some(backlog) if *backlog.get_ref() == 0 => {

@@ -72,7 +72,10 @@ impl Proxy {
     pub fn new(config: &Config, stats: Arc<Stats>) -> Proxy {
         Proxy {
             routing: ArcSwap::from_pointee(Routing::new(config, &stats.metrics, None)),
-            coordinator: Arc::new(Coordinator::new(stats.clone())),
+            coordinator: Arc::new(Coordinator::new(
+                stats.clone(),
+                config.server.max_buffered_bytes,
+            )),
             unrouted: Arc::new(stats.metrics.for_route("none")),
             stats,
         }
@@ -85,6 +88,8 @@ impl Proxy {
         let previous = self.routing.load();
         let routing = Routing::new(config, &self.stats.metrics, Some(&previous));
         self.routing.store(Arc::new(routing));
+        let budget = &self.coordinator.budget;
+        budget.set_limit(config.server.max_buffered_bytes);
     }
 
     /// The routes served now (for the status page).

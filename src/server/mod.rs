@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 pub mod admin;
 mod connection;
 mod listener;
+mod memory;
 mod stall_guard;
 pub mod status;
 pub mod tls;
@@ -203,6 +204,8 @@ impl Server {
         if let Some(stats_line) = &stats_line {
             background.spawn(stats_line.clone().run());
         }
+        let budget = proxy.coordinator().budget.clone();
+        background.spawn(memory::release_freed_memory(budget));
         // Each listener accepts on its own task and hands connections to this one, which owns
         // the graceful-shutdown registry.
         let (accepted_tx, accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);

@@ -20,6 +20,7 @@ mod wait;
 use driver::Fetch;
 pub(super) use driver::FetchFuture;
 
+use super::budget::BufferBudget;
 use crate::config::CoalescePolicy;
 use crate::sharing::{Key, Sharing};
 use crate::upstream::FetchError;
@@ -127,6 +128,8 @@ struct FlightState {
     body_bytes: u64,
     /// Bytes in `chunks`, and the most that were ever there at once.
     buffered: u64,
+    /// The process-wide budget `buffered` is also counted against.
+    budget: Arc<BufferBudget>,
     peak_buffered: u64,
     /// The trailer fields that ended the body, if it had any (gRPC's `grpc-status` is one).
     /// Every reader gets them after its last chunk, as one more step of its cursor.
@@ -172,7 +175,27 @@ impl FlightState {
             };
             self.first_chunk += 1;
             self.buffered -= chunk.len() as u64;
+            self.budget.release(chunk.len() as u64);
         }
+    }
+
+    /// Records whether the fetch waits for room, and counts it in the budget's waiting
+    /// fetches. Returns true if it has just started waiting.
+    fn set_fetch_waiting(&mut self, waiting: bool) -> bool {
+        let was = std::mem::replace(&mut self.fetch_waiting, waiting);
+        match (was, waiting) {
+            (false, true) => self.budget.fetch_waits(true),
+            (true, false) => self.budget.fetch_waits(false),
+            _ => {}
+        }
+        !was && waiting
+    }
+
+    /// Whether a chunk of `incoming` bytes may be published now: it fits in the flight's own
+    /// `max_flight_buffer` and in the process's budget, or the flight holds nothing unread
+    /// (its readers keep up, so they always get their next chunk).
+    fn has_room(&self, incoming: u64, limit: u64) -> bool {
+        self.buffered == 0 || (self.buffered + incoming <= limit && self.budget.has_room(incoming))
     }
 
     /// Cuts off the readers furthest behind: they read nothing for `client_stall_timeout`
@@ -225,8 +248,22 @@ impl FlightState {
     }
 }
 
+impl Drop for FlightState {
+    /// What the flight still held goes back to the process's budget.
+    fn drop(&mut self) {
+        self.budget.release(self.buffered);
+        self.set_fetch_waiting(false);
+    }
+}
+
 impl Flight {
-    pub(super) fn new(id: u64, key: Key, scope: Scope, leader_headers: HeaderMap) -> Flight {
+    pub(super) fn new(
+        id: u64,
+        key: Key,
+        scope: Scope,
+        leader_headers: HeaderMap,
+        budget: Arc<BufferBudget>,
+    ) -> Flight {
         Flight {
             id,
             key,
@@ -239,6 +276,7 @@ impl Flight {
                 first_chunk: 0,
                 body_bytes: 0,
                 buffered: 0,
+                budget,
                 peak_buffered: 0,
                 trailers: None,
                 end: None,
@@ -289,6 +327,12 @@ impl Flight {
     }
 
     /// Readers cut off for falling too far behind.
+    /// Whether its fetch is waiting for room (its own buffer, or the process's budget, full)
+    /// rather than reading upstream.
+    pub fn waits_for_room(&self) -> bool {
+        self.lock().fetch_waiting
+    }
+
     pub fn cut_off(&self) -> usize {
         self.lock().cut_off
     }
@@ -350,6 +394,7 @@ impl Flight {
         let mut state = self.lock();
         state.body_bytes += chunk.len() as u64;
         state.buffered += chunk.len() as u64;
+        state.budget.hold(chunk.len() as u64);
         state.peak_buffered = state.peak_buffered.max(state.buffered);
         state.chunks.push_back(chunk);
         state.trim();
@@ -370,15 +415,18 @@ impl Flight {
         let budget = self.budget();
         let closed = {
             let mut state = self.lock();
-            let closes =
-                state.open && state.body_bytes + incoming > self.scope.policy.max_replay_body;
+            // Past `max_replay_body`, or the process's budget spent: late joiners would need
+            // every chunk kept from the first.
+            let closes = state.open
+                && (state.body_bytes + incoming > self.scope.policy.max_replay_body
+                    || !state.budget.has_room(incoming));
             if closes {
                 state.open = false;
                 state.trim();
             }
             // Nearly always: room already. Then no registration with `drained` at all.
-            if state.buffered + incoming <= budget || state.buffered == 0 {
-                state.fetch_waiting = false;
+            if state.has_room(incoming, budget) {
+                state.set_fetch_waiting(false);
                 return closes;
             }
             closes
@@ -390,13 +438,12 @@ impl Flight {
             drained.as_mut().enable();
             {
                 let mut state = self.lock();
-                let fits = state.buffered + incoming <= budget || state.buffered == 0;
-                if fits || state.readers.is_empty() {
-                    state.fetch_waiting = false;
+                if state.has_room(incoming, budget) || state.readers.is_empty() {
+                    state.set_fetch_waiting(false);
                     return closed;
                 }
                 // Followers waiting for the trailers stop waiting when the buffer is full.
-                let now_waiting = !std::mem::replace(&mut state.fetch_waiting, true);
+                let now_waiting = state.set_fetch_waiting(true);
                 let wakers = now_waiting.then(|| state.take_wakers());
                 drop(state);
                 if let Some(wakers) = wakers {

@@ -1,6 +1,7 @@
 //! Unit tests of the flight's bookkeeping: joining, trimming, cutting off, cancelling.
 
 use super::*;
+use crate::coalesce::BufferBudget;
 use crate::config::Config;
 use crate::sharing::{KeyParts, KeyPolicy};
 
@@ -26,7 +27,8 @@ fn flight() -> Flight {
         route: "0".into(),
         policy: Arc::new(config.routes[0].coalesce.clone()),
     };
-    Flight::new(1, key, scope, HeaderMap::new())
+    let budget = Arc::new(BufferBudget::new(u64::MAX));
+    Flight::new(1, key, scope, HeaderMap::new(), budget)
 }
 
 #[test]
@@ -57,6 +59,11 @@ fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
         first_chunk: 0,
         body_bytes: buffered,
         buffered,
+        budget: {
+            let budget = BufferBudget::new(u64::MAX);
+            budget.hold(buffered);
+            Arc::new(budget)
+        },
         peak_buffered: buffered,
         trailers: None,
         end: None,
