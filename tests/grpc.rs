@@ -283,8 +283,34 @@ async fn a_deadline_ends_the_call_at_the_deadline_and_the_server_sees_it_cancell
     // The client's RST_STREAM reaches the server as a cancellation of its call (the proxy
     // resets its upstream stream), not as a call that runs on to its end.
     server.wait_for("cancelled Slow").await;
+    // The server's own deadline (grpc-timeout reaches it) races the client's reset: the
+    // proxy records a call cancelled before its head, or a response cut after it.
+    h.wait_responses_done(&["cancelled", "pass"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_client_cancels_is_logged_and_counted_as_cancelled() {
+    let Some(python) = grpc_python() else { return };
+    let mut server = GrpcServer::start(&python, None).await;
+    let h = proxy_for(server.port, "http", "", "", "").await;
+    let mut client = Command::new(&python)
+        .arg(peer_script())
+        .args(["client", &h.addr.to_string(), "cancel"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the gRPC client");
+    let mut lines = stdout_lines(&mut client);
+    server.wait_for("started Slow").await;
+    let mut stdin = client.stdin.take().expect("stdin");
+    writeln!(stdin, "cancel").expect("tell the client to cancel");
+    let result = finish_client(&mut client, &mut lines).await;
+    assert_eq!(result["cancelled"], true);
+    // The client's RST_STREAM (CANCEL) reaches the server as the end of its call.
+    server.wait_for("cancelled Slow").await;
     // And the proxy logs and counts it, as nginx's 499.
     h.wait_responses_done(&["cancelled"], 1).await;
+    assert_eq!(h.proxy.stats().snapshot().cancelled, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ mod faults;
 mod first_week;
 mod fuzz_regressions;
 mod grpc;
+mod hostile;
 mod http2_upstream;
 mod keys;
 mod operations;

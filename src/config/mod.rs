@@ -215,6 +215,13 @@ pub struct CoalescePolicy {
     pub methods: Vec<Method>,
     /// Request headers whose values become part of the key (lower-case names).
     pub key_headers: Vec<HeaderName>,
+    /// Request headers that change what an origin answers without being in the key: a
+    /// request carrying any of them goes upstream on its own (never leads, never joins).
+    /// None of `key_headers` is among them.
+    pub pass_if_present: Vec<HeaderName>,
+    /// True: the authority is left out of the keys (and `X-Forwarded-Host` is not sent), so
+    /// requests for one path under different hosts share one answer.
+    pub share_across_hosts: bool,
     /// Response header naming the outcome; `None` turns it off.
     pub outcome_header: Option<HeaderName>,
     pub credentials: Credentials,
@@ -349,6 +356,20 @@ coalesce = { key_headers = [], header = "" }
         assert!(route.coalesce.key_headers.is_empty());
         assert!(route.coalesce.outcome_header.is_none());
         assert_eq!(route.coalesce.methods, vec![Method::GET, Method::HEAD]);
+    }
+
+    #[test]
+    fn a_keyed_header_is_never_also_a_pass_header() {
+        let text = GOOD.replace("key_headers = []", "key_headers = [\"X-Api-Key\"]");
+        let config = Config::from_toml(&text).expect("valid");
+        let coalesce = &config.routes[0].coalesce;
+        let api_key = HeaderName::from_static("x-api-key");
+        assert!(coalesce.key_headers.contains(&api_key));
+        assert!(!coalesce.pass_if_present.contains(&api_key));
+        assert!(coalesce
+            .pass_if_present
+            .contains(&HeaderName::from_static("x-original-url")));
+        assert!(!coalesce.share_across_hosts);
     }
 
     fn error_of(text: &str) -> String {

@@ -146,6 +146,8 @@ pub struct Coalesce {
     pub enabled: Option<bool>,
     pub methods: Option<Vec<Spanned<String>>>,
     pub key_headers: Option<Vec<Spanned<String>>>,
+    pub pass_if_present: Option<Vec<Spanned<String>>>,
+    pub share_across_hosts: Option<bool>,
     pub header: Option<Spanned<String>>,
     pub credentials: Option<Spanned<String>>,
     pub not_shareable: Option<Vec<Spanned<String>>>,

@@ -11,6 +11,27 @@ use super::raw;
 use super::resolve::Resolver;
 use super::*;
 
+/// Request headers that, by their presence, make a request pass through by default: each can
+/// change what an origin (or a framework in front of it) answers, and none is in the key.
+/// Credentials-like (`X-Api-Key`), path overrides that IIS, Symfony and Laravel honour
+/// (`X-Original-URL`, `X-Rewrite-URL`), method overrides (`X-HTTP-Method-Override` and its
+/// spellings), and host overrides a client may send (`Forwarded`, `X-Forwarded-Server`,
+/// `X-Host`, `X-HTTP-Host-Override`, `X-Original-Host`). `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` are not here: the proxy replaces them, so a client's never arrives.
+const DEFAULT_PASS_IF_PRESENT: [&str; 11] = [
+    "x-api-key",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+    "x-forwarded-server",
+    "x-host",
+    "x-http-host-override",
+    "x-original-host",
+];
+
 impl Resolver<'_> {
     pub(super) fn coalesce_defaults(
         &self,
@@ -20,6 +41,11 @@ impl Resolver<'_> {
             enabled: true,
             methods: vec![Method::GET, Method::HEAD],
             key_headers: vec![http::header::ACCEPT_ENCODING],
+            pass_if_present: DEFAULT_PASS_IF_PRESENT
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect(),
+            share_across_hosts: false,
             outcome_header: Some(HeaderName::from_static("x-coalesce")),
             credentials: Credentials::Key,
             not_shareable: default_rules(),
@@ -66,6 +92,9 @@ impl Resolver<'_> {
         if let Some(share) = raw.share_errors {
             policy.share_errors = share;
         }
+        if let Some(share) = raw.share_across_hosts {
+            policy.share_across_hosts = share;
+        }
         if let Some(size) = &raw.body_max {
             policy.body_max = Some(self.size(size)?);
         }
@@ -96,6 +125,15 @@ impl Resolver<'_> {
                 .map(|h| self.header_name(h))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(headers) = &raw.pass_if_present {
+            policy.pass_if_present = headers
+                .iter()
+                .map(|h| self.header_name(h))
+                .collect::<Result<_, _>>()?;
+        }
+        // A keyed header is safe to share on: only equal values share.
+        let keyed = &policy.key_headers;
+        policy.pass_if_present.retain(|name| !keyed.contains(name));
         if let Some(header) = &raw.header {
             policy.outcome_header = if header.get_ref().is_empty() {
                 None

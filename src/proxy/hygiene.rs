@@ -106,17 +106,6 @@ pub fn is_upgrade(parts: &request::Parts) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// The authority the client asked for: `Host`, or the URI's authority (HTTP/2 `:authority`).
-pub fn requested_authority(parts: &request::Parts) -> Option<HeaderValue> {
-    match parts.headers.get(header::HOST) {
-        Some(host) => Some(host.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    }
-}
-
 /// The URI and headers to send upstream for a request. The body is the caller's business.
 pub fn upstream_request(request: &RequestContext) -> Result<(Uri, HeaderMap), http::Error> {
     let (route, parts) = (&request.route, &request.parts);
@@ -151,8 +140,15 @@ pub fn upstream_request(request: &RequestContext) -> Result<(Uri, HeaderMap), ht
         "http"
     };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(authority) = &request.authority {
-        headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
+    // Not where hosts share answers: the origin must not tell them apart by what it is not
+    // keyed on.
+    match &request.authority {
+        Some(authority) if !route.coalesce.share_across_hosts => {
+            headers.insert(X_FORWARDED_HOST.clone(), authority.clone());
+        }
+        _ => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
     }
     append_to_list(&mut headers, &header::VIA, via_entry(parts.version));
     Ok((uri, headers))

@@ -29,6 +29,7 @@ use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+pub mod authority;
 mod context;
 mod fetch;
 mod forward;

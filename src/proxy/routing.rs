@@ -7,6 +7,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::authority;
 use super::context::{Connection, RequestContext};
 use super::hygiene;
 use super::reply::{add_cache_status_header, text_reply, Reply};
@@ -51,7 +52,14 @@ impl Routing {
             let reply = text_reply(header, Outcome::Pass, status, message.into());
             return Err(Box::new(Reply::pass(reply)));
         }
-        let authority = hygiene::requested_authority(&parts);
+        let authority = match authority::requested_authority(&parts) {
+            Ok(authority) => authority,
+            Err(message) => {
+                let status = StatusCode::BAD_REQUEST;
+                let reply = text_reply(header, Outcome::Pass, status, message.into());
+                return Err(Box::new(Reply::pass(reply)));
+            }
+        };
         let host = authority.as_ref().and_then(|a| a.to_str().ok());
         let Some(route) = self.routes.find(host, parts.uri.path()).cloned() else {
             let message = "no route for this request\n";

@@ -89,6 +89,7 @@ impl Route {
             keys: KeyPolicy {
                 route: id,
                 headers: coalesce.key_headers.clone(),
+                host: !coalesce.share_across_hosts,
             },
             scope: Scope {
                 route: name.clone(),

@@ -21,6 +21,9 @@ pub struct KeyPolicy {
     pub route: u64,
     /// Request headers whose values are part of the key (`key_headers`).
     pub headers: Vec<HeaderName>,
+    /// The authority is part of the key: false only on a route that says
+    /// `share_across_hosts = true`.
+    pub host: bool,
 }
 
 /// The parts of a request its keys are made from.
@@ -79,7 +82,8 @@ impl KeyPolicy {
         out.bytes(path_and_query.as_bytes());
         let path_and_query = start..out.0.len();
         // Host names are case-insensitive (RFC 9110 §4.2.3): one key for every spelling.
-        out.lowercase(request.authority.map_or(&[][..], HeaderValue::as_bytes));
+        let authority = request.authority.filter(|_| self.host);
+        out.lowercase(authority.map_or(&[][..], HeaderValue::as_bytes));
         out.0
             .extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
         for name in &self.headers {
@@ -324,6 +328,7 @@ mod tests {
         KeyPolicy {
             route: 7,
             headers: vec![http::header::ACCEPT_ENCODING],
+            host: true,
         }
     }
 

@@ -146,6 +146,15 @@ pub fn request_may_share(
         && policy.methods.contains(&parts.method)
         && body_ok
         && !(policy.credentials == Credentials::Pass && has_credentials)
+        && !carries_unkeyed_override(policy, headers)
+}
+
+/// Whether a request carries one of the route's `pass_if_present` headers. One pass over
+/// the request's few headers: most are standard names, which compare with the list's custom
+/// ones by their kind alone.
+fn carries_unkeyed_override(policy: &CoalescePolicy, headers: &http::HeaderMap) -> bool {
+    let listed = &policy.pass_if_present;
+    !listed.is_empty() && headers.keys().any(|name| listed.contains(name))
 }
 
 /// The most request body bytes to read for sharing a request on a route with `body_max`: its

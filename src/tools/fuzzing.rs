@@ -68,7 +68,9 @@ pub fn key(data: &[u8]) {
         peer: "127.0.0.1:9".parse().expect("literal"),
         tls: false,
     };
-    let authority = crate::proxy::hygiene::requested_authority(&parts);
+    let Ok(authority) = crate::proxy::authority::requested_authority(&parts) else {
+        return;
+    };
     let request = RequestContext::new(connection, route.clone(), parts, authority);
     let key = request.flight_key(None);
     let _ = (

@@ -90,6 +90,7 @@ def chat(requests, context):
 
 def slow(request, context):
     count("Slow")
+    print("started Slow", flush=True)
     seen = threading.Event()
 
     def gone():
@@ -223,6 +224,14 @@ def run(channel, scenario, arg):
         result = unary(channel, "Slow", b"", timeout=1)
         result["elapsed"] = round(time.monotonic() - started, 3)
         return result
+    if scenario == "cancel":
+        # Cancels a Slow call (no deadline) when a line arrives on stdin: the test sends it
+        # once the server has the call.
+        stub = channel.unary_unary(f"/{SERVICE}/Slow")
+        call = stub.future(b"", timeout=30)
+        sys.stdin.readline()
+        call.cancel()
+        return {"cancelled": call.cancelled()}
     if scenario in ("herd_same", "herd_different"):
         return herd(channel, "Held", int(arg), scenario == "herd_same")
     if scenario == "herd_failing":

@@ -14,6 +14,7 @@ fn flight() -> Flight {
     let policy = KeyPolicy {
         route: 1,
         headers: Vec::new(),
+        host: true,
     };
     let key = policy.flight_key(&KeyParts {
         method: &http::Method::GET,
