@@ -535,3 +535,80 @@ async fn a_chunked_response_is_stored_whole_once_it_ends() {
     assert_eq!(hit.body(), &origin::body(3000));
     assert_eq!(h.origin.hits(), 1);
 }
+
+/// RFC 9111 §4.2.4: a cache that is disconnected from the origin may serve stale. When the
+/// upstream closes the connection before a head, a stored response is served stale (within
+/// `stale_if_unreachable`, a day by default) to every client of the flight: the down origin
+/// costs one attempt for the herd. http-tests/cache-tests' `stale-close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_4_2_4_a_stale_response_is_served_when_the_upstream_cannot_be_reached() {
+    let h = harness().await;
+    let path = "/c/down?size=100&close_after=1&hold_rest=g&header=cache-control:max-age=1";
+    assert_eq!(get(h.addr, path).await.outcome(), "leader");
+    let_it_go_stale().await;
+    let replies = h.gated_herd(5, Method::GET, path, &[], "g").await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.outcome(), "stale");
+        assert_eq!(reply.body(), &origin::body(100));
+        let status = reply.header("cache-status").expect("Cache-Status");
+        assert!(status.contains("fwd=stale"), "{status}");
+    }
+    assert_eq!(h.origin.hits(), 2, "one attempt for the herd");
+    assert_eq!(h.proxy.stats().snapshot().stale_on_error, 5);
+}
+
+/// RFC 9111 §5.2.2.2, §5.2.2.8, §5.2.2.4 and §5.2.2.10: `must-revalidate`,
+/// `proxy-revalidate`, `no-cache` and `s-maxage` forbid serving the response stale, even when
+/// the origin cannot be reached: the client gets the failure (502). cache-tests'
+/// `stale-close-must-revalidate`, `-proxy-revalidate`, `-no-cache`, `-s-maxage=2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_2_2_revalidation_directives_forbid_stale_when_the_upstream_is_down() {
+    let h = harness().await;
+    let directives = [
+        "max-age=1,%20must-revalidate",
+        "max-age=1,%20proxy-revalidate",
+        "no-cache",
+        "s-maxage=1",
+    ];
+    for (i, directive) in directives.iter().enumerate() {
+        let path = format!(
+            "/c/strict-{i}?close_after={}&header=cache-control:{directive}",
+            i + 1
+        );
+        assert_eq!(
+            get(h.addr, &path).await.status,
+            StatusCode::OK,
+            "{directive}"
+        );
+    }
+    let_it_go_stale().await;
+    for (i, directive) in directives.iter().enumerate() {
+        let path = format!(
+            "/c/strict-{i}?close_after={}&header=cache-control:{directive}",
+            i + 1
+        );
+        let reply = get(h.addr, &path).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{directive}");
+    }
+    assert_eq!(h.proxy.stats().snapshot().stale_on_error, 0);
+}
+
+/// RFC 9111 §5.1: an `Age` that is not one non-negative integer says nothing about how old
+/// the response is; it is taken as very old, so the response is never served fresh from the
+/// cache. cache-tests' `age-parse-suffix` (`Age: old, 0` with `max-age=3600`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9111_5_1_a_response_with_an_unreadable_age_is_not_served_fresh() {
+    let h = harness().await;
+    let path = "/c/age?size=10&header=cache-control:max-age=3600&header=age:old,%200";
+    assert_eq!(get(h.addr, path).await.status, StatusCode::OK);
+    let again = get(h.addr, path).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_ne!(again.outcome(), "hit");
+    assert_eq!(h.origin.hits(), 2);
+    // The same with a readable Age is a hit.
+    let plain = "/c/age-ok?size=10&header=cache-control:max-age=3600&header=age:5";
+    get(h.addr, plain).await;
+    assert_eq!(get(h.addr, plain).await.outcome(), "hit");
+    assert_eq!(h.origin.hits(), 3);
+}

@@ -17,6 +17,10 @@ pub struct Freshness {
     pub initial_age: Duration,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
+    /// How long stale it may stand in when the upstream cannot be reached (the route's
+    /// `stale_if_unreachable`, or `stale_if_error` if longer); zero when its directives forbid
+    /// serving it stale.
+    pub stale_if_unreachable: Duration,
     pub always_revalidate: bool,
 }
 
@@ -141,9 +145,11 @@ impl Stored {
         initial_age: Duration,
     ) -> Option<Freshness> {
         // §5.2.2.2 and §5.2.2.8: once stale, must-revalidate and proxy-revalidate responses are
-        // never served without a successful revalidation, whatever else would allow it.
-        let revalidate_when_stale =
-            directives.has("must-revalidate") || directives.has("proxy-revalidate");
+        // never served without a successful revalidation, whatever else would allow it; and
+        // §5.2.2.10: s-maxage carries proxy-revalidate's meaning for a shared cache.
+        let revalidate_when_stale = directives.has("must-revalidate")
+            || directives.has("proxy-revalidate")
+            || directives.has("s-maxage");
         let window = |name: &str| match directives.seconds(name) {
             _ if revalidate_when_stale => Duration::ZERO,
             Some(seconds) => Duration::from_secs(seconds),
@@ -155,6 +161,7 @@ impl Stored {
                 initial_age,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
+                stale_if_unreachable: Duration::ZERO,
                 always_revalidate: true,
             });
         }
@@ -167,11 +174,16 @@ impl Stored {
             || self.has_validator
             || !stale_while_revalidate.is_zero()
             || !stale_if_error.is_zero();
+        let stale_if_unreachable = match revalidate_when_stale {
+            true => Duration::ZERO,
+            false => policy.stale_if_unreachable.max(stale_if_error),
+        };
         worth_storing.then_some(Freshness {
             fresh_for,
             initial_age,
             stale_while_revalidate,
             stale_if_error,
+            stale_if_unreachable,
             always_revalidate: false,
         })
     }
@@ -239,14 +251,25 @@ fn heuristic(policy: &CachePolicy, headers: &HeaderMap, date: SystemTime) -> Dur
     since.mul_f64(policy.heuristic_fraction).min(MAX_HEURISTIC)
 }
 
+/// The age a response is given when its `Age` is not one non-negative integer: older than
+/// anything, so it is stale at once. §1.2.2's ceiling for a value too large to represent.
+const UNREADABLE_AGE: Duration = Duration::from_secs(2_147_483_648);
+
 /// The response's age when it arrived (§4.2.3): the larger of its `Age` and the time since
-/// its `Date`. An `Age` that is not a plain number is ignored (§5.1).
+/// its `Date`. An `Age` field that is not a single `delta-seconds` (§5.1: a list, a suffix, a
+/// sign, a fraction) says nothing trustworthy about how old the response is, so it is taken
+/// as very old rather than as new: the response is stale, never fresh on a guess.
 fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Duration {
-    let age_value = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(delta_seconds)
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let mut values = headers.get_all(header::AGE).iter();
+    let age_value = match (values.next(), values.next()) {
+        (None, _) => Duration::ZERO,
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|text| delta_seconds(text.trim()))
+            .map_or(UNREADABLE_AGE, Duration::from_secs),
+        (Some(_), Some(_)) => UNREADABLE_AGE,
+    };
     // Whole seconds, as `Date` has: a response dated this second is not a second old.
     let apparent = date
         .and_then(|date| now.duration_since(date).ok())

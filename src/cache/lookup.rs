@@ -31,7 +31,7 @@ pub enum Lookup {
 /// What a flight's head means for a request that missed, when the cache answers instead.
 pub enum Settled {
     /// The upstream failed (no head, or a 5xx): this stale response stands in for it.
-    StandsIn(Arc<StoredResponse>),
+    StandsIn { stale: Arc<StoredResponse> },
     /// A 304 confirmed the stored response being revalidated; this is it, renewed.
     Confirmed(Arc<StoredResponse>),
 }
@@ -121,11 +121,12 @@ impl Miss {
         self.revalidating.clone()
     }
 
-    /// The stale response that may stand in for an upstream failure now, if any.
-    pub fn stand_in(&self) -> Option<&Arc<StoredResponse>> {
+    /// The stale response that may stand in for an upstream failure now, if any:
+    /// `unreachable` when the upstream gave no response at all.
+    pub fn stand_in(&self, unreachable: bool) -> Option<&Arc<StoredResponse>> {
         self.fallback
             .as_ref()
-            .filter(|entry| entry.may_serve_on_error(Instant::now()))
+            .filter(|entry| entry.may_serve_on_error(Instant::now(), unreachable))
     }
 
     /// What the flight's head means for this request: `head` is its status and fields, or
@@ -141,7 +142,8 @@ impl Miss {
     ) -> Option<Settled> {
         let failed = head.is_none_or(|(status, _)| status.is_server_error());
         if failed {
-            return self.stand_in().cloned().map(Settled::StandsIn);
+            let stand_in = self.stand_in(head.is_none());
+            return stand_in.cloned().map(|stale| Settled::StandsIn { stale });
         }
         let (status, fields) = head?;
         let entry = self.revalidating.as_ref()?;

@@ -27,6 +27,9 @@ pub struct StoredResponse {
     /// How long past freshness it may be served when the upstream fails (`stale-if-error`,
     /// else `grace`).
     pub(super) stale_if_error: Duration,
+    /// How long past freshness it may be served when the upstream cannot be reached (the
+    /// route's `stale_if_unreachable`); zero when its directives forbid stale.
+    pub(super) stale_if_unreachable: Duration,
     /// `Cache-Control: no-cache`: never served without a successful revalidation.
     pub(super) always_revalidate: bool,
 }
@@ -123,6 +126,7 @@ impl StoredResponse {
             fresh_for: freshness.fresh_for,
             stale_while_revalidate: freshness.stale_while_revalidate,
             stale_if_error: freshness.stale_if_error,
+            stale_if_unreachable: freshness.stale_if_unreachable,
             always_revalidate: freshness.always_revalidate,
         }
     }
@@ -132,9 +136,15 @@ impl StoredResponse {
             .saturating_sub(self.fresh_for)
     }
 
-    /// Whether it may stand in for an upstream failure now.
-    pub fn may_serve_on_error(&self, now: Instant) -> bool {
-        self.stale_for(now) <= self.stale_if_error
+    /// Whether it may stand in for an upstream failure now: an error status (a 5xx), or an
+    /// upstream that could not be reached at all (`unreachable`), for which the route allows
+    /// longer.
+    pub fn may_serve_on_error(&self, now: Instant, unreachable: bool) -> bool {
+        let window = match unreachable {
+            true => self.stale_if_unreachable,
+            false => self.stale_if_error,
+        };
+        !self.always_revalidate && self.stale_for(now) <= window
     }
 
     /// Seconds of freshness left at `now`, negative once stale (`Cache-Status` `ttl`).

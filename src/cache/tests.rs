@@ -14,6 +14,7 @@ fn policy() -> CachePolicy {
         max_size: 1 << 20,
         default_ttl: Duration::ZERO,
         grace: Duration::ZERO,
+        stale_if_unreachable: Duration::from_secs(24 * 60 * 60),
         heuristic_fraction: 0.1,
         targeted_fields: vec![
             HeaderName::from_static("coalesce-proxy-cache-control"),
@@ -58,6 +59,7 @@ fn stored(pairs: &[(&str, &str)], fresh_for: u64, initial_age: u64) -> StoredRes
         fresh_for: Duration::from_secs(fresh_for),
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
+        stale_if_unreachable: Duration::ZERO,
         always_revalidate: false,
     }
 }
@@ -202,10 +204,18 @@ fn rfc9111_5_2_quoted_or_malformed_delta_seconds_are_ignored() {
 }
 
 #[test]
-fn rfc9111_5_1_an_age_that_is_not_a_number_is_ignored_and_a_late_date_adds_age() {
+fn rfc9111_5_1_an_age_that_is_not_one_number_makes_it_stale_and_a_late_date_adds_age() {
+    // cache-tests' `age-parse-suffix` and its neighbours: a list, a suffix, a sign, a
+    // fraction. Stale at once, so (with no validator) not worth storing.
+    for age in ["old, 0", "50x", "-5", "+5", "1.5", "0, 0"] {
+        let response = [("cache-control", "max-age=60"), ("age", age)];
+        assert_eq!(fresh(&response), None, "Age: {age}");
+    }
+    let two_lines = [("cache-control", "max-age=60"), ("age", "0"), ("age", "0")];
+    assert_eq!(fresh(&two_lines), None);
     assert_eq!(
-        fresh(&[("cache-control", "max-age=60"), ("age", "50x")]),
-        Some(60)
+        fresh(&[("cache-control", "max-age=60"), ("age", "5")]),
+        Some(55)
     );
     // §4.2.3: the apparent age (arrival minus Date) counts when it is larger than Age.
     assert_eq!(
@@ -307,6 +317,29 @@ fn rfc9111_4_2_4_stale_only_when_the_response_or_the_operator_allows_it() {
     let f = freshness_at(&policy(), StatusCode::OK, &h, false, now()).expect("stored");
     assert_eq!(f.stale_while_revalidate, Duration::from_secs(7));
     assert_eq!(f.stale_if_error, Duration::from_secs(9));
+}
+
+/// §4.2.4: a disconnected cache may serve stale, for the route's `stale_if_unreachable` (or
+/// the response's own longer `stale-if-error`); §5.2.2.2, §5.2.2.4, §5.2.2.8 and §5.2.2.10:
+/// never a response that must be revalidated once stale.
+#[test]
+fn rfc9111_4_2_4_an_unreachable_upstream_allows_stale_unless_a_directive_forbids_it() {
+    let day = Duration::from_secs(24 * 60 * 60);
+    let window = |cache_control: &str| {
+        let h = headers(&[("cache-control", cache_control), ("etag", "\"v1\"")]);
+        let f = freshness_at(&policy(), StatusCode::OK, &h, false, now()).expect("stored");
+        f.stale_if_unreachable
+    };
+    assert_eq!(window("max-age=10"), day);
+    assert_eq!(window("max-age=10, stale-if-error=172800"), 2 * day);
+    for forbidding in [
+        "max-age=10, must-revalidate",
+        "max-age=10, proxy-revalidate",
+        "s-maxage=10",
+        "no-cache",
+    ] {
+        assert_eq!(window(forbidding), Duration::ZERO, "{forbidding}");
+    }
 }
 
 #[test]

@@ -262,6 +262,11 @@ pub struct CachePolicy {
     /// (`stale-while-revalidate`, `stale-if-error`). Zero by default: RFC 9111 §4.2.4 lets a
     /// shared cache serve stale only when allowed.
     pub grace: Duration,
+    /// How long past freshness a stored response may be served when the upstream cannot be
+    /// reached at all (connection refused or reset, closed or timed out before a head): RFC
+    /// 9111 §4.2.4 lets a disconnected cache serve stale. Never for a response whose
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache` forbids it.
+    pub stale_if_unreachable: Duration,
     /// Heuristic freshness (RFC 9111 §4.2.2) for a response without explicit freshness: this
     /// fraction of the time since its `Last-Modified`, at most a day.
     pub heuristic_fraction: f64,

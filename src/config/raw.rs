@@ -180,6 +180,7 @@ pub struct Cache {
     pub max_size: Option<Spanned<String>>,
     pub default_ttl: Option<Spanned<DurationText>>,
     pub grace: Option<Spanned<DurationText>>,
+    pub stale_if_unreachable: Option<Spanned<DurationText>>,
     pub heuristic_fraction: Option<Spanned<f64>>,
     pub targeted_field: Option<Spanned<String>>,
     pub status_name: Option<Spanned<String>>,

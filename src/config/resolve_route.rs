@@ -297,6 +297,10 @@ impl Resolver<'_> {
                 .map_or(Ok(256 << 20), |s| self.size(s))?,
             default_ttl: self.duration_or(&cache.default_ttl, Duration::ZERO)?,
             grace: self.duration_or(&cache.grace, Duration::ZERO)?,
+            stale_if_unreachable: self.duration_or(
+                &cache.stale_if_unreachable,
+                Duration::from_secs(24 * 60 * 60),
+            )?,
             heuristic_fraction,
             targeted_fields: vec![
                 targeted_field,

@@ -170,6 +170,7 @@ families! {
     pub cache_misses: Counter = Counter::default(), "cache_misses", "Cache lookups that found nothing fresh (the request went on to a flight)";
     pub cache_evictions: Counter = Counter::default(), "cache_evictions", "Responses evicted from a cache to stay within its max_size";
     pub cache_stale_served: Counter = Counter::default(), "cache_stale_served", "Stale responses served while being refreshed, or because the upstream failed";
+    pub cache_stale_on_error: Counter = Counter::default(), "cache_stale_on_error", "Stale responses served because the upstream failed or could not be reached";
     pub cache_revalidations: Counter = Counter::default(), "cache_revalidations", "Background refreshes of stale responses (conditional when the response had validators)";
     pub cache_entries: Gauge = Gauge::default(), "cache_entries", "Responses stored in the caches now";
     pub cache_bytes: Gauge = Gauge::default(), "cache_bytes", "Bytes held by the caches now (bodies, headers and bookkeeping)";

@@ -67,6 +67,8 @@ counters! {
     cancelled,
     /// Upstream fetches that failed (connect, timeout, reset, stall), shared or not.
     upstream_errors,
+    /// Stale stored responses served because the upstream failed or could not be reached.
+    stale_on_error,
     flights_done,
     flights_cancelled,
     /// Requests that joined a flight as followers; some are later released to go upstream on
@@ -143,6 +145,14 @@ impl Stats {
     pub fn follower_waiting(&self) -> Waiting<'_> {
         self.metrics.followers_waiting.inc();
         Waiting(self)
+    }
+
+    /// A stale stored response stood in for an upstream that failed or could not be
+    /// reached (a stale serve too).
+    pub fn record_stale_on_error(&self) {
+        self.counters.stale_on_error.inc();
+        self.metrics.cache_stale_on_error.inc();
+        self.record_stale_served();
     }
 
     /// A stale cached response was served (while refreshed, or standing in for a failure).
@@ -301,12 +311,13 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} cache_hits={} cancelled={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} stale_on_error={} cancelled={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
             d.requests,
             d.leaders,
             d.followers,
             d.passed,
             d.hits,
+            d.stale_on_error,
             d.cancelled,
             d.upstream_errors,
             d.coalesce_ratio(),
@@ -401,6 +412,7 @@ impl StatsReporter {
             followers = delta.followers,
             passed = delta.passed,
             cache_hits = delta.hits,
+            stale_on_error = delta.stale_on_error,
             cancelled = delta.cancelled,
             upstream_errors = delta.upstream_errors,
             // A number (three decimals), so JSON logs carry it as one.
@@ -476,7 +488,7 @@ mod tests {
         let line = reporter.next_line().to_string();
         assert_eq!(
             line,
-            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 cancelled=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission= upstream_connections="
+            "requests=5 leaders=1 followers=3 passed=1 cache_hits=0 stale_on_error=0 cancelled=0 upstream_errors=0 coalesce_ratio=0.750 flights_in_flight=0 largest_fanout=3 top_keys=api:/hot=5,api:/warm=1 admission= upstream_connections="
         );
         // The next interval starts from zero.
         stats.record_request(Outcome::Pass);

@@ -82,7 +82,9 @@ impl Proxy {
                     return self.answer(request, miss, subscription, head)
                 }
                 Status::ReElect => {
-                    if let Some(stale) = miss.stand_in() {
+                    // The flight failed (a 5xx or no head): its error is not known here, so
+                    // only what a 5xx would allow.
+                    if let Some(stale) = miss.stand_in(false) {
                         return self.stand_in(request, miss, stale, None, true);
                     }
                     may_reelect = false;
@@ -110,7 +112,7 @@ impl Proxy {
         let seen = head.as_ref().ok().map(|h| (h.status, &h.headers));
         let authorized = request.parts.headers.contains_key(header::AUTHORIZATION);
         match miss.settle(seen, request.route.cache_policy(), authorized) {
-            Some(Settled::StandsIn(stale)) => {
+            Some(Settled::StandsIn { stale }) => {
                 let status = seen.map(|(status, _)| status);
                 let collapsed = !subscription.is_leader();
                 drop(subscription);
@@ -134,7 +136,7 @@ impl Proxy {
         upstream: Option<http::StatusCode>,
         collapsed: bool,
     ) -> Reply {
-        self.stats.record_stale_served();
+        self.stats.record_stale_on_error();
         cached(stale, request, Outcome::Stale).with_cache_status(CacheStatus::Forward {
             reason: miss.reason,
             status: upstream,

@@ -21,6 +21,7 @@
 //! | `trailers=1` | with `chunked=1`, end the body with a trailer field |
 //! | `body_anyway=1` | send the body even on a 204 or 304 (a broken upstream) |
 //! | `fail_after=N` | answer 503 once the origin has served more than N requests |
+//! | `close_after=N` | once the origin has had more than N requests, close the connection before the head (after any gate): an origin gone down |
 //! | `header=NAME:VALUE` | add a response header (repeatable) |
 //! | `hold_rest=NAME` | like `hold_head`, but the first request naming NAME passes without waiting |
 //! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |

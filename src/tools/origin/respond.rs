@@ -176,6 +176,12 @@ async fn before_head(
             wait_at_gate(stream, gate, shared).await?;
         }
     }
+    let down = script
+        .close_after
+        .is_some_and(|n| shared.hits.load(Ordering::SeqCst) > n);
+    if down {
+        return None;
+    }
     match script.fail.as_deref() {
         Some("close_before_head") => return None,
         Some("reset_before_head") => {

@@ -25,6 +25,7 @@ pub(super) struct Script {
     pub(super) trailers: bool,
     pub(super) body_anyway: bool,
     pub(super) fail_after: Option<u64>,
+    pub(super) close_after: Option<u64>,
 }
 
 impl Script {
@@ -53,6 +54,7 @@ impl Script {
                 "trailers" => script.trailers = value == "1",
                 "body_anyway" => script.body_anyway = value == "1",
                 "fail_after" => script.fail_after = value.parse().ok(),
+                "close_after" => script.close_after = value.parse().ok(),
                 "echo_header" => script.echo_header = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
