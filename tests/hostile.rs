@@ -154,3 +154,34 @@ async fn share_across_hosts_shares_one_answer_and_tells_the_origin_no_host() {
     assert_eq!(h.origin.hits(), 1);
     assert!(a.iter().chain(&b).all(|r| r.body() == "x-forwarded-host="));
 }
+
+/// RFC 6585 §5: a request whose header fields are too large gets 431, over HTTP/1.1 and
+/// HTTP/2 alike, at `[server] max_header_bytes` (32 KiB by default, nginx's
+/// `large_client_header_buffers`); nothing reaches the origin. A head within it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_max_header_bytes_gets_431_on_both_protocols() {
+    let h = Harness::start().await;
+    let big = "x".repeat(200 << 10);
+    let reply = get_with(h.addr, "/big-head", &[("x-big", &big)]).await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    let mut sender = connect_h2(h.addr).await;
+    let request = Request::get("http://proxy.test/big-head-h2")
+        .header("x-big", "y".repeat(100 << 10))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("a response, not a reset");
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(h.origin.hits(), 0);
+
+    let fits = "z".repeat(20 << 10);
+    let reply = get_with(h.addr, "/fits?size=3", &[("x-big", &fits)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(h.origin.hits(), 1);
+}

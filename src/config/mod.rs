@@ -100,6 +100,9 @@ pub struct ServerConfig {
     /// yet (`coalesce::budget`): the sum of every flight's buffer, which `max_flight_buffer`
     /// bounds only one at a time.
     pub max_buffered_bytes: u64,
+    /// The most a request's head may hold (target and header fields, as
+    /// `proxy::routing` counts them); a larger one is answered 431 on either protocol.
+    pub max_header_bytes: usize,
 }
 
 /// `[server] tls`: the certificate chain and key every listener presents, read and checked

@@ -78,6 +78,7 @@ pub struct Server {
     pub drain_delay: Option<Spanned<DurationText>>,
     pub backlog: Option<Spanned<u32>>,
     pub max_buffered_bytes: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -201,6 +201,12 @@ impl Resolver<'_> {
                 Some(workers) => workers,
             },
             drain_delay: self.duration_or(&raw.drain_delay, Duration::ZERO)?,
+            max_header_bytes: match &raw.max_header_bytes {
+                None => 32 << 10,
+                Some(size) => usize::try_from(self.size(size)?)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
+            },
             max_buffered_bytes: match &raw.max_buffered_bytes {
                 None => 256 << 20,
                 Some(size) => self.size(size)?,

@@ -27,6 +27,8 @@ pub(super) struct Routing {
     /// The outcome header for answers given without a route (404), from `[coalesce]`.
     default_outcome_header: Option<HeaderName>,
     pub(super) access_log: bool,
+    /// `[server] max_header_bytes`.
+    max_header_bytes: usize,
 }
 
 impl Routing {
@@ -35,6 +37,7 @@ impl Routing {
             routes: RouteTable::new(config, metrics, previous.map(|p| &p.routes)),
             default_outcome_header: config.coalesce.outcome_header.clone(),
             access_log: config.log.access,
+            max_header_bytes: config.server.max_header_bytes,
         }
     }
 
@@ -49,6 +52,12 @@ impl Routing {
         if parts.method == Method::CONNECT {
             let message = "CONNECT is not supported\n";
             let status = StatusCode::METHOD_NOT_ALLOWED;
+            let reply = text_reply(header, Outcome::Pass, status, message.into());
+            return Err(Box::new(Reply::pass(reply)));
+        }
+        if head_size(&parts) > self.max_header_bytes {
+            let message = "request header fields too large\n";
+            let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
             let reply = text_reply(header, Outcome::Pass, status, message.into());
             return Err(Box::new(Reply::pass(reply)));
         }
@@ -69,6 +78,19 @@ impl Routing {
         };
         Ok(RequestContext::new(connection, route, parts, authority))
     }
+}
+
+/// A request head's size as nginx's `large_client_header_buffers` sees it, the same on both
+/// protocols: the target and every field line (name, value, and the ": " and CRLF around
+/// them). hyper's own limits are far larger (about 400 KB for HTTP/1.1; HTTP/2's is raised to
+/// match in `server::connection`), so that this one decides, with a 431 either way.
+fn head_size(parts: &request::Parts) -> usize {
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()) + fields
 }
 
 impl Proxy {

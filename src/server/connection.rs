@@ -47,6 +47,11 @@ impl ConnectionServer {
         // `Date` is the proxy's to add (`proxy::reply::add_date`): not on a gRPC
         // trailers-only response, whose head is the call's trailing metadata.
         http2.timer(TokioTimer::new()).auto_date_header(false);
+        // Large enough that the proxy's own `max_header_bytes` answers an oversized head
+        // with a 431 (`proxy::routing`); at h2's default of 16 KiB a 100 KB header block
+        // was a connection error instead.
+        let header_list = config.max_header_bytes.saturating_mul(4).max(1 << 20);
+        http2.max_header_list_size(u32::try_from(header_list).unwrap_or(u32::MAX));
         ConnectionServer {
             protocols: Protocols { http1, http2 },
             proxy,
