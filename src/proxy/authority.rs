@@ -6,7 +6,6 @@
 //! the origin, must never read two different hosts from one request.
 
 use http::header::{self, HeaderValue};
-use http::uri::Authority;
 use http::{request, Version};
 
 /// Why a request's authority was refused: the message of its 400.
@@ -51,10 +50,14 @@ pub fn requested_authority(parts: &request::Parts) -> Result<Option<HeaderValue>
     Ok(target.or_else(|| host.cloned()))
 }
 
-/// Whether a `Host` value is a host with an optional port (`uri-host [ ":" port ]`): an
-/// authority without user information.
+/// Whether a `Host` value is a host with an optional port (`uri-host [ ":" port ]`, RFC
+/// 3986 §3.2.2): a registered name's characters (unreserved, sub-delims, percent-encoding)
+/// and an IP literal's brackets and colons; no user information, no path, no space. A byte
+/// check rather than a parse: it runs on every request, and `http`'s parser copies the value.
 fn is_host(value: &[u8]) -> bool {
-    !value.contains(&b'@') && (value.is_empty() || Authority::try_from(value).is_ok())
+    value
+        .iter()
+        .all(|&byte| byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&byte))
 }
 
 #[cfg(test)]
