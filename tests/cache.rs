@@ -612,3 +612,26 @@ async fn rfc9111_5_1_a_response_with_an_unreadable_age_is_not_served_fresh() {
     assert_eq!(get(h.addr, plain).await.outcome(), "hit");
     assert_eq!(h.origin.hits(), 3);
 }
+
+/// RFC 9111 §3.4 as this cache does it: a range that misses fetches the whole resource. When
+/// the body arrives in several pieces and the client's range ends in the first, the rest is
+/// still read (hyper stops polling a response at its Content-Length), so the flight completes
+/// and the resource is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_ending_before_the_rest_of_the_body_arrives_still_stores_the_whole() {
+    let h = harness().await;
+    let path = format!("/c/pieces?size=4000&chunks=4&gap=20&{FRESH}");
+    let part = get_with(h.addr, &path, &[("range", "bytes=10-19")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body(), &origin::body(4000).slice(10..20));
+    assert!(
+        eventually(|| h
+            .proxy
+            .render_metrics()
+            .contains("coalesce_proxy_cache_entries 1"))
+        .await,
+        "the whole body was read and stored"
+    );
+    assert_eq!(get(h.addr, &path).await.outcome(), "hit");
+    assert_eq!(h.origin.hits(), 1);
+}

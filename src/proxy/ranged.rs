@@ -150,6 +150,14 @@ impl Body for RangeBody {
             let from = self.part.start.max(start);
             let to = self.part.end.min(end);
             if from < to {
+                // The range's last byte: hand the rest to the drain now. hyper polls no
+                // further than the Content-Length it was given, so a body that waited to be
+                // polled once more would never finish its flight (nor be stored).
+                if end >= self.part.end {
+                    if let Some(rest) = self.inner.take() {
+                        drain(rest);
+                    }
+                }
                 return Poll::Ready(Some(Ok(Frame::data(data.slice(from - start..to - start)))));
             }
         }
