@@ -13,6 +13,8 @@ COPY config ./config
 # Cargo.toml names the benchmark tools and the test binary; their sources must exist.
 COPY bench ./bench
 COPY tests ./tests
+# The patched hyper ([patch.crates-io] in Cargo.toml, vendor/README.md).
+COPY vendor ./vendor
 # The proxy alone: the demo, test origin and fuzz entry points (the `tools` feature) stay out.
 RUN cargo build --release --locked --no-default-features --bin coalesce-proxy
 
