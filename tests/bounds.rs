@@ -326,6 +326,11 @@ async fn flights_whose_clients_read_nothing_stay_within_max_buffered_bytes_toget
         budget.waiting_fetches(),
         budget.used()
     );
+    let metrics = h.proxy.render_metrics();
+    assert!(
+        metrics.contains("coalesce_proxy_fetches_waiting_for_room 4"),
+        "{metrics}"
+    );
     let held = budget.used();
     assert!(held <= BUDGET + 4 * (1 << 20), "{held} bytes held");
     assert!(held >= BUDGET / 2, "only {held} bytes held");

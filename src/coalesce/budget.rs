@@ -10,6 +10,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::observe::metrics::Metrics;
+
 /// The limit and what is held against it, shared by every flight of the process.
 #[derive(Debug)]
 pub struct BufferBudget {
@@ -17,14 +21,29 @@ pub struct BufferBudget {
     used: AtomicU64,
     /// Fetches waiting for room right now (their flight's buffer or this budget full).
     waiting: AtomicU64,
+    /// `used` and `waiting` as metrics.
+    used_gauge: Gauge,
+    waiting_gauge: Gauge,
 }
 
 impl BufferBudget {
+    /// A budget whose figures are not exported (tests).
     pub fn new(limit: u64) -> BufferBudget {
         BufferBudget {
             limit: AtomicU64::new(limit),
             used: AtomicU64::new(0),
             waiting: AtomicU64::new(0),
+            used_gauge: Gauge::default(),
+            waiting_gauge: Gauge::default(),
+        }
+    }
+
+    /// A budget exported as `buffered_bytes` and `fetches_waiting_for_room`.
+    pub fn exported(limit: u64, metrics: &Metrics) -> BufferBudget {
+        BufferBudget {
+            used_gauge: metrics.buffered_bytes.clone(),
+            waiting_gauge: metrics.fetches_waiting_for_room.clone(),
+            ..BufferBudget::new(limit)
         }
     }
 
@@ -46,9 +65,15 @@ impl BufferBudget {
 
     pub(super) fn fetch_waits(&self, waits: bool) {
         match waits {
-            true => self.waiting.fetch_add(1, Ordering::Relaxed),
-            false => self.waiting.fetch_sub(1, Ordering::Relaxed),
-        };
+            true => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                self.waiting_gauge.inc();
+            }
+            false => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.waiting_gauge.dec();
+            }
+        }
     }
 
     /// Whether `incoming` more bytes fit. A soft bound: two flights may both see room for
@@ -59,9 +84,14 @@ impl BufferBudget {
 
     pub(super) fn hold(&self, bytes: u64) {
         self.used.fetch_add(bytes, Ordering::Relaxed);
+        self.used_gauge.inc_by(bytes as i64);
     }
 
     pub(super) fn release(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
         self.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.used_gauge.dec_by(bytes as i64);
     }
 }

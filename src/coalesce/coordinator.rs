@@ -51,11 +51,12 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(stats: Arc<Stats>, max_buffered_bytes: u64) -> Coordinator {
+        let budget = BufferBudget::exported(max_buffered_bytes, &stats.metrics);
         Coordinator {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
             stats,
-            budget: Arc::new(BufferBudget::new(max_buffered_bytes)),
+            budget: Arc::new(budget),
         }
     }
 

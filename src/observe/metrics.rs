@@ -163,6 +163,8 @@ families! {
     pub flight_followers: Histogram = Histogram::new(FANOUT_BUCKETS, 1.0), "flight_followers", "Followers per completed flight: upstream requests each flight saved";
     pub flights_in_flight: Gauge = Gauge::default(), "flights_in_flight", "Flights in the singleflight table now";
     pub followers_waiting: Gauge = Gauge::default(), "followers_waiting", "Followers waiting for their flight's response head now";
+    pub buffered_bytes: Gauge = Gauge::default(), "buffered_bytes", "Response body bytes all flights hold now for clients that have not read them ([server] max_buffered_bytes bounds them)";
+    pub fetches_waiting_for_room: Gauge = Gauge::default(), "fetches_waiting_for_room", "Flights whose fetch waits for room (its own buffer or max_buffered_bytes full) instead of reading upstream";
     pub clients_cut_off: Counter = Counter::default(), "clients_cut_off", "Clients cut off for holding up a full flight for client_stall_timeout";
     pub send_timeouts: Counter = Counter::default(), "send_timeouts", "Client connections closed because writes to them made no progress for send_timeout";
     pub pass_memory_keys: Gauge = Gauge::default(), "pass_memory_keys", "Keys currently sent straight upstream because their last response was not shareable";
