@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod outcome;
 pub mod sharded;
 pub mod stats;
+pub mod stats_line;

@@ -25,7 +25,8 @@ pub mod status;
 pub mod tls;
 
 use crate::config::Config;
-use crate::observe::stats::{PeriodicReport, Stats, StatsReporter};
+use crate::observe::stats::Stats;
+use crate::observe::stats_line::{PeriodicReport, StatsReporter};
 use crate::proxy::Proxy;
 use crate::runtime::Workers;
 use admin::Readiness;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::config::{Config, LogConfig, LogFormat};
-use crate::observe::stats::StatsReporter;
+use crate::observe::stats_line::StatsReporter;
 use crate::server::Server;
 use crate::tools::herd::{send_all, send_one, ClientResult, HerdSummary};
 use crate::tools::origin::{self, Origin, OriginSettings};
