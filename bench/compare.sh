@@ -34,18 +34,21 @@ measure() { # binary → "req/s, p99, CPU per request, herd RSS per client"
     [ "$now" -gt "$busy" ] && busy=$now
   done
   wait "$herd" || true
-  local ticks0; ticks0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  local user0 sys0; user0=$(awk '{print $14}' "/proc/$pid/stat"); sys0=$(awk '{print $15}' "/proc/$pid/stat")
   local wrk_out; wrk_out=$(wrk -t2 -c128 -d5s --latency -s bench/distinct.lua "http://127.0.0.1:$port" 2>/dev/null)
-  local ticks=$(( $(awk '{print $14 + $15}' "/proc/$pid/stat") - ticks0 ))
+  local user=$(( $(awk '{print $14}' "/proc/$pid/stat") - user0 ))
+  local sys=$(( $(awk '{print $15}' "/proc/$pid/stat") - sys0 ))
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  python3 - "$wrk_out" "$idle" "$busy" "$ticks" "$(getconf CLK_TCK)" <<'PY'
+  python3 - "$wrk_out" "$idle" "$busy" "$user" "$sys" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-text, idle, busy, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+text, idle, busy, user, sys_, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+ticks = user + sys_
 rps = re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)
 total = int(re.search(r"(\d+) requests in", text).group(1))
 m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-print(f"{float(rps):.0f} req/s, p99 {p99:.2f} ms, {ticks / hz / total * 1e6:.1f} µs CPU per request, {(busy - idle) / 2000:.1f} KiB per waiting client")
+per = lambda t: t / hz / total * 1e6
+print(f"{float(rps):.0f} req/s, p99 {p99:.2f} ms, {per(ticks):.1f} µs CPU per request (user {per(user):.1f}, kernel {per(sys_):.1f}), {(busy - idle) / 2000:.1f} KiB per waiting client")
 PY
 }
 for round in $(seq "$rounds"); do
