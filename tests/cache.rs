@@ -183,6 +183,17 @@ async fn eviction_keeps_the_cache_under_max_size() {
 }
 
 /// Freshness is wall-clock time: the only way to get a stale entry is to let it age.
+/// Waits until the cache holds one entry: a flight stores its response as its last byte goes
+/// by, just after its clients have theirs.
+async fn one_entry_stored(h: &Harness) -> bool {
+    eventually(|| {
+        h.proxy
+            .render_metrics()
+            .contains("coalesce_proxy_cache_entries 1")
+    })
+    .await
+}
+
 async fn let_it_go_stale() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 }
@@ -349,11 +360,7 @@ async fn rfc9110_14_range_requests_are_answered_from_a_stored_response() {
         "the whole resource was asked for"
     );
     assert!(
-        eventually(|| h
-            .proxy
-            .render_metrics()
-            .contains("coalesce_proxy_cache_entries 1"))
-        .await,
+        one_entry_stored(&h).await,
         "stored once the whole body is in"
     );
     assert_eq!(get(h.addr, path).await.outcome(), "hit");
@@ -625,11 +632,7 @@ async fn a_range_ending_before_the_rest_of_the_body_arrives_still_stores_the_who
     assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(part.body(), &origin::body(4000).slice(10..20));
     assert!(
-        eventually(|| h
-            .proxy
-            .render_metrics()
-            .contains("coalesce_proxy_cache_entries 1"))
-        .await,
+        one_entry_stored(&h).await,
         "the whole body was read and stored"
     );
     assert_eq!(get(h.addr, &path).await.outcome(), "hit");

@@ -31,7 +31,7 @@ pub enum Lookup {
 /// What a flight's head means for a request that missed, when the cache answers instead.
 pub enum Settled {
     /// The upstream failed (no head, or a 5xx): this stale response stands in for it.
-    StandsIn { stale: Arc<StoredResponse> },
+    StandsIn(Arc<StoredResponse>),
     /// A 304 confirmed the stored response being revalidated; this is it, renewed.
     Confirmed(Arc<StoredResponse>),
 }
@@ -143,7 +143,7 @@ impl Miss {
         let failed = head.is_none_or(|(status, _)| status.is_server_error());
         if failed {
             let stand_in = self.stand_in(head.is_none());
-            return stand_in.cloned().map(|stale| Settled::StandsIn { stale });
+            return stand_in.cloned().map(Settled::StandsIn);
         }
         let (status, fields) = head?;
         let entry = self.revalidating.as_ref()?;

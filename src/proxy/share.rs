@@ -112,7 +112,7 @@ impl Proxy {
         let seen = head.as_ref().ok().map(|h| (h.status, &h.headers));
         let authorized = request.parts.headers.contains_key(header::AUTHORIZATION);
         match miss.settle(seen, request.route.cache_policy(), authorized) {
-            Some(Settled::StandsIn { stale }) => {
+            Some(Settled::StandsIn(stale)) => {
                 let status = seen.map(|(status, _)| status);
                 let collapsed = !subscription.is_leader();
                 drop(subscription);

@@ -286,12 +286,6 @@ impl Flight {
     }
 
     /// Readers cut off for falling too far behind.
-    /// Whether its fetch is waiting for room (its own buffer, or the process's budget, full)
-    /// rather than reading upstream.
-    pub fn waits_for_room(&self) -> bool {
-        self.lock().fetch_waiting
-    }
-
     pub fn cut_off(&self) -> usize {
         self.lock().cut_off
     }
