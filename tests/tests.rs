@@ -7,6 +7,7 @@ mod balancing;
 mod bounds;
 mod cache;
 mod cache_invalidation;
+mod cache_partial;
 mod cache_status;
 mod cache_validation;
 mod coalescing;

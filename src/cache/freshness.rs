@@ -25,11 +25,11 @@ pub struct Freshness {
 }
 
 /// Statuses a cache may give heuristic freshness (RFC 9110 §15.1): any other needs explicit
-/// freshness to be stored. 206 is left out: this cache stores complete responses only.
+/// freshness to be stored.
 fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -63,12 +63,9 @@ pub fn freshness_at(
     request_has_authorization: bool,
     now: SystemTime,
 ) -> Option<Freshness> {
-    // §3: a final status; 304 renews a stored response and is never stored itself; 206 is
-    // a part, and this cache stores complete responses only (§3.4 makes parts optional).
-    if status.is_informational()
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::PARTIAL_CONTENT
-    {
+    // §3: a final status; 304 renews a stored response and is never stored itself. A 206
+    // is stored only as the part its `Content-Range` names (§3.3, `partial`).
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED {
         return None;
     }
     let targeted = targeted_directives(&policy.targeted_fields, headers);

@@ -45,6 +45,10 @@ pub struct Miss {
     /// A `no-cache` response to revalidate: the flight asks with its validators, and a 304
     /// means clients get it.
     revalidating: Option<Arc<StoredResponse>>,
+    /// A stored part of the representation (a 206) that this range request completes or
+    /// revalidates: its range goes upstream as asked, and a 206 for it is combined with the
+    /// stored part (RFC 9111 §3.4).
+    partial: Option<Arc<StoredResponse>>,
 }
 
 /// Looks `parts` up in a route's cache, if it has one, under `key()` (the request's cache key,
@@ -66,6 +70,9 @@ pub fn look_up(
     }
     let key = key();
     let found = cache.lookup(&key, &parts.headers);
+    if let Some(found) = found.as_ref().filter(|found| found.entry().is_partial()) {
+        return look_up_part(found, parts);
+    }
     if !cacheable_request(parts) {
         // A conditional request (§4.3.2) is answered from a fresh or servable stale entry;
         // otherwise it goes upstream as it is, in a flight keyed by its conditions.
@@ -83,9 +90,47 @@ pub fn look_up(
             reason: Forward::Stale,
             fallback: None,
             revalidating: Some(entry),
+            partial: None,
         }),
         None if cache.varies_on(&key) => Lookup::Miss(Miss::because(Forward::VaryMiss)),
         None => Lookup::Miss(Miss::because(Forward::UriMiss)),
+    }
+}
+
+/// What a stored part means for a request (RFC 9111 §3.3, §3.4): a fresh part that holds
+/// the one byte range asked for is served; a stale one is revalidated with the range asked
+/// as it is; any other range request asks upstream for its range, to be combined with the
+/// part; and a request for the whole resource, or a conditional one, goes on as if nothing
+/// were stored (a complete response then replaces the part).
+fn look_up_part(found: &Found, parts: &request::Parts) -> Lookup {
+    let entry = found.entry();
+    let range = parts
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok());
+    let conditional = parts.headers.contains_key(header::IF_NONE_MATCH)
+        || parts.headers.contains_key(header::IF_MODIFIED_SINCE);
+    let Some(range) = range.filter(|_| !conditional) else {
+        return Lookup::Miss(Miss::because(Forward::Partial));
+    };
+    let covered = entry
+        .part
+        .and_then(|part| part.covers(range, entry.body.len()))
+        .is_some();
+    match found {
+        Found::Fresh(entry) if covered => Lookup::Fresh(entry.clone()),
+        _ if covered && entry.has_validators() => Lookup::Miss(Miss {
+            reason: Forward::Stale,
+            fallback: None,
+            revalidating: Some(entry.clone()),
+            partial: Some(entry.clone()),
+        }),
+        _ => Lookup::Miss(Miss {
+            reason: Forward::Partial,
+            fallback: None,
+            revalidating: None,
+            partial: Some(entry.clone()),
+        }),
     }
 }
 
@@ -95,7 +140,14 @@ impl Miss {
             reason,
             fallback: None,
             revalidating: None,
+            partial: None,
         }
+    }
+
+    /// The stored part this range request completes or revalidates, if any: then its range
+    /// goes upstream as asked, and the response may be combined with the part.
+    pub fn partial(&self) -> Option<&Arc<StoredResponse>> {
+        self.partial.as_ref()
     }
 
     /// What a request that finds `stale` past its freshness (or a background refresh of it)
@@ -107,13 +159,24 @@ impl Miss {
             reason: Forward::Stale,
             revalidating: stale.has_validators().then(|| stale.clone()),
             fallback: Some(stale.clone()),
+            partial: None,
         }
     }
 
     /// The conditional headers the flight asks with: the stored response's validators when it
-    /// is being revalidated, else none.
+    /// is being revalidated; `If-Range` with a stored part's strong `ETag` when the range
+    /// completes it (RFC 9110 §13.1.5: a changed representation comes back whole, never as
+    /// a part that would be combined with the old one); else none.
     pub fn validators(&self) -> Option<HeaderMap> {
-        self.revalidating.as_ref().map(|entry| entry.validators())
+        if let Some(entry) = &self.revalidating {
+            return Some(entry.validators());
+        }
+        let etag = self.partial.as_ref()?.headers.get(header::ETAG)?;
+        let mut if_range = HeaderMap::new();
+        if !etag.as_bytes().starts_with(b"W/") {
+            if_range.insert(header::IF_RANGE, etag.clone());
+        }
+        Some(if_range)
     }
 
     /// The stored response being revalidated, for the flight to renew on a 304.
@@ -199,7 +262,9 @@ pub fn response(entry: &StoredResponse, method: &Method, request: &HeaderMap) ->
     } else {
         *response.status_mut() = entry.status;
         *response.headers_mut() = entry.headers.clone();
-        if entry.status == StatusCode::OK {
+        if entry.is_partial() {
+            answer_from_part(entry, &mut response, request);
+        } else if entry.status == StatusCode::OK {
             if let Some(range) = request.get(header::RANGE).and_then(|v| v.to_str().ok()) {
                 answer_range(&mut response, range);
             }
@@ -212,6 +277,30 @@ pub fn response(entry: &StoredResponse, method: &Method, request: &HeaderMap) ->
         .headers_mut()
         .insert(header::AGE, entry.age_header(Instant::now()));
     response
+}
+
+/// Turns a stored part into the answer to the `Range` request it covers: a 206 with the
+/// slice asked for (the lookup serves a part for nothing else; anything else gets the part
+/// as it was stored, with its own `Content-Range`).
+fn answer_from_part(entry: &StoredResponse, response: &mut Response<Bytes>, request: &HeaderMap) {
+    let range = request.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let Some((part, within)) = entry
+        .part
+        .zip(range)
+        .and_then(|(part, range)| Some((part, part.covers(range, entry.body.len())?)))
+    else {
+        return;
+    };
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_RANGE,
+        part.content_range(within.start, within.len()),
+    );
+    headers.insert(
+        header::CONTENT_LENGTH,
+        http::HeaderValue::from(within.len()),
+    );
+    *response.body_mut() = entry.body.slice(within);
 }
 
 /// Turns a stored 200 into the answer to a `Range` request: 206 with the slice, or 416.

@@ -21,6 +21,7 @@ mod directives;
 mod freshness;
 mod invalidate;
 mod lookup;
+mod partial;
 mod range;
 pub mod status;
 mod store;

@@ -24,6 +24,8 @@ pub enum Forward {
     VaryMiss,
     /// A stored response that was stale, or must be revalidated.
     Stale,
+    /// A part of the response was stored; the request asked for more (RFC 9211 §2.2).
+    Partial,
 }
 
 impl Forward {
@@ -35,6 +37,7 @@ impl Forward {
             Forward::UriMiss => "uri-miss",
             Forward::VaryMiss => "vary-miss",
             Forward::Stale => "stale",
+            Forward::Partial => "partial",
         }
     }
 }

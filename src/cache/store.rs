@@ -24,6 +24,17 @@ pub enum Found {
     Revalidate(Arc<StoredResponse>),
 }
 
+impl Found {
+    pub fn entry(&self) -> &Arc<StoredResponse> {
+        match self {
+            Found::Fresh(entry)
+            | Found::Stale(entry)
+            | Found::Expired(entry)
+            | Found::Revalidate(entry) => entry,
+        }
+    }
+}
+
 /// One route's cache.
 pub struct ResponseCache {
     /// What it was built with: a reload keeps the cache only while this stays the same.

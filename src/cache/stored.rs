@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
 use super::freshness::{freshness, Freshness};
+use super::partial::Part;
 use crate::config::CachePolicy;
 
 /// A stored response.
@@ -32,6 +33,8 @@ pub struct StoredResponse {
     pub(super) stale_if_unreachable: Duration,
     /// `Cache-Control: no-cache`: never served without a successful revalidation.
     pub(super) always_revalidate: bool,
+    /// For a stored 206, the part of the representation its body is (RFC 9111 §3.3).
+    pub(super) part: Option<Part>,
 }
 
 impl StoredResponse {
@@ -103,12 +106,8 @@ impl StoredResponse {
     ) -> Option<StoredResponse> {
         let (headers, freshness) =
             self.renewed_by(not_modified, policy, request_has_authorization)?;
-        Some(StoredResponse::new(
-            self.status,
-            headers,
-            self.body.clone(),
-            freshness,
-        ))
+        let renewed = StoredResponse::new(self.status, headers, self.body.clone(), freshness);
+        Some(renewed.with_part(self.part))
     }
 
     pub(super) fn new(
@@ -128,7 +127,19 @@ impl StoredResponse {
             stale_if_error: freshness.stale_if_error,
             stale_if_unreachable: freshness.stale_if_unreachable,
             always_revalidate: freshness.always_revalidate,
+            part: None,
         }
+    }
+
+    /// The same response as the stored `part` of its representation.
+    pub(super) fn with_part(mut self, part: Option<Part>) -> StoredResponse {
+        self.part = part;
+        self
+    }
+
+    /// Whether it is a part of its representation (a stored 206), not the whole.
+    pub fn is_partial(&self) -> bool {
+        self.part.is_some()
     }
 
     pub(super) fn stale_for(&self, now: Instant) -> Duration {

@@ -14,12 +14,13 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::freshness::{freshness, Freshness};
 use super::lookup::cacheable_request;
+use super::partial::{combine, Part};
 use super::store::ResponseCache;
 use super::stored::StoredResponse;
 use crate::sharing::Key;
 
 /// What a fetch needs to store the response to its request: only a GET for the plain
-/// resource, on a route with a cache.
+/// resource, or for a range that completes a stored part, on a route with a cache.
 pub struct StorePlan {
     cache: Arc<ResponseCache>,
     /// The request's cache key.
@@ -28,19 +29,27 @@ pub struct StorePlan {
     /// When the request was about to go upstream: a response to it is not stored if its
     /// resource was invalidated after this (RFC 9111 §4.4).
     sent: Instant,
+    /// The stored part a range request completes: a 206 for the same representation is
+    /// combined with it.
+    completing: Option<Arc<StoredResponse>>,
 }
 
 impl StorePlan {
+    /// The plan for `parts`, when a response to it may be stored: a plain GET, or a range
+    /// request that completes `partial` (`Miss::partial`).
     pub fn for_request(
         cache: &Arc<ResponseCache>,
         key: Key,
         parts: &request::Parts,
+        partial: Option<&Arc<StoredResponse>>,
     ) -> Option<StorePlan> {
-        (parts.method == Method::GET && cacheable_request(parts)).then(|| StorePlan {
+        let storable = cacheable_request(parts) || partial.is_some();
+        (parts.method == Method::GET && storable).then(|| StorePlan {
             cache: cache.clone(),
             key,
             request_headers: parts.headers.clone(),
             sent: Instant::now(),
+            completing: partial.cloned(),
         })
     }
 
@@ -59,7 +68,8 @@ impl StorePlan {
         if status == StatusCode::NOT_MODIFIED {
             let entry = revalidating?;
             let (headers, fresh) = entry.renewed_by(headers, policy, has_authorization)?;
-            let renewed = StoredResponse::new(entry.status, headers, entry.body.clone(), fresh);
+            let renewed = StoredResponse::new(entry.status, headers, entry.body.clone(), fresh)
+                .with_part(entry.part);
             self.cache
                 .store(self.key, &self.request_headers, self.sent, renewed);
             return None;
@@ -68,12 +78,21 @@ impl StorePlan {
         if !shareable || crate::sharing::grpc_error(headers) {
             return None;
         }
+        // A 206 is stored as the one part its Content-Range names, or not at all. A range
+        // request stores only a part or the whole: its 416, say, is no answer for the resource.
+        let part = match status {
+            StatusCode::PARTIAL_CONTENT => Some(Part::of(headers)?),
+            StatusCode::OK => None,
+            _ if self.completing.is_some() => return None,
+            _ => None,
+        };
         let fresh = freshness(policy, status, headers, has_authorization)?;
         Some(PendingStore {
             plan: self,
             status,
             headers: headers.clone(),
             fresh,
+            part,
         })
     }
 }
@@ -84,15 +103,50 @@ pub struct PendingStore {
     status: StatusCode,
     headers: HeaderMap,
     fresh: Freshness,
+    /// For a 206: the part it is, and how many bytes its body must have.
+    part: Option<(Part, u64)>,
 }
 
 impl PendingStore {
     fn store(self, body: Bytes) {
         let plan = self.plan;
-        let entry = StoredResponse::new(self.status, self.headers, body, self.fresh);
+        let entry = match self.part {
+            None => StoredResponse::new(self.status, self.headers, body, self.fresh),
+            Some((_, len)) if body.len() as u64 != len => return,
+            Some((part, _)) => {
+                let combined = plan.completing.as_deref().and_then(|stored| {
+                    let has_authorization =
+                        plan.request_headers.contains_key(header::AUTHORIZATION);
+                    combined(
+                        stored,
+                        (&self.headers, part, &body),
+                        &plan.cache,
+                        has_authorization,
+                    )
+                });
+                combined.unwrap_or_else(|| {
+                    StoredResponse::new(self.status, self.headers, body, self.fresh)
+                        .with_part(Some(part))
+                })
+            }
+        };
         plan.cache
             .store(plan.key, &plan.request_headers, plan.sent, entry);
     }
+}
+
+/// A stored part and a new one as one stored response (RFC 9111 §3.4), fresh as the combined
+/// fields say; `None` when they are not parts of one representation next to each other.
+fn combined(
+    stored: &StoredResponse,
+    new: (&HeaderMap, Part, &Bytes),
+    cache: &ResponseCache,
+    has_authorization: bool,
+) -> Option<StoredResponse> {
+    let stored_part = (&stored.headers, stored.part?, &stored.body);
+    let (status, headers, part, body) = combine(stored_part, new)?;
+    let fresh = freshness(cache.policy(), status, &headers, has_authorization)?;
+    Some(StoredResponse::new(status, headers, body, fresh).with_part(part))
 }
 
 /// A response body that stores the response when its last byte goes by, if it has a

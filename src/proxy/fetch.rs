@@ -34,10 +34,9 @@ impl Proxy {
             sent
         });
         let route = request.route.clone();
-        let store = route
-            .cache
-            .as_ref()
-            .and_then(|cache| StorePlan::for_request(cache, request.cache_key(), &request.parts));
+        let store = route.cache.as_ref().and_then(|cache| {
+            StorePlan::for_request(cache, request.cache_key(), &request.parts, miss.partial())
+        });
         let revalidating = miss.revalidating();
         let stats = self.stats.clone();
         let priority = Priority::leader(flight);

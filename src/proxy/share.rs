@@ -36,12 +36,18 @@ impl Proxy {
     }
 
     /// A byte range that missed a cached route: the whole resource through its flight, so
-    /// that the cache stores it, cut to the range asked for.
+    /// that the cache stores it, cut to the range asked for. A range that completes or
+    /// revalidates a stored part goes upstream as asked instead (a whole answer is cut too).
     async fn share_range(&self, request: &RequestContext, miss: Miss) -> Reply {
         let Some((whole, range)) = ranged::whole_resource(request) else {
             return self.coalesce(request, &miss).await;
         };
-        ranged::cut(self.coalesce(&whole, &miss).await, &range)
+        let asked = if miss.partial().is_some() {
+            request
+        } else {
+            &whole
+        };
+        ranged::cut(self.coalesce(asked, &miss).await, &range)
     }
 
     /// The look-up phase: a fresh stored response is the answer; a stale one too, while it is

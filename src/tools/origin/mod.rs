@@ -26,6 +26,7 @@
 //! | `hold_rest=NAME` | like `hold_head`, but the first request naming NAME passes without waiting |
 //! | `cookie=1` | add `Set-Cookie: id=HIT`, unique per response (unless [`Origin::set_cookies`] turned them off) |
 //! | `echo_header=NAME` | the body is `NAME=VALUE` with the request's value of that header |
+//! | `partial=N` | a request without `Range` gets a 206 of the first N bytes (an origin that sends parts) |
 //!
 //! A request with an `Upgrade` header is switched (101) and everything sent on the connection
 //! afterwards is echoed back, byte for byte. A request with a body gets its body echoed back. Every response carries `x-origin-hit`,

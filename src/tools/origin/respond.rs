@@ -135,7 +135,10 @@ impl Asked {
             echo,
             not_modified: request.header("if-none-match") == Some("\"v1\""),
             upgrade: request.header("upgrade").map(str::to_owned),
-            range: request.header("range").and_then(parse_range),
+            range: request
+                .header("range")
+                .and_then(parse_range)
+                .or_else(|| script.partial.map(|n| (0, Some(n - 1)))),
         }
     }
 }

@@ -26,6 +26,8 @@ pub(super) struct Script {
     pub(super) body_anyway: bool,
     pub(super) fail_after: Option<u64>,
     pub(super) close_after: Option<u64>,
+    /// A GET without `Range` is answered with a 206 of this many first bytes.
+    pub(super) partial: Option<usize>,
 }
 
 impl Script {
@@ -55,6 +57,7 @@ impl Script {
                 "body_anyway" => script.body_anyway = value == "1",
                 "fail_after" => script.fail_after = value.parse().ok(),
                 "close_after" => script.close_after = value.parse().ok(),
+                "partial" => script.partial = value.parse().ok().filter(|n| *n > 0),
                 "echo_header" => script.echo_header = Some(value.to_owned()),
                 "fail" => script.fail = Some(value.to_owned()),
                 "header" => {
