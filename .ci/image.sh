@@ -23,7 +23,9 @@ if ! command -v buildah >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null
 fi
 state="$PWD/target/buildah"
-bah() { buildah --root "$state/storage" --runroot "$state/run" "$@"; }
+# vfs: plain copies, which work on any file system (overlay may not, where the checkout
+# itself is on an overlay); the images are a few MB.
+bah() { buildah --storage-driver vfs --root "$state/storage" --runroot "$state/run" "$@"; }
 image=localhost/coalesce-proxy:ci
 standin=localhost/ci-runtime-standin:latest
 pids=()
