@@ -201,3 +201,40 @@ async fn an_outage_logs_one_warning_per_kind_and_route_not_one_per_flight() {
     assert_eq!(stats["upstream_errors"], 50, "{stats}");
     assert!(exit_status(proxy).await.success());
 }
+
+/// The failure log covers failures after the head too: an upstream that closes mid-body is
+/// logged (route, kind `body`) for a flight and for a request that went upstream alone, and
+/// both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_fails_mid_body_is_logged_and_counted() {
+    let origin = Origin::start(OriginSettings::default())
+        .await
+        .expect("origin");
+    let routes = format!(
+        "{}[[routes]]\nname = \"p\"\npath_prefix = \"/pass/\"\nupstream = \"origin\"\ncoalesce = {{ enabled = false }}\n",
+        ROUTE.replace("path_prefix = \"/\"", "path_prefix = \"/shared/\"")
+    );
+    let config = stats_only_at_shutdown(reload_config(&origin, &routes));
+    let file = write_config(&config);
+    let mut proxy = Running::start(&file.0);
+    let addr = address(&proxy.wait_for("listening on").await);
+    for path in ["/shared/cut", "/pass/cut"] {
+        let reply = get(addr, &format!("{path}?size=100000&fail=close_mid_body")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.body.is_err(), "{path} was cut short");
+        assert!(reply.received.len() < 100_000);
+    }
+    proxy.signal("TERM");
+    let log = rest_of_log(&mut proxy).await;
+    let mut failures: Vec<String> = log
+        .iter()
+        .chain(&proxy.log)
+        .filter(|l| l["message"] == "upstream body failed mid-response")
+        .map(|l| format!("{} {}", l["route"], l["kind"]))
+        .collect();
+    failures.sort();
+    assert_eq!(failures, ["\"a\" \"body\"", "\"p\" \"body\""], "{log:?}");
+    let stats = log.iter().find(|l| is_stats(l)).expect("a stats line");
+    assert_eq!(stats["upstream_errors"], 2, "{stats}");
+    assert!(exit_status(proxy).await.success());
+}

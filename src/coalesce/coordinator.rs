@@ -165,6 +165,10 @@ impl Coordinator {
         // mid-body failures are the flight's to report.
         let failure = end.as_ref().err().map(FlightError::kind);
         let mid_body_failure = failure.filter(|_| flight.status().is_some());
+        if let (Some(kind), Err(FlightError::Upstream(err))) = (mid_body_failure, &end) {
+            let what = "upstream body failed mid-response";
+            crate::observe::failure_log::upstream_failed(&flight.scope.route, kind, err, what);
+        }
         if !flight.publish_end(end) {
             return;
         }

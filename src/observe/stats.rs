@@ -177,6 +177,12 @@ impl Stats {
         }
     }
 
+    /// A response body that failed after its head on a request that went upstream alone
+    /// (a flight's is counted with the flight).
+    pub fn record_upstream_body_error(&self, route: &str, kind: &'static str) {
+        self.record_upstream_error(route, kind);
+    }
+
     fn record_upstream_error(&self, route: &str, kind: &'static str) {
         self.counters.upstream_errors.inc();
         self.metrics.upstream_error(route, kind);

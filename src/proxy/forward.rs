@@ -94,6 +94,18 @@ impl Proxy {
         Reply::pass(response)
     }
 
+    /// What a pass-through body's failure after its head does before the client sees it: it
+    /// is counted and logged as a flight's is (`upstream_errors_total{kind}`, the failure log).
+    fn mid_body_failure(&self, route: &Arc<Route>) -> impl FnMut(FetchError) -> BoxError {
+        let (route, stats) = (route.clone(), self.stats.clone());
+        move |err| {
+            stats.record_upstream_body_error(&route.name, err.kind());
+            let what = "upstream body failed mid-response";
+            crate::observe::failure_log::upstream_failed(&route.name, err.kind(), &err, what);
+            BoxError::from(err)
+        }
+    }
+
     /// Forwards a request on its own, streaming both bodies. `remembered` is the key of a
     /// request sent here by the pass memory: a shareable answer ends that memory.
     pub(super) async fn pass(
@@ -123,7 +135,8 @@ impl Proxy {
                         self.coordinator.forget_pass(key);
                     }
                 }
-                let mut response = response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+                let failed = self.mid_body_failure(route);
+                let mut response = response.map(|body| body.map_err(failed).boxed_unsync());
                 set_outcome(
                     &mut response,
                     route.coalesce.outcome_header.as_ref(),
