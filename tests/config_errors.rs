@@ -20,6 +20,10 @@ fn cases() -> Vec<(String, &'static str, &'static str)> {
         (format!("[server]\nshutdown_grace = \"soon\"\n{ok}"), "line 2, column 18", "invalid duration"),
         (format!("[server]\nsend_timeout = \"-1s\"\n{ok}"), "line 2, column 16", "invalid duration"),
         (format!("[server]\nheader_read_timeout = \"0s\"\n{ok}"), "line 2, column 23", "more than \"0s\""),
+        // humantime's own example is enough: one, not two.
+        (format!("[server]\nheader_read_timeout = \"10\"\n{ok}"), "line 2, column 23", "invalid duration \"10\": time unit needed, for example 10sec or 10ms\n"),
+        (format!("[server]\nworkers = 0\n{ok}"), "line 2, column 11", "workers must be at least 1 (leave it out for one per core)"),
+        (format!("[server]\nmax_buffered_bytes = \"lots\"\n{ok}"), "line 2, column 22", "invalid size \"lots\": a number and a unit (write e.g. \"8MiB\" or \"64KiB\")\n"),
         (format!("[admin]\nlisten = \"nowhere\"\n{ok}"), "line 2, column 10", "invalid admin listen address"),
         (format!("[server]\nlisten = \"127.0.0.1:9000\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n{ok}"), "line 4, column 10", "also a [server] listen address"),
         (format!("[log]\nformat = \"xml\"\n{ok}"), "line 2, column 10", "unknown log format"),
@@ -97,4 +101,36 @@ fn bad_configs_get_one_clear_message_with_position_and_exit_2() {
         );
         assert!(stderr.contains(phrase), "{text}\nwant {phrase:?}: {stderr}");
     }
+}
+
+/// Every file in `config/` is a configuration that checks: anyone may check them all.
+#[test]
+fn every_file_in_config_checks() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        let output = Command::new(BINARY)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}: {stderr}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 2);
+}
+
+/// `healthcheck` without a target names both it could take.
+#[test]
+fn healthcheck_without_a_target_names_url_and_config() {
+    let output = Command::new(BINARY)
+        .arg("healthcheck")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--url <URL>|--config <PATH>"), "{stderr}");
 }

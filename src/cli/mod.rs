@@ -36,9 +36,10 @@ struct Cli {
 enum Command {
     /// GET a health URL (the admin listener's /healthz): exit 0 on a 2xx answer, 1 otherwise.
     /// For Docker's HEALTHCHECK, since the runtime image has no shell and no curl.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["url", "config"])))]
     Healthcheck {
         /// e.g. http://127.0.0.1:9901/healthz
-        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        #[arg(long, conflicts_with = "config")]
         url: Option<http::Uri>,
         /// Check the proxy this configuration describes: its admin /healthz, or without an
         /// admin listener a connection to its first listen address.

@@ -73,7 +73,7 @@ pub struct Server {
     pub send_timeout: Option<Spanned<DurationText>>,
     pub header_read_timeout: Option<Spanned<DurationText>>,
     pub max_connections: Option<usize>,
-    pub workers: Option<usize>,
+    pub workers: Option<Spanned<usize>>,
     pub tls: Option<Spanned<ListenerTls>>,
     pub drain_delay: Option<Spanned<DurationText>>,
     pub backlog: Option<Spanned<u32>>,

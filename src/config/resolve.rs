@@ -38,9 +38,16 @@ impl Resolver<'_> {
     ) -> Result<Duration, ConfigError> {
         let text: &str = value.get_ref();
         humantime::parse_duration(text).map_err(|err| {
+            // humantime's own message may already give an example ("time unit needed, for
+            // example 10sec or 10ms"): then one is enough.
+            let err = err.to_string();
+            let hint = match err.contains("for example") {
+                true => "",
+                false => " (write e.g. \"250ms\" or \"10s\")",
+            };
             self.error_at(
                 value.span(),
-                format!("invalid duration {text:?}: {err} (write e.g. \"250ms\" or \"10s\")"),
+                format!("invalid duration {text:?}: {err}{hint}"),
             )
         })
     }
@@ -196,9 +203,15 @@ impl Resolver<'_> {
             header_read_timeout: self
                 .positive_duration_or(&raw.header_read_timeout, Duration::from_secs(30))?,
             max_connections: raw.max_connections.unwrap_or(10_000).max(1),
-            workers: match raw.workers {
-                None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                Some(workers) => workers,
+            workers: match &raw.workers {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(workers) if *workers.get_ref() == 0 => {
+                    return Err(self.error_at(
+                        workers.span(),
+                        "workers must be at least 1 (leave it out for one per core)",
+                    ))
+                }
+                Some(workers) => *workers.get_ref(),
             },
             drain_delay: self.duration_or(&raw.drain_delay, Duration::ZERO)?,
             max_header_bytes: match &raw.max_header_bytes {
@@ -267,11 +280,13 @@ impl Resolver<'_> {
             .get_ref()
             .parse::<bytesize::ByteSize>()
             .map(|size| size.as_u64())
-            .map_err(|err| {
+            .map_err(|_| {
+                // bytesize's own message names float parsing ("cannot parse float from empty
+                // string"), which says nothing to whoever wrote the file.
                 self.error_at(
                     value.span(),
                     format!(
-                        "invalid size {:?}: {err} (write e.g. \"8MiB\" or \"64KiB\")",
+                        "invalid size {:?}: a number and a unit (write e.g. \"8MiB\" or \"64KiB\")",
                         value.get_ref()
                     ),
                 )

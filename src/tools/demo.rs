@@ -1,7 +1,8 @@
 //! `coalesce-demo`: the product in one command, with nothing else to install.
 //!
 //! It starts the built-in slow [`origin`](crate::tools::origin) and the proxy on ephemeral loopback
-//! ports (configured from the embedded `config/demo.toml`), sends a herd of identical GETs, a
+//! ports (configured from the embedded `demo.toml` beside it: a template with the ports still to
+//! fill in, so not in `config/`, where every file checks), sends a herd of identical GETs, a
 //! wave over a few keys and one POST, checks every body byte for byte, and prints what the
 //! origin saw against what the clients got.
 
@@ -18,7 +19,7 @@ use crate::tools::herd::{send_all, send_one, ClientResult, HerdSummary};
 use crate::tools::origin::{self, Origin, OriginSettings};
 
 /// The configuration the demo runs on; `{origin}` becomes the built-in origin's URL.
-const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+const DEMO_CONFIG: &str = include_str!("demo.toml");
 
 /// Start a slow built-in origin and the proxy on loopback, send a herd through, and report.
 #[derive(Debug, clap::Parser)]
