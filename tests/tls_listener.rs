@@ -281,9 +281,17 @@ async fn a_client_that_stalls_in_the_handshake_is_cut_after_header_read_timeout(
         .await
         .expect("the proxy cut the stalled handshake");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // Plain HTTP on the TLS port is no request either.
+    // Plain HTTP on the TLS port is no request either: it gets a 400 that says why (nginx
+    // answers its 497 page), not a TLS alert a client shows as garbage; upstream sees nothing.
     let reply = raw_exchange(&h, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
-    assert!(!reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(
+        reply.ends_with(
+            "This port speaks HTTPS: the request was sent as plain HTTP. Use https://.\n"
+        ),
+        "{reply}"
+    );
+    assert_eq!(h.origin.hits(), 0);
 }
 
 #[test]

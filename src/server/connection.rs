@@ -119,8 +119,24 @@ impl ConnectionServer {
         peer: SocketAddr,
         mut draining: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error> {
+        let deadline = tokio::time::Instant::now() + self.first_bytes_timeout;
+        let first = tokio::select! {
+            peeked = tokio::time::timeout_at(deadline, first_byte(&stream)) => peeked,
+            _ = draining.wait_for(|draining| *draining) => return Ok(()),
+        };
+        match first {
+            // A TLS record starts with its content type, 22 for a handshake; a letter is an
+            // HTTP method: a client that meant http://.
+            Ok(Some(byte)) if byte.is_ascii_alphabetic() => {
+                tracing::debug!(%peer, "plain HTTP on a TLS listener");
+                answer_plain_http_on_tls(stream).await;
+                return Ok(());
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return Ok(()),
+        }
         let handshake = tokio::select! {
-            done = tokio::time::timeout(self.first_bytes_timeout, acceptor.accept(stream)) => done,
+            done = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => done,
             _ = draining.wait_for(|draining| *draining) => return Ok(()),
         };
         let stream = match handshake {
@@ -288,4 +304,39 @@ fn detach_head<B>(request: http::Request<B>) -> http::Request<B> {
         start = end;
     }
     http::Request::from_parts(parts, body)
+}
+
+/// The first byte a client sent, without taking it; `None` when it closed without one.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// A plain HTTP request on a TLS listener gets a 400 that says why, in words curl shows, as
+/// nginx's 497 page does; a TLS alert would read as garbage ("Received HTTP/0.9").
+async fn answer_plain_http_on_tls(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str =
+        "This port speaks HTTPS: the request was sent as plain HTTP. Use https://.\n";
+    let reply = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    // Read what the client sent before closing (for a second at most), or the close resets
+    // the connection and the client may lose the answer unread.
+    let mut unread = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        use tokio::io::AsyncReadExt;
+        for _ in 0..16 {
+            if matches!(stream.read(&mut unread).await, Ok(0) | Err(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
