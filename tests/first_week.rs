@@ -238,3 +238,30 @@ async fn an_upstream_that_fails_mid_body_is_logged_and_counted() {
     assert_eq!(stats["upstream_errors"], 2, "{stats}");
     assert!(exit_status(proxy).await.success());
 }
+
+/// The stats line counts a herd in the interval its requests arrived in: a line written while
+/// 9 followers wait on their flight shows the fan-out and the key, and the next line, in which
+/// the flight only ended, shows neither again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_herd_is_counted_in_the_stats_interval_its_requests_arrived_in() {
+    use coalesce_proxy::observe::stats_line::StatsReporter;
+    let h = Harness::start().await;
+    let coordinator = h.proxy.coordinator().clone();
+    let mut reporter = StatsReporter::new(h.proxy.stats().clone(), move || coordinator.census());
+    let herd = tokio::spawn(herd(h.addr, 10, Method::GET, "/held?hold_head=g", &[]));
+    assert!(eventually(|| h.proxy.stats().snapshot().joined >= 9).await);
+    let waiting = reporter.next_line().to_string();
+    assert!(
+        waiting.contains("flights_in_flight=1 largest_fanout=9 top_keys=all:/held=9 "),
+        "{waiting}"
+    );
+    h.origin.open_gate("g");
+    let replies = herd.await.expect("herd");
+    assert_eq!(outcomes(&replies), (1, 9, 0));
+    assert!(eventually(|| h.proxy.coordinator().is_empty()).await);
+    let ended = reporter.next_line().to_string();
+    assert!(
+        ended.contains("flights_in_flight=0 largest_fanout=0 top_keys= "),
+        "{ended}"
+    );
+}

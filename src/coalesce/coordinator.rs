@@ -89,6 +89,20 @@ impl Coordinator {
         self.len() == 0
     }
 
+    /// The flights in the air now, after counting their followers so far in the stats, so
+    /// that a herd still waiting at the end of a stats interval is counted in it (its
+    /// fan-out and top keys), not in the interval its flight ends in.
+    pub fn census(&self) -> usize {
+        let flights = self.flights();
+        for flight in &flights {
+            let (new, total) = flight.take_unreported_followers();
+            let (route, path) = (&flight.scope.route, flight.key.path());
+            self.stats
+                .record_fanout(route, path, new as u64, total as u64);
+        }
+        flights.len()
+    }
+
     /// The flights in the air now (for the status page).
     pub fn flights(&self) -> Vec<Arc<Flight>> {
         let mut flights = Vec::new();
@@ -172,11 +186,12 @@ impl Coordinator {
         if !flight.publish_end(end) {
             return;
         }
-        let followers = flight.followers();
+        let (unreported, followers) = flight.take_unreported_followers();
         self.stats.record_flight_done(FlightSummary {
             route: &flight.scope.route,
             path: flight.key.path(),
             followers: followers as u64,
+            unreported_followers: unreported as u64,
             error: mid_body_failure,
             peak_buffered: flight.peak_buffered(),
             cut_off: flight.cut_off() as u64,

@@ -192,10 +192,6 @@ impl Stats {
         self.counters.flights_done.inc();
         // Written only when they move: read-modify-writes of lines every worker shares
         // cost more than the reads.
-        if flight.followers > self.largest_fanout.load(Ordering::Relaxed) {
-            self.largest_fanout
-                .fetch_max(flight.followers, Ordering::Relaxed);
-        }
         if flight.peak_buffered > self.peak_flight_buffer.load(Ordering::Relaxed) {
             self.peak_flight_buffer
                 .fetch_max(flight.peak_buffered, Ordering::Relaxed);
@@ -210,12 +206,23 @@ impl Stats {
         if let Some(kind) = flight.error {
             self.record_upstream_error(flight.route, kind);
         }
-        if flight.followers > 0 {
-            let mut top = self.top_keys.lock().unwrap_or_else(PoisonError::into_inner);
-            let key = (flight.route.to_owned(), flight.path.to_owned());
-            if top.len() < MAX_TRACKED_KEYS || top.contains_key(&key) {
-                *top.entry(key).or_default() += flight.followers;
-            }
+        let (route, path) = (flight.route, flight.path);
+        self.record_fanout(route, path, flight.unreported_followers, flight.followers);
+    }
+
+    /// `new` followers joined a flight for `path` on `route` this interval, `total` in all:
+    /// the interval's top keys and largest fan-out. Nothing when none joined this interval.
+    pub fn record_fanout(&self, route: &str, path: &str, new: u64, total: u64) {
+        if new == 0 {
+            return;
+        }
+        if total > self.largest_fanout.load(Ordering::Relaxed) {
+            self.largest_fanout.fetch_max(total, Ordering::Relaxed);
+        }
+        let mut top = self.top_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (route.to_owned(), path.to_owned());
+        if top.len() < MAX_TRACKED_KEYS || top.contains_key(&key) {
+            *top.entry(key).or_default() += new;
         }
     }
 
@@ -254,6 +261,9 @@ pub struct FlightSummary<'a> {
     /// The path, without the query.
     pub path: &'a str,
     pub followers: u64,
+    /// Followers the stats line has not counted yet (a flight in the air at an interval's
+    /// end has had its followers so far counted in that interval).
+    pub unreported_followers: u64,
     /// The kind of upstream failure, if the fetch failed.
     pub error: Option<&'static str>,
     pub peak_buffered: u64,

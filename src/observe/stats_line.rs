@@ -89,8 +89,11 @@ impl std::fmt::Display for StatsLine {
 /// be called directly (the demo prints one at the end).
 pub struct StatsReporter {
     stats: Arc<Stats>,
-    /// How many flights are in the air now (the singleflight table's size).
+    /// How many flights are in the air now (the singleflight table's size), after their
+    /// followers so far were recorded (`Coordinator::census`).
     flights_in_flight: Box<dyn Fn() -> usize + Send>,
+    /// When the previous line was written: a line says how long its interval really was.
+    last_at: std::time::Instant,
     last: StatsSnapshot,
     /// Admission totals at the previous report, by upstream.
     last_admission: HashMap<String, AdmissionFigures>,
@@ -107,6 +110,7 @@ impl StatsReporter {
             stats,
             flights_in_flight: Box::new(flights_in_flight),
             last: StatsSnapshot::default(),
+            last_at: std::time::Instant::now(),
             last_admission: HashMap::new(),
             last_connections: HashMap::new(),
         }
@@ -114,12 +118,14 @@ impl StatsReporter {
 
     /// The figures for the interval since the previous call.
     pub fn next_line(&mut self) -> StatsLine {
+        // First: the census records the followers of flights still in the air.
+        let flights_in_flight = (self.flights_in_flight)();
         let now = self.stats.snapshot();
         let interval = now.since(&self.last);
         self.last = now;
         StatsLine {
             interval,
-            flights_in_flight: (self.flights_in_flight)(),
+            flights_in_flight,
             largest_fanout: self.stats.take_largest_fanout(),
             top_keys: self.stats.take_top_keys(),
             admission: self.admission_interval(),
@@ -155,8 +161,11 @@ impl StatsReporter {
             .collect()
     }
 
-    /// Logs the line for the interval since the previous report.
-    pub fn report(&mut self, interval: Duration) {
+    /// Logs the line for the interval since the previous report, with its real length (the
+    /// last one, at shutdown, is shorter than `stats_interval`).
+    pub fn report(&mut self) {
+        let elapsed = std::mem::replace(&mut self.last_at, std::time::Instant::now()).elapsed();
+        let interval = readable(elapsed);
         let line = self.next_line();
         let delta = &line.interval;
         tracing::info!(
@@ -182,6 +191,18 @@ impl StatsReporter {
     }
 }
 
+/// `elapsed` rounded as a person reads it: to the second from 10 s, to a tenth of one from a
+/// second, else to 10 ms ("10s", not "10s 1ms 318us 60ns").
+fn readable(elapsed: Duration) -> Duration {
+    let step = match elapsed.as_secs() {
+        10.. => 1000,
+        1.. => 100,
+        _ => 10,
+    };
+    let millis = elapsed.as_millis() as u64;
+    Duration::from_millis((millis + step / 2) / step * step)
+}
+
 /// The stats line every `interval`, from a reporter the server's shutdown shares, so that it
 /// can write one last line for the requests since the previous one.
 pub struct PeriodicReport {
@@ -200,7 +221,7 @@ impl PeriodicReport {
     /// Logs the line for the interval so far.
     pub fn report_now(&self) {
         let mut reporter = self.reporter.lock().unwrap_or_else(PoisonError::into_inner);
-        reporter.report(self.interval);
+        reporter.report();
     }
 
     /// Reports every interval until dropped.
@@ -234,6 +255,7 @@ mod tests {
             route: "api",
             path,
             followers,
+            unreported_followers: followers,
             error: None,
             peak_buffered: 0,
             cut_off: 0,

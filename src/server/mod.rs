@@ -198,7 +198,7 @@ impl Server {
         let stats_line = (!config.log.stats_interval.is_zero()).then(|| {
             let reporter = StatsReporter::new(proxy.stats().clone(), {
                 let coordinator = proxy.coordinator().clone();
-                move || coordinator.len()
+                move || coordinator.census()
             });
             PeriodicReport::new(reporter, config.log.stats_interval)
         });

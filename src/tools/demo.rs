@@ -94,7 +94,7 @@ async fn start(args: &DemoArgs) -> anyhow::Result<Running> {
     }));
     let reporter = StatsReporter::new(proxy.stats().clone(), {
         let coordinator = proxy.coordinator().clone();
-        move || coordinator.len()
+        move || coordinator.census()
     });
     println!(
         "coalesce-proxy demo: origin {} (answers after {}), proxy http://{proxy_addr}",

@@ -144,6 +144,8 @@ struct FlightState {
     next_reader: u64,
     /// How many clients joined after the leader.
     followers: usize,
+    /// How many of them the stats line has counted already (`take_unreported_followers`).
+    followers_reported: usize,
     /// Readers cut off for lagging.
     cut_off: usize,
     /// New requests may join while this is true.
@@ -246,6 +248,7 @@ impl Flight {
                 readers: BTreeSet::from([(0, 0)]),
                 next_reader: 1,
                 followers: 0,
+                followers_reported: 0,
                 cut_off: 0,
                 open: true,
                 fetch_waiting: false,
@@ -269,6 +272,16 @@ impl Flight {
 
     pub fn followers(&self) -> usize {
         self.lock().followers
+    }
+
+    /// The followers that joined since the previous call, and all of them: the stats line
+    /// counts a herd in the interval its requests arrived in, whether or not the flight has
+    /// ended by then.
+    pub fn take_unreported_followers(&self) -> (usize, usize) {
+        let mut state = self.lock();
+        let new = state.followers - state.followers_reported;
+        state.followers_reported = state.followers;
+        (new, state.followers)
     }
 
     /// The upstream status, once the head has arrived.

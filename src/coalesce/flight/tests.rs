@@ -75,6 +75,7 @@ fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
             .collect(),
         next_reader: cursors.len() as u64,
         followers: cursors.len().saturating_sub(1),
+        followers_reported: 0,
         cut_off: 0,
         open: false,
         fetch_waiting: false,
