@@ -154,3 +154,24 @@ async fn a_browser_shows_the_herds_flight_its_followers_and_the_chart() {
     );
     assert_eq!(outcomes(&herd.await.expect("herd")), (1, 29, 0));
 }
+
+/// One moment, one count: while a herd's body still streams (held after its first piece),
+/// the totals and the routes' counts in `/status.json` agree: both count a request when its
+/// response head is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totals_and_route_counts_agree_while_bodies_stream() {
+    let h = Harness::start_with(OriginSettings::default(), "", ADMIN).await;
+    let herd = held_herd(&h, 10, "/status/streaming?size=100000&chunks=2&hold=g").await;
+    assert!(eventually(|| h.proxy.stats().snapshot().requests >= 10).await);
+    let json = status(&h).await;
+    assert_eq!(json["totals"]["requests"], 10, "{json}");
+    let by_route: u64 = json["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|route| route["requests"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(by_route, 10, "{json}");
+    h.origin.open_gate("g");
+    assert_eq!(outcomes(&herd.await.expect("herd")), (1, 9, 0));
+}

@@ -341,9 +341,16 @@ impl RouteMetrics {
         std::array::from_fn(|i| self.requests[i].get())
     }
 
+    /// A request answered (its response head ready, or its client gone before one): counted
+    /// at the same moment as the process totals (`Stats::record_request`), so the per-route
+    /// counts always add up to them.
+    pub fn request_answered(&self, outcome: Outcome) {
+        self.requests[outcome as usize].inc();
+    }
+
+    /// A response that ended: its bytes and how long the request took.
     pub fn request_done(&self, outcome: Outcome, bytes: u64, seconds: f64) {
         let i = outcome as usize;
-        self.requests[i].inc();
         self.response_bytes[i].inc_by(bytes);
         self.request_duration[i].observe(seconds);
     }

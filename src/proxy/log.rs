@@ -1,5 +1,6 @@
-//! Phase 7, log: every request is counted once, when its response head is ready, and
-//! recorded (access log line, per-route metrics) when its body ends, completely or not; a
+//! Phase 7, log: every request is counted once, when its response head is ready (in the
+//! totals and its route's counts alike), and recorded (access log line, bytes and duration)
+//! when its body ends, completely or not; a
 //! request whose client went away before its head is counted and recorded as `cancelled`.
 
 use std::sync::Arc;
@@ -40,7 +41,7 @@ impl Entry {
         route: Arc<RouteMetrics>,
         reply: Reply,
     ) -> Response<ObservedBody<ProxyBody>> {
-        stats.record_request(reply.outcome);
+        count(stats, &route, reply.outcome);
         let (head, body) = reply.response.into_parts();
         // hyper stops reading a body once it has written Content-Length bytes, without
         // polling it to its end: the record compares the bytes sent with this instead.
@@ -74,6 +75,14 @@ impl Entry {
     }
 }
 
+/// Counts a request when it is answered, in the totals and in its route's counts at once:
+/// counted at the end of its body instead, a route's counts lag the totals for as long as
+/// bodies stream.
+fn count(stats: &Stats, route: &RouteMetrics, outcome: Outcome) {
+    stats.record_request(outcome);
+    route.request_answered(outcome);
+}
+
 /// A request not answered yet. Dropped so, its future was dropped: the client went away
 /// (closed its connection, or reset its stream, as a gRPC client does at its deadline)
 /// before the response head was ready, and it is recorded as `cancelled`, nginx's 499.
@@ -102,7 +111,7 @@ impl Drop for Unanswered<'_> {
         let Some((entry, route)) = self.pending.take() else {
             return;
         };
-        self.stats.record_request(Outcome::Cancelled);
+        count(self.stats, &route, Outcome::Cancelled);
         let access_log = entry.access_log;
         let record = entry.record(route, StatusCode::OK, Outcome::Cancelled, None, None);
         record.cancelled(access_log);
