@@ -99,7 +99,7 @@ async fn the_exit_status_is_non_zero_when_shutdown_grace_cuts_connections() {
         .expect("origin");
     let config =
         reload_config(&origin, ROUTE).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\"");
-    let file = write_config(&config);
+    let file = write_config(&stats_only_at_shutdown(config));
     let mut proxy = Running::start(&file.0);
     let addr = address(&proxy.wait_for("listening on").await);
     // Held at the origin for good: the drain cannot finish it.
@@ -110,6 +110,15 @@ async fn the_exit_status_is_non_zero_when_shutdown_grace_cuts_connections() {
     assert!(origin.wait_until(PATIENCE, |o| o.hits() == 1).await);
     proxy.signal("TERM");
     proxy.wait_for("shutdown grace period ran out").await;
+    // The request the grace cut is in the last stats line, as cancelled (nginx's 499).
+    let log = rest_of_log(&mut proxy).await;
+    let last = log
+        .iter()
+        .rev()
+        .find(|l| is_stats(l))
+        .expect("a last stats line");
+    assert_eq!(last["requests"], 1, "{last}");
+    assert_eq!(last["cancelled"], 1, "{last}");
     assert_eq!(exit_status(proxy).await.code(), Some(1));
     held.abort();
 }

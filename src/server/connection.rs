@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::stall_guard::StallGuard;
+use super::Phase;
 use crate::config::ServerConfig;
 use crate::proxy::{Connection, Proxy};
 use crate::runtime::Workers;
@@ -69,7 +70,7 @@ impl ConnectionServer {
         self: &Arc<Self>,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-        mut draining: watch::Receiver<bool>,
+        mut draining: watch::Receiver<Phase>,
         permit: OwnedSemaphorePermit,
     ) {
         let server = self.clone();
@@ -89,7 +90,7 @@ impl ConnectionServer {
                             _ => return,
                         }
                     }
-                    _ = draining.wait_for(|draining| *draining) => return,
+                    _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return,
                 }
             };
             let result = match &server.tls {
@@ -117,12 +118,12 @@ impl ConnectionServer {
         acceptor: &tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         peer: SocketAddr,
-        mut draining: watch::Receiver<bool>,
+        mut draining: watch::Receiver<Phase>,
     ) -> Result<(), hyper::Error> {
         let deadline = tokio::time::Instant::now() + self.first_bytes_timeout;
         let first = tokio::select! {
             peeked = tokio::time::timeout_at(deadline, first_byte(&stream)) => peeked,
-            _ = draining.wait_for(|draining| *draining) => return Ok(()),
+            _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return Ok(()),
         };
         match first {
             // A TLS record starts with its content type, 22 for a handshake; a letter is an
@@ -137,7 +138,7 @@ impl ConnectionServer {
         }
         let handshake = tokio::select! {
             done = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => done,
-            _ = draining.wait_for(|draining| *draining) => return Ok(()),
+            _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return Ok(()),
         };
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
@@ -162,7 +163,7 @@ impl ConnectionServer {
         stream: S,
         connection: Connection,
         http2: bool,
-        draining: watch::Receiver<bool>,
+        draining: watch::Receiver<Phase>,
     ) -> Result<(), hyper::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -198,14 +199,14 @@ struct Protocols {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
-/// Drives `connection` to its end. Once `draining` is set it asks the connection to finish
+/// Drives `connection` to its end. Once `draining` says so it asks the connection to finish
 /// (`start_draining`): HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY and
-/// completes its open streams. Dropping `draining` at the end tells the server this
-/// connection is gone.
+/// completes its open streams; once it says `Cut`, it drops the connection. Dropping
+/// `draining` at the end tells the server this connection is gone.
 async fn until_drained<C>(
     connection: C,
     start_draining: impl FnOnce(Pin<&mut C>),
-    mut draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<Phase>,
 ) -> Result<(), hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>>,
@@ -213,10 +214,16 @@ where
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return result,
-        _ = draining.wait_for(|draining| *draining) => {}
+        _ = draining.wait_for(|phase| *phase >= Phase::Draining) => {}
     }
     start_draining(connection.as_mut());
-    connection.await
+    tokio::select! {
+        result = connection => result,
+        // The grace ran out: the connection is dropped here, with the requests it still
+        // serves, so that they are counted (as cancelled, before their head) in the last
+        // stats line rather than vanishing with the process.
+        _ = draining.wait_for(|phase| *phase == Phase::Cut) => Ok(()),
+    }
 }
 
 /// The HTTP/2 connection preface: a client speaking h2c with prior knowledge starts with it.

@@ -230,7 +230,7 @@ impl Server {
         ));
         // Set when draining starts. Every connection holds a receiver until it ends, so the
         // receivers count the open connections and the drain ends when the last one is gone.
-        let (draining_tx, draining) = watch::channel(false);
+        let (draining_tx, draining) = watch::channel(Phase::Serving);
         let accepting = Accepting {
             accepted,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
@@ -259,7 +259,7 @@ impl Server {
 async fn stop_accepting_and_drain(
     accepting: Accepting,
     mut background: JoinSet<()>,
-    draining_tx: watch::Sender<bool>,
+    draining_tx: watch::Sender<Phase>,
     config: &Config,
 ) -> Shutdown {
     let delay = config.server.drain_delay;
@@ -273,11 +273,21 @@ async fn stop_accepting_and_drain(
         accepting.until(tokio::time::sleep(delay)).await
     };
     drop(accepting);
-    draining_tx.send_replace(true);
+    draining_tx.send_replace(Phase::Draining);
     // Waits for the accept loops to end, so their listeners are closed (new connections
     // refused) before the drain is announced.
     background.shutdown().await;
     drain(&draining_tx, config.server.shutdown_grace).await
+}
+
+/// What the server asks of its open connections, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Serving,
+    /// Finish what is in progress, take nothing new.
+    Draining,
+    /// The grace ran out: stop now.
+    Cut,
 }
 
 /// How a shutdown ended.
@@ -296,7 +306,7 @@ struct Accepting {
     accepted: mpsc::Receiver<(TcpStream, SocketAddr)>,
     connections: Arc<Semaphore>,
     connection_server: Arc<ConnectionServer>,
-    draining: watch::Receiver<bool>,
+    draining: watch::Receiver<Phase>,
 }
 
 impl Accepting {
@@ -327,7 +337,7 @@ impl Accepting {
 
 /// Waits until every connection has ended (each holds a receiver of `draining`), or
 /// `grace` has passed, and says which.
-async fn drain(draining: &watch::Sender<bool>, grace: Duration) -> Shutdown {
+async fn drain(draining: &watch::Sender<Phase>, grace: Duration) -> Shutdown {
     let open = draining.receiver_count();
     tracing::info!(
         open_connections = open,
@@ -343,6 +353,10 @@ async fn drain(draining: &watch::Sender<bool>, grace: Duration) -> Shutdown {
             open_connections = draining.receiver_count(),
             "shutdown grace period ran out; closing the remaining connections"
         );
+        draining.send_replace(Phase::Cut);
+        // Each connection drops its requests as it sees the cut; the last stats line waits
+        // for them (a moment, not another grace).
+        let _ = tokio::time::timeout(Duration::from_secs(1), draining.closed()).await;
         Shutdown::GraceRanOut
     } else {
         tracing::info!("all connections drained");
