@@ -33,3 +33,4 @@ mod sharing;
 mod status_page;
 mod tls;
 mod tls_listener;
+mod tracing;

@@ -187,6 +187,9 @@ impl Coordinator {
             return;
         }
         let (unreported, followers) = flight.take_unreported_followers();
+        if let Some(tracer) = self.stats.tracer.get() {
+            fetch_span(tracer, flight, followers, failure);
+        }
         self.stats.record_flight_done(FlightSummary {
             route: &flight.scope.route,
             path: flight.key.path(),
@@ -211,4 +214,50 @@ impl Coordinator {
             "flight done"
         );
     }
+}
+
+/// A traced flight's fetch span, ended with the flight: its route, key digest, status and
+/// fan-out (the followers who waited on it, each of whose spans links here).
+fn fetch_span(
+    tracer: &crate::observe::trace::Tracer,
+    flight: &Flight,
+    followers: usize,
+    failure: Option<&'static str>,
+) {
+    use crate::observe::trace::{Attribute, FinishedSpan, Kind};
+    let Some(trace) = flight.trace.get() else {
+        return;
+    };
+    let mut attributes = vec![
+        (
+            "coalesce.route",
+            Attribute::Text(flight.scope.route.to_string()),
+        ),
+        (
+            "coalesce.key",
+            Attribute::Text(format!("{:016x}", flight.key.digest())),
+        ),
+        ("coalesce.fanout", Attribute::Int(followers as i64)),
+        ("url.path", Attribute::Text(flight.key.path().to_owned())),
+    ];
+    if let Some(status) = flight.status() {
+        attributes.push((
+            "http.response.status_code",
+            Attribute::Int(i64::from(status.as_u16())),
+        ));
+    }
+    if let Some(kind) = failure {
+        attributes.push(("error.type", Attribute::Text(kind.to_owned())));
+    }
+    tracer.finish(FinishedSpan {
+        context: trace.context,
+        parent: Some(trace.parent),
+        name: "upstream fetch",
+        kind: Kind::Client,
+        start: trace.start,
+        end: std::time::SystemTime::now(),
+        attributes,
+        links: Vec::new(),
+        error: failure.is_some(),
+    });
 }

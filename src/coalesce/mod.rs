@@ -25,6 +25,6 @@ pub use budget::BufferBudget;
 pub use coordinator::Coordinator;
 pub use fanout::FanoutBody;
 pub use fetch::Fetched;
-pub use flight::{Flight, FlightError, Scope, SharedHead};
+pub use flight::{FetchTrace, Flight, FlightError, Scope, SharedHead};
 pub use status::{Follower, Lead, Status};
 pub use subscription::Subscription;

@@ -71,6 +71,19 @@ pub struct Config {
     pub coalesce: CoalescePolicy,
     /// Routes in file order; `routes::RouteTable` decides which one a request takes.
     pub routes: Vec<RouteConfig>,
+    /// `[tracing]`: spans exported over OTLP/HTTP; none without it. A restart applies a change.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// What `[tracing]` configures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to
+    /// `{otlp}/v1/traces`.
+    pub otlp: http::Uri,
+    /// The share of new traces recorded (a client's `traceparent` decides for its own).
+    pub sample: f64,
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone)]

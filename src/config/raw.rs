@@ -49,6 +49,15 @@ pub struct File {
     #[serde(default)]
     pub routes: Vec<Route>,
     pub resolver: Option<DnsResolver>,
+    pub tracing: Option<Tracing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    pub otlp: Spanned<String>,
+    pub sample: Option<Spanned<f64>>,
+    pub service_name: Option<String>,
 }
 
 #[derive(Deserialize)]

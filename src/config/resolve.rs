@@ -127,6 +127,7 @@ impl Resolver<'_> {
                 "no [[routes]]: the proxy would answer every request with 404",
             ));
         }
+        let tracing = raw.tracing.map(|t| self.tracing(t)).transpose()?;
         Ok(Config {
             server,
             admin,
@@ -134,6 +135,36 @@ impl Resolver<'_> {
             upstreams,
             coalesce: defaults,
             routes,
+            tracing,
+        })
+    }
+
+    /// `[tracing]`: an `http://` collector URL and a sampling ratio between 0 and 1.
+    fn tracing(&self, raw: raw::Tracing) -> Result<super::TracingConfig, ConfigError> {
+        let otlp = raw.otlp.get_ref();
+        let uri: http::Uri = otlp
+            .parse()
+            .ok()
+            .filter(|u: &http::Uri| u.scheme_str() == Some("http") && u.host().is_some())
+            .ok_or_else(|| {
+                self.error_at(
+                    raw.otlp.span(),
+                    format!("invalid [tracing] otlp {otlp:?}: write the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\""),
+                )
+            })?;
+        let sample = match &raw.sample {
+            None => 1.0,
+            Some(sample) if (0.0..=1.0).contains(sample.get_ref()) => *sample.get_ref(),
+            Some(sample) => {
+                return Err(self.error_at(sample.span(), "[tracing] sample must be between 0 and 1"))
+            }
+        };
+        Ok(super::TracingConfig {
+            otlp: uri,
+            sample,
+            service_name: raw
+                .service_name
+                .unwrap_or_else(|| "coalesce-proxy".to_owned()),
         })
     }
 

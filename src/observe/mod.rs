@@ -18,3 +18,4 @@ pub mod outcome;
 pub mod sharded;
 pub mod stats;
 pub mod stats_line;
+pub mod trace;

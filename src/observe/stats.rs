@@ -93,6 +93,8 @@ pub struct Stats {
     peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
     largest_fanout: AtomicU64,
+    /// Spans, when `[tracing]` is set (once, at start).
+    pub tracer: std::sync::OnceLock<super::trace::Tracer>,
 }
 
 impl StatsSnapshot {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{request, HeaderMap, HeaderValue, Method};
 
+use crate::observe::trace::SpanContext;
 use crate::route::Route;
 use crate::sharing::{Key, KeyParts};
 
@@ -31,6 +32,8 @@ pub struct RequestContext {
     pub authority: Option<HeaderValue>,
     /// A shared request's body, read whole (a read-only POST's); empty otherwise.
     pub body: Bytes,
+    /// The request's span, when it is traced: its fetch or pass-through is a child of it.
+    pub trace: Option<SpanContext>,
 }
 
 impl RequestContext {
@@ -46,6 +49,7 @@ impl RequestContext {
             parts,
             authority,
             body: Bytes::new(),
+            trace: None,
         }
     }
 
@@ -91,6 +95,7 @@ impl RequestContext {
             parts,
             authority: self.authority.clone(),
             body: Bytes::new(),
+            trace: self.trace,
         }
     }
 }

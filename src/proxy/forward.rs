@@ -115,7 +115,7 @@ impl Proxy {
         remembered: Option<&Key>,
     ) -> Reply {
         let route = &request.route;
-        let upstream = match upstream_request(request, body) {
+        let mut upstream = match upstream_request(request, body) {
             Ok(request) => request,
             Err(err) => {
                 let response = text_reply(
@@ -127,7 +127,12 @@ impl Proxy {
                 return Reply::pass(response);
             }
         };
-        let response = match send_upstream(&self.stats, route, upstream, Priority::Pass).await {
+        let span = super::trace::pass_span(&self.stats, request.trace, upstream.headers_mut());
+        let sent = send_upstream(&self.stats, route, upstream, Priority::Pass).await;
+        if let Some(end) = span {
+            end(sent.as_ref().ok().map(|response| response.status()));
+        }
+        let response = match sent {
             Ok(response) => {
                 let response = response::clean(response);
                 if let Some(key) = remembered {

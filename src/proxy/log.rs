@@ -50,7 +50,8 @@ impl Entry {
             .flatten()
             .and_then(|value| value.to_str().ok()?.parse().ok());
         let access_log = self.access_log;
-        let record = self.record(route, head.status, reply.outcome, reply.flight, length);
+        let flight = reply.flight.map(|flight| flight.id);
+        let record = self.record(route, head.status, reply.outcome, flight, length);
         Response::from_parts(head, ObservedBody::new(body, record, access_log))
     }
 

@@ -40,6 +40,7 @@ mod reply;
 mod response;
 mod routing;
 mod share;
+mod trace;
 
 pub use context::{Connection, RequestContext};
 
@@ -159,6 +160,7 @@ impl Proxy {
         let http2 = request.version() == http::Version::HTTP_2;
         let http1_trailers = !http2 && sharing::accepts_trailers(request.headers());
         let (parts, body) = request.into_parts();
+        let span = trace::ServerSpan::start(&self.stats, &parts);
         let routed = routing.route(parts, connection);
         let proxy = self.clone();
         async move {
@@ -167,10 +169,20 @@ impl Proxy {
                 Ok(request) => request.route.metrics.clone(),
             };
             let unanswered = log::Unanswered::new(log, metrics, &proxy.stats);
+            let mut route = None;
             let mut reply = match routed {
                 Err(reply) => *reply,
-                Ok(mut request) => proxy.serve(&routing, &mut request, body).await,
+                Ok(mut request) => {
+                    if let Some(span) = &span {
+                        request.trace = Some(span.context);
+                        route = Some(request.route.name.clone());
+                    }
+                    proxy.serve(&routing, &mut request, body).await
+                }
             };
+            if let Some(span) = span {
+                span.finish(&proxy.stats, route, &reply);
+            }
             if http2 {
                 reply::add_date(&mut reply.response);
             } else if http1_trailers {

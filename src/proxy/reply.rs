@@ -12,6 +12,7 @@ use super::ProxyBody;
 use crate::cache::status::{CacheStatus, Forward, CACHE_STATUS};
 use crate::cache::{self, StoredResponse};
 use crate::observe::outcome::Outcome;
+use crate::observe::trace::SpanContext;
 use crate::sharing;
 use crate::upstream::BoxError;
 
@@ -20,10 +21,29 @@ pub struct Reply {
     pub response: Response<ProxyBody>,
     pub outcome: Outcome,
     /// The flight that served it, if any.
-    pub flight: Option<u64>,
+    pub flight: Option<ServedBy>,
     /// How the cache layer handled it, when that is decided along the way; otherwise
     /// [`add_cache_status_header`] works it out at the end.
     pub cache_status: Option<CacheStatus>,
+}
+
+/// The flight a reply came from: its id (in the access log), its key's digest, and its fetch's
+/// span when traced (a follower's span links to it).
+#[derive(Debug, Clone, Copy)]
+pub struct ServedBy {
+    pub id: u64,
+    pub key: u64,
+    pub fetch_span: Option<SpanContext>,
+}
+
+impl ServedBy {
+    pub fn of(flight: &crate::coalesce::Flight) -> ServedBy {
+        ServedBy {
+            id: flight.id,
+            key: flight.key.digest(),
+            fetch_span: flight.trace.get().map(|trace| trace.context),
+        }
+    }
 }
 
 impl Reply {

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use super::context::RequestContext;
 use super::forward::request_body;
 use super::ranged;
-use super::reply::{cached, error_reply, set_outcome, Reply};
+use super::reply::{cached, error_reply, set_outcome, Reply, ServedBy};
 use super::Proxy;
 use crate::cache::status::{CacheStatus, Forward};
 use crate::cache::{self, Lookup, Miss, Settled, StoredResponse};
@@ -212,7 +212,7 @@ fn confirmed(
 ) -> Reply {
     let outcome = outcome_of(subscription);
     let mut reply = cached(entry, request, outcome);
-    reply.flight = Some(subscription.flight().id);
+    reply.flight = Some(ServedBy::of(subscription.flight()));
     reply.with_cache_status(CacheStatus::Forward {
         reason: Forward::Stale,
         status: Some(http::StatusCode::NOT_MODIFIED),
@@ -231,7 +231,7 @@ fn fan_out(
     subscription: Subscription,
 ) -> Reply {
     let outcome = outcome_of(&subscription);
-    let flight = subscription.flight().id;
+    let flight = ServedBy::of(subscription.flight());
     let body = FanoutBody::new(subscription, head.empty).map_err(BoxError::from);
     let mut response = http::Response::new(body.boxed_unsync());
     *response.status_mut() = head.status;
@@ -275,7 +275,7 @@ fn shared_error(
             err.status(),
         ),
         outcome,
-        flight: Some(subscription.flight().id),
+        flight: Some(ServedBy::of(subscription.flight())),
         cache_status: Some(CacheStatus::Forward {
             reason,
             status: None,

@@ -42,6 +42,8 @@ pub struct Server {
     readiness: Arc<Readiness>,
     /// What TLS listeners present; a reload replaces it.
     certificate: Option<Arc<tls::ListenerCertificate>>,
+    /// The span exporter's task, when `[tracing]` is set: spawned with the others by `run`.
+    exporter: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// What outlives `Server::run`'s start: reloading the configuration, and readiness.
@@ -125,7 +127,13 @@ impl Server {
         admin: Option<TcpListener>,
         config: Config,
     ) -> Server {
-        let proxy = Arc::new(Proxy::new(&config, Arc::new(Stats::default())));
+        let stats = Arc::new(Stats::default());
+        let exporter = config.tracing.as_ref().map(|tracing| {
+            let (tracer, exporter) = crate::observe::trace::Tracer::new(tracing);
+            let _ = stats.tracer.set(tracer);
+            Box::pin(exporter) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        });
+        let proxy = Arc::new(Proxy::new(&config, stats));
         let certificate = config
             .server
             .tls
@@ -138,6 +146,7 @@ impl Server {
             config,
             readiness: Arc::new(Readiness::default()),
             certificate,
+            exporter,
         }
     }
 
@@ -177,6 +186,7 @@ impl Server {
             config,
             readiness,
             certificate,
+            exporter,
         } = self;
         for address in listeners.iter().filter_map(|l| l.local_addr().ok()) {
             let scheme = if config.server.tls.is_some() {
@@ -207,6 +217,9 @@ impl Server {
         }
         let budget = proxy.coordinator().budget.clone();
         background.spawn(memory::release_freed_memory(budget));
+        if let Some(exporter) = exporter {
+            background.spawn(exporter);
+        }
         // Each listener accepts on its own task and hands connections to this one, which owns
         // the graceful-shutdown registry.
         let (accepted_tx, accepted) = mpsc::channel::<(TcpStream, SocketAddr)>(1024);

@@ -106,6 +106,8 @@ pub struct Flight {
     /// carries `Vary`.
     pub leader_headers: HeaderMap,
     pub started: Instant,
+    /// The upstream fetch's span, when the leader's request is traced: followers link to it.
+    pub trace: std::sync::OnceLock<FetchTrace>,
     /// Guarded by a std mutex: it is held only to read or update a few fields, never across
     /// an `.await` and never while the fetch is polled, so it cannot block the runtime for
     /// longer than a queue push.
@@ -113,6 +115,15 @@ pub struct Flight {
     /// The fetch waits on this for room in the buffer. A `Notify` of its own, so that every
     /// reader's progress does not wake every other reader.
     drained: Notify,
+}
+
+/// A traced flight's fetch span: its context (what goes upstream in `traceparent`), the
+/// leader's server span it belongs under, and when it started.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchTrace {
+    pub context: crate::observe::trace::SpanContext,
+    pub parent: [u8; 8],
+    pub start: std::time::SystemTime,
 }
 
 #[derive(Debug)]
@@ -235,6 +246,7 @@ impl Flight {
             scope,
             leader_headers,
             started: Instant::now(),
+            trace: std::sync::OnceLock::new(),
             state: Mutex::new(FlightState {
                 head: None,
                 chunks: VecDeque::new(),
