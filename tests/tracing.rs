@@ -149,7 +149,10 @@ async fn a_herd_gives_one_fetch_span_and_every_follower_links_to_it() {
             assert_eq!(server.links.len(), 1);
             assert_eq!(server.links[0].trace_id, fetch.trace_id);
             assert_eq!(server.links[0].span_id, fetch.span_id);
-            assert_eq!(text(server, "coalesce.key"), text(fetch, "coalesce.key"));
+            assert_eq!(
+                attribute(server, "coalesce.flight"),
+                attribute(leader, "coalesce.flight")
+            );
         }
     }
     assert_eq!(followers, 19);

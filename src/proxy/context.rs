@@ -33,7 +33,8 @@ pub struct RequestContext {
     /// A shared request's body, read whole (a read-only POST's); empty otherwise.
     pub body: Bytes,
     /// The request's span, when it is traced: its fetch or pass-through is a child of it.
-    pub trace: Option<SpanContext>,
+    /// Boxed: every request carries the field, few are traced.
+    pub trace: Option<Box<SpanContext>>,
 }
 
 impl RequestContext {
@@ -95,7 +96,7 @@ impl RequestContext {
             parts,
             authority: self.authority.clone(),
             body: Bytes::new(),
-            trace: self.trace,
+            trace: self.trace.clone(),
         }
     }
 }

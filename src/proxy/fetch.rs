@@ -31,7 +31,7 @@ impl Proxy {
             if let Some(validators) = miss.validators() {
                 sent.headers_mut().extend(validators);
             }
-            super::trace::fetch_span(request.trace, flight, sent.headers_mut());
+            super::trace::fetch_span(request.trace.as_deref(), flight, sent.headers_mut());
             sent
         });
         let route = request.route.clone();

@@ -127,7 +127,8 @@ impl Proxy {
                 return Reply::pass(response);
             }
         };
-        let span = super::trace::pass_span(&self.stats, request.trace, upstream.headers_mut());
+        let traced = request.trace.as_deref();
+        let span = super::trace::pass_span(&self.stats, traced, upstream.headers_mut());
         let sent = send_upstream(&self.stats, route, upstream, Priority::Pass).await;
         if let Some(end) = span {
             end(sent.as_ref().ok().map(|response| response.status()));

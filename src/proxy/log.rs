@@ -50,7 +50,7 @@ impl Entry {
             .flatten()
             .and_then(|value| value.to_str().ok()?.parse().ok());
         let access_log = self.access_log;
-        let flight = reply.flight.map(|flight| flight.id);
+        let flight = reply.flight.as_ref().map(|flight| flight.id);
         let record = self.record(route, head.status, reply.outcome, flight, length);
         Response::from_parts(head, ObservedBody::new(body, record, access_log))
     }

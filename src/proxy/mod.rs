@@ -160,7 +160,7 @@ impl Proxy {
         let http2 = request.version() == http::Version::HTTP_2;
         let http1_trailers = !http2 && sharing::accepts_trailers(request.headers());
         let (parts, body) = request.into_parts();
-        let span = trace::ServerSpan::start(&self.stats, &parts);
+        let mut span = trace::ServerSpan::start(&self.stats, &parts);
         let routed = routing.route(parts, connection);
         let proxy = self.clone();
         async move {
@@ -169,19 +169,18 @@ impl Proxy {
                 Ok(request) => request.route.metrics.clone(),
             };
             let unanswered = log::Unanswered::new(log, metrics, &proxy.stats);
-            let mut route = None;
             let mut reply = match routed {
                 Err(reply) => *reply,
                 Ok(mut request) => {
-                    if let Some(span) = &span {
-                        request.trace = Some(span.context);
-                        route = Some(request.route.name.clone());
+                    if let Some(span) = &mut span {
+                        request.trace = Some(Box::new(span.context));
+                        span.route = Some(request.route.name.clone());
                     }
                     proxy.serve(&routing, &mut request, body).await
                 }
             };
             if let Some(span) = span {
-                span.finish(&proxy.stats, route, &reply);
+                span.finish(&proxy.stats, &reply);
             }
             if http2 {
                 reply::add_date(&mut reply.response);

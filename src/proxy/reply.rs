@@ -27,21 +27,20 @@ pub struct Reply {
     pub cache_status: Option<CacheStatus>,
 }
 
-/// The flight a reply came from: its id (in the access log), its key's digest, and its fetch's
-/// span when traced (a follower's span links to it).
-#[derive(Debug, Clone, Copy)]
+/// The flight a reply came from: its id (in the access log), and its fetch's span when traced
+/// (a follower's span links to it; boxed, since few replies are traced and every reply moves
+/// through the layers by value).
+#[derive(Debug, Clone)]
 pub struct ServedBy {
     pub id: u64,
-    pub key: u64,
-    pub fetch_span: Option<SpanContext>,
+    pub fetch_span: Option<Box<SpanContext>>,
 }
 
 impl ServedBy {
     pub fn of(flight: &crate::coalesce::Flight) -> ServedBy {
         ServedBy {
             id: flight.id,
-            key: flight.key.digest(),
-            fetch_span: flight.trace.get().map(|trace| trace.context),
+            fetch_span: flight.trace.get().map(|trace| Box::new(trace.context)),
         }
     }
 }

@@ -15,31 +15,35 @@ use crate::observe::outcome::Outcome;
 use crate::observe::stats::Stats;
 use crate::observe::trace::{Attribute, FinishedSpan, Kind, SpanContext, TRACEPARENT};
 
-/// A traced request's own span, open until its response head is ready.
+/// A traced request's own span, open until its response head is ready. Boxed wherever it
+/// waits with its request: an untraced request's future carries one pointer for it.
 pub(super) struct ServerSpan {
     pub context: SpanContext,
     parent: Option<[u8; 8]>,
     start: SystemTime,
     method: http::Method,
     path: String,
+    /// The route's name, once routed.
+    pub route: Option<Arc<str>>,
 }
 
 impl ServerSpan {
     /// The span for a request with these parts, if tracing is on and it is sampled.
-    pub fn start(stats: &Stats, parts: &http::request::Parts) -> Option<ServerSpan> {
+    pub fn start(stats: &Stats, parts: &http::request::Parts) -> Option<Box<ServerSpan>> {
         let (context, parent) = stats.tracer.get()?.start_server(&parts.headers)?;
-        Some(ServerSpan {
+        Some(Box::new(ServerSpan {
             context,
             parent,
             start: SystemTime::now(),
             method: parts.method.clone(),
             path: parts.uri.path().to_owned(),
-        })
+            route: None,
+        }))
     }
 
     /// Ends it with what `reply` says: the outcome, the status, and for a flight's client its
     /// flight (a follower's span links to the flight's fetch).
-    pub fn finish(self, stats: &Stats, route: Option<Arc<str>>, reply: &Reply) {
+    pub fn finish(self, stats: &Stats, reply: &Reply) {
         let Some(tracer) = stats.tracer.get() else {
             return;
         };
@@ -59,19 +63,16 @@ impl ServerSpan {
                 Attribute::Text(reply.outcome.as_str().to_owned()),
             ),
         ];
-        if let Some(route) = route {
+        if let Some(route) = self.route {
             attributes.push(("coalesce.route", Attribute::Text(route.to_string())));
         }
         let mut links = Vec::new();
-        if let Some(flight) = reply.flight {
-            attributes.push((
-                "coalesce.key",
-                Attribute::Text(format!("{:016x}", flight.key)),
-            ));
+        if let Some(flight) = &reply.flight {
             attributes.push(("coalesce.flight", Attribute::Int(flight.id as i64)));
-            // The fetch's leader is its parent; everyone else waited on it.
+            // The fetch's leader is its parent; everyone else waited on it (the fetch's span
+            // has the key and the fan-out).
             if reply.outcome != Outcome::Leader {
-                links.extend(flight.fetch_span);
+                links.extend(flight.fetch_span.as_deref().copied());
             }
         }
         tracer.finish(FinishedSpan {
@@ -90,7 +91,7 @@ impl ServerSpan {
 
 /// The span of the fetch `flight` makes for a traced leader: kept on the flight (followers
 /// link to it, the flight ends it), its context written into the upstream request.
-pub(super) fn fetch_span(leader: Option<SpanContext>, flight: &Flight, upstream: &mut HeaderMap) {
+pub(super) fn fetch_span(leader: Option<&SpanContext>, flight: &Flight, upstream: &mut HeaderMap) {
     let Some(leader) = leader else {
         return;
     };
@@ -109,10 +110,10 @@ pub(super) fn fetch_span(leader: Option<SpanContext>, flight: &Flight, upstream:
 /// the function that ends it at the response head.
 pub(super) fn pass_span(
     stats: &Arc<Stats>,
-    request: Option<SpanContext>,
+    request: Option<&SpanContext>,
     upstream: &mut HeaderMap,
 ) -> Option<impl FnOnce(Option<http::StatusCode>)> {
-    let request = request?;
+    let request = *request?;
     let context = request.child();
     upstream.insert(&TRACEPARENT, context.traceparent());
     let (stats, start) = (stats.clone(), SystemTime::now());
