@@ -202,7 +202,9 @@ async fn export(config: TracingConfig, mut spans: mpsc::Receiver<FinishedSpan>) 
         }
         let body = encode(&config, std::mem::take(&mut batch));
         if let Err(err) = post(&config.otlp, body).await {
-            tracing::warn!(collector = %config.otlp, error = %err, "could not send spans");
+            // A collector that is down: one line per 10 s, saying how many were held back.
+            let what = "could not send spans to the [tracing] otlp collector";
+            super::failure_log::upstream_failed("[tracing]", "otlp", &err, what);
         }
     }
 }
