@@ -51,7 +51,7 @@ async fn rfc9211_2_5_followers_are_collapsed_and_routes_without_a_cache_bypass_i
     let h = harness().await;
     // The / route coalesces but has no cache.
     let replies = h
-        .gated_herd(5, Method::GET, "/plain?size=10&hold_rest=p", &[], "p")
+        .gated_herd(5, Method::GET, "/plain?size=10&hold_head=p", &[], "p")
         .await;
     let leader = "coalesce-proxy; fwd=bypass; fwd-status=200";
     let follower = "coalesce-proxy; fwd=bypass; fwd-status=200; collapsed";
