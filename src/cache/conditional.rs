@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// Whether the request's `If-None-Match` (or, without one, its `If-Modified-Since`) is
 /// false for the stored response's fields, so that the answer is 304.
@@ -51,6 +51,23 @@ pub fn not_modified_headers(headers: &HeaderMap) -> HeaderMap {
         header::CONTENT_RANGE,
     ] {
         headers.remove(name);
+    }
+    headers
+}
+
+/// Stored header fields updated by a newer response's (RFC 9111 §3.2): each field the new
+/// response has replaces every line of the stored one; the others are kept. The framing fields
+/// (`Content-Length`, `Transfer-Encoding`) describe the stored body and are never taken from a
+/// 304 or from a part.
+pub(super) fn updated_fields(stored: &HeaderMap, new: &HeaderMap) -> HeaderMap {
+    let replaced =
+        |name: &HeaderName| name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING;
+    let mut headers = stored.clone();
+    for name in new.keys().filter(|n| replaced(n)) {
+        headers.remove(name);
+    }
+    for (name, value) in new.iter().filter(|(n, _)| replaced(n)) {
+        headers.append(name.clone(), value.clone());
     }
     headers
 }

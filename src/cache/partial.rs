@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 
+use super::conditional::updated_fields;
 use super::range::{byte_range, RangeAnswer};
 
 /// The part of a representation a stored 206 holds: from `start`, as many bytes as its body
@@ -106,7 +107,8 @@ pub fn combine(
     if old_end > new_end {
         body.extend_from_slice(&old_body[(new_end - old.start) as usize..]);
     }
-    let mut headers = updated(old_headers, new_headers);
+    // Content-Length is the combined body's, set below.
+    let mut headers = updated_fields(old_headers, new_headers);
     let whole = start == 0 && end == part.complete;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     let combined = Part {
@@ -127,19 +129,6 @@ pub fn combine(
         Some(combined),
         body.freeze(),
     ))
-}
-
-/// The stored header fields updated by a newer response's (§3.2): each field the new response
-/// has replaces all of the stored one's lines; the others are kept.
-fn updated(stored: &HeaderMap, new: &HeaderMap) -> HeaderMap {
-    let mut headers = stored.clone();
-    for name in new.keys() {
-        headers.remove(name);
-    }
-    for (name, value) in new {
-        headers.append(name.clone(), value.clone());
-    }
-    headers
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;
 
+use super::conditional::updated_fields;
 use super::freshness::{freshness, Freshness};
 use super::partial::Part;
 use crate::config::CachePolicy;
@@ -67,15 +68,7 @@ impl StoredResponse {
         policy: &CachePolicy,
         request_has_authorization: bool,
     ) -> Option<(HeaderMap, Freshness)> {
-        let mut headers = self.headers.clone();
-        let replaced =
-            |name: &HeaderName| name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING;
-        for name in not_modified.keys().filter(|n| replaced(n)) {
-            headers.remove(name);
-        }
-        for (name, value) in not_modified.iter().filter(|(n, _)| replaced(n)) {
-            headers.append(name.clone(), value.clone());
-        }
+        let headers = updated_fields(&self.headers, not_modified);
         let freshness = freshness(policy, self.status, &headers, request_has_authorization)?;
         Some((headers, freshness))
     }
