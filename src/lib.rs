@@ -42,6 +42,7 @@ pub mod cache;
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod fleet;
 pub mod observe;
 pub mod proxy;
 pub mod route;

@@ -18,6 +18,7 @@ mod dns;
 mod failures;
 mod faults;
 mod first_week;
+mod fleet;
 mod fuzz_regressions;
 mod grpc;
 mod hostile;

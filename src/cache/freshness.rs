@@ -256,6 +256,15 @@ const UNREADABLE_AGE: Duration = Duration::from_secs(2_147_483_648);
 /// its `Date`. An `Age` field that is not a single `delta-seconds` (§5.1: a list, a suffix, a
 /// sign, a fraction) says nothing trustworthy about how old the response is, so it is taken
 /// as very old rather than as new: the response is stale, never fresh on a guess.
+/// A response's age at `now` when it was received at `received` (RFC 9111 §4.2.3): its
+/// corrected initial age then, plus the time it has been resident since. What a response
+/// handed on by another cache (the fleet layer's Redis) says in `Age`.
+pub fn current_age(headers: &HeaderMap, received: SystemTime, now: SystemTime) -> Duration {
+    let date = header_date(headers, &header::DATE);
+    let resident = now.duration_since(received).unwrap_or_default();
+    initial_age(headers, date, received) + resident
+}
+
 fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: SystemTime) -> Duration {
     let mut values = headers.get_all(header::AGE).iter();
     let age_value = match (values.next(), values.next()) {

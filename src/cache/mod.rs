@@ -30,7 +30,7 @@ mod storing;
 #[cfg(test)]
 mod tests;
 
-pub use freshness::{as_targeted, freshness, freshness_at, Freshness};
+pub use freshness::{as_targeted, current_age, freshness, freshness_at, Freshness};
 pub use invalidate::after_unsafe_request;
 pub use lookup::{cacheable_request, look_up, response, Lookup, Miss, Settled};
 pub use range::{byte_range, RangeAnswer};

@@ -305,6 +305,29 @@ pub struct RouteConfig {
     pub coalesce: CoalescePolicy,
     /// `None` unless the route turns its cache on.
     pub cache: Option<CachePolicy>,
+    /// `None` unless the route shares its flights with other proxies through Redis.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// A route's fleet layer (`fleet = { redis = "redis://cache:6379" }`): a lease per key in
+/// Redis, so that one proxy of many fetches, and the result shared through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port[/db]`, as redis-rs reads it.
+    pub redis: String,
+    /// How long a lease holds without its holder finishing: past it, a waiter takes over. At
+    /// least the origin's usual response time.
+    pub lease: Duration,
+    /// Largest response body shared through Redis; a larger one releases the waiters to
+    /// fetch for themselves.
+    pub body_max: u64,
+    /// Each Redis command's limit: past it the route falls back to local coalescing.
+    pub timeout: Duration,
+    /// How long the route stays on local coalescing after Redis failed, before trying again.
+    pub retry: Duration,
+    /// What the route is called in Redis: the same in every proxy of the fleet (the route's
+    /// name unless set).
+    pub namespace: String,
 }
 
 impl Config {

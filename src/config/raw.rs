@@ -181,6 +181,18 @@ pub struct Route {
     pub strip_prefix: Option<bool>,
     pub coalesce: Option<Coalesce>,
     pub cache: Option<Cache>,
+    pub fleet: Option<Fleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub redis: Spanned<String>,
+    pub lease: Option<Spanned<DurationText>>,
+    pub body_max: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<DurationText>>,
+    pub retry: Option<Spanned<DurationText>>,
+    pub namespace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

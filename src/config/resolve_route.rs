@@ -241,6 +241,10 @@ impl Resolver<'_> {
             Some(cache) if cache.enabled.unwrap_or(false) => Some(self.cache_policy(cache)?),
             _ => None,
         };
+        let fleet = match raw.fleet {
+            Some(fleet) => Some(self.fleet(fleet, &name)?),
+            None => None,
+        };
         Ok((
             RouteConfig {
                 name,
@@ -250,6 +254,7 @@ impl Resolver<'_> {
                 strip_prefix: raw.strip_prefix.unwrap_or(false),
                 coalesce,
                 cache,
+                fleet,
             },
             name_span,
         ))
@@ -307,6 +312,54 @@ impl Resolver<'_> {
                 http::header::HeaderName::from_static("cdn-cache-control"),
             ],
             status_name,
+        })
+    }
+}
+
+impl Resolver<'_> {
+    fn fleet(&self, raw: raw::Fleet, route: &str) -> Result<FleetConfig, ConfigError> {
+        let url = raw.redis.get_ref();
+        if !url.starts_with("redis://") {
+            return Err(self.error_at(
+                raw.redis.span(),
+                format!("fleet.redis {url:?} must be a redis:// URL (redis://host:6379)"),
+            ));
+        }
+        if let Err(err) = redis::Client::open(url.as_str()) {
+            return Err(self.error_at(
+                raw.redis.span(),
+                format!("fleet.redis {url:?} is not a Redis URL: {err}"),
+            ));
+        }
+        let lease = self.duration_or(&raw.lease, Duration::from_secs(5))?;
+        let timeout = self.duration_or(&raw.timeout, Duration::from_millis(50))?;
+        let retry = self.duration_or(&raw.retry, Duration::from_secs(5))?;
+        for (value, name, what) in [
+            (lease, "lease", &raw.lease),
+            (timeout, "timeout", &raw.timeout),
+        ] {
+            if value.is_zero() {
+                let span = what.as_ref().map(|w| w.span()).unwrap_or(raw.redis.span());
+                return Err(self.error_at(span, format!("fleet.{name} must be more than 0")));
+            }
+        }
+        let namespace = match &raw.namespace {
+            None => route.to_owned(),
+            Some(name) if !name.get_ref().is_empty() => name.get_ref().clone(),
+            Some(name) => {
+                return Err(self.error_at(name.span(), "fleet.namespace must not be empty"))
+            }
+        };
+        Ok(FleetConfig {
+            redis: url.clone(),
+            lease,
+            body_max: raw
+                .body_max
+                .as_ref()
+                .map_or(Ok(1 << 20), |s| self.size(s))?,
+            timeout,
+            retry,
+            namespace,
         })
     }
 }

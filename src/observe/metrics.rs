@@ -93,6 +93,11 @@ impl AdmissionFamilies {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetLabels {
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     route: String,
     kind: &'static str,
@@ -176,6 +181,8 @@ families! {
     pub cache_revalidations: Counter = Counter::default(), "cache_revalidations", "Background refreshes of stale responses (conditional when the response had validators)";
     pub cache_entries: Gauge = Gauge::default(), "cache_entries", "Responses stored in the caches now";
     pub cache_bytes: Gauge = Gauge::default(), "cache_bytes", "Bytes held by the caches now (bodies, headers and bookkeeping)";
+    fleet_events: Family<FleetLabels, Counter> = Family::default(), "fleet_events", "What the fleet layer did for local flights: leases won, waits, results served from the fleet, shared cache hits, releases, takeovers, fallbacks to local coalescing, refused results";
+    pub fleet_redis_down: Gauge = Gauge::default(), "fleet_redis_down", "Redis servers of fleet routes now unreachable (their routes coalesce locally until Redis answers again)";
 }
 
 /// Followers per flight: from none to a herd of ten thousand.
@@ -301,6 +308,14 @@ impl Metrics {
             .get_or_create(&ErrorLabels {
                 route: route.to_owned(),
                 kind,
+            })
+            .inc();
+    }
+
+    pub fn fleet_event(&self, event: crate::observe::fleet::FleetEvent) {
+        self.fleet_events
+            .get_or_create(&FleetLabels {
+                event: event.as_str(),
             })
             .inc();
     }

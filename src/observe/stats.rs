@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use crate::observe::fleet::FleetEvent;
 use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::observe::outcome::Outcome;
 use crate::observe::sharded::Counter;
@@ -78,6 +79,14 @@ counters! {
     clients_cut_off,
     /// Client connections closed because they read nothing for `send_timeout`.
     send_timeouts,
+    fleet_won,
+    fleet_waited,
+    fleet_served,
+    fleet_cache_hit,
+    fleet_released,
+    fleet_taken_over,
+    fleet_fallback,
+    fleet_refused,
 }
 
 /// Counters since start. Relaxed ordering: each counter is independent and only read for
@@ -93,11 +102,27 @@ pub struct Stats {
     peak_flight_buffer: AtomicU64,
     /// Largest number of followers of a flight that ended since the last report.
     largest_fanout: AtomicU64,
+    /// Whether any route has a fleet layer (the stats line shows its counts only then).
+    pub fleet_configured: std::sync::atomic::AtomicBool,
     /// Spans, when `[tracing]` is set (once, at start).
     pub tracer: std::sync::OnceLock<super::trace::Tracer>,
 }
 
 impl StatsSnapshot {
+    /// The fleet layer's counts, in [`FleetEvent::ALL`]'s order.
+    pub fn fleet(&self) -> [u64; 8] {
+        [
+            self.fleet_won,
+            self.fleet_waited,
+            self.fleet_served,
+            self.fleet_cache_hit,
+            self.fleet_released,
+            self.fleet_taken_over,
+            self.fleet_fallback,
+            self.fleet_refused,
+        ]
+    }
+
     /// followers / (leaders + followers): the share of eligible requests that cost no upstream
     /// request. 0 when nothing was eligible.
     pub fn coalesce_ratio(&self) -> f64 {
@@ -239,6 +264,23 @@ impl Stats {
         top.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
         top.truncate(5);
         top
+    }
+
+    /// What the fleet layer did for a flight.
+    pub fn record_fleet(&self, event: FleetEvent) {
+        let c = &self.counters;
+        let counter = match event {
+            FleetEvent::Won => &c.fleet_won,
+            FleetEvent::Waited => &c.fleet_waited,
+            FleetEvent::Served => &c.fleet_served,
+            FleetEvent::CacheHit => &c.fleet_cache_hit,
+            FleetEvent::Released => &c.fleet_released,
+            FleetEvent::TakenOver => &c.fleet_taken_over,
+            FleetEvent::Fallback => &c.fleet_fallback,
+            FleetEvent::Refused => &c.fleet_refused,
+        };
+        counter.inc();
+        self.metrics.fleet_event(event);
     }
 
     pub fn record_flight_cancelled(&self) {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::observe::fleet::FleetEvent;
 use crate::observe::metrics::AdmissionFigures;
 use crate::observe::stats::{Stats, StatsSnapshot};
 
@@ -23,6 +24,8 @@ pub struct StatsLine {
     /// Connections opened to each upstream over the interval: far more than the requests in
     /// flight means the pool churns.
     pub connections_opened: Vec<(String, u64)>,
+    /// Whether any route has a fleet layer: its counts are on the line only then.
+    pub fleet: bool,
 }
 
 impl StatsLine {
@@ -33,6 +36,21 @@ impl StatsLine {
             .map(|(route, path, followers)| format!("{route}:{path}={followers}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// ` fleet=won:W,waited:A,...` over the interval (every [`FleetEvent`]), or nothing when
+    /// no route has a fleet layer.
+    pub fn fleet_text(&self) -> String {
+        if !self.fleet {
+            return String::new();
+        }
+        let counts = self.interval.fleet();
+        let pairs = FleetEvent::ALL
+            .iter()
+            .zip(counts)
+            .map(|(event, n)| format!("{}:{n}", event.as_str()))
+            .collect::<Vec<_>>();
+        format!(" fleet={}", pairs.join(","))
     }
 
     /// `name:N` per upstream that opened connections this interval, comma-separated.
@@ -66,7 +84,7 @@ impl std::fmt::Display for StatsLine {
         let d = &self.interval;
         write!(
             f,
-            "requests={} leaders={} followers={} passed={} cache_hits={} stale_on_error={} cancelled={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}",
+            "requests={} leaders={} followers={} passed={} cache_hits={} stale_on_error={} cancelled={} upstream_errors={} coalesce_ratio={:.3} flights_in_flight={} largest_fanout={} top_keys={} admission={} upstream_connections={}{}",
             d.requests,
             d.leaders,
             d.followers,
@@ -80,7 +98,8 @@ impl std::fmt::Display for StatsLine {
             self.largest_fanout,
             self.top_keys_text(),
             self.admission_text(),
-            self.connections_text()
+            self.connections_text(),
+            self.fleet_text()
         )
     }
 }
@@ -130,6 +149,10 @@ impl StatsReporter {
             top_keys: self.stats.take_top_keys(),
             admission: self.admission_interval(),
             connections_opened: self.connections_interval(),
+            fleet: self
+                .stats
+                .fleet_configured
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -186,6 +209,7 @@ impl StatsReporter {
             top_keys = %line.top_keys_text(),
             admission = %line.admission_text(),
             upstream_connections = %line.connections_text(),
+            fleet = %line.fleet_text().trim_start().trim_start_matches("fleet="),
             "stats"
         );
     }

@@ -7,17 +7,22 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use http::Response;
+
 use super::context::RequestContext;
 use super::forward::{request_body, send_upstream, upstream_request};
 use super::response;
 use super::Proxy;
 use crate::cache::{Miss, StorePlan, StoringBody};
 use crate::coalesce::{Fetched, Flight};
+use crate::fleet::{FetchBody, Fleet, Turn};
+use crate::sharing::Key;
 use crate::upstream::admission::Priority;
-use crate::upstream::{FetchError, UpstreamBody};
+use crate::upstream::FetchError;
 
-/// The body a flight reads: the upstream's, storing itself when it may be stored.
-type FlightBody = StoringBody<UpstreamBody>;
+/// The body a flight reads: the upstream's (or the fleet's), storing itself when it may be
+/// stored.
+type FlightBody = StoringBody<FetchBody>;
 
 impl Proxy {
     /// The fetch of `flight`, for `request` that missed as `miss` says.
@@ -39,12 +44,36 @@ impl Proxy {
             StorePlan::for_request(cache, request.cache_key(), &request.parts, miss.partial())
         });
         let revalidating = miss.revalidating();
+        let fleet = fleet_ask(request, miss, &flight.key);
         let stats = self.stats.clone();
         let priority = Priority::leader(flight);
         async move {
-            let response = send_upstream(&stats, &route, upstream?, priority).await?;
+            let turn = match fleet {
+                // Boxed: only fleet routes wait here.
+                Some((fleet, ask)) => Box::pin(fleet.enter(ask, stats.clone())).await,
+                None => Turn::Alone,
+            };
+            let (response, lease) = match turn {
+                Turn::Shared(response) => (response, None),
+                Turn::Hold(lease) => {
+                    let response = send_upstream(&stats, &route, upstream?, priority).await?;
+                    (response.map(FetchBody::Upstream), Some(lease))
+                }
+                Turn::Alone => {
+                    let response = send_upstream(&stats, &route, upstream?, priority).await?;
+                    (response.map(FetchBody::Upstream), None)
+                }
+            };
             let response = response::clean(response);
             let sharing = response::judge(&route, &response);
+            let response = match lease {
+                Some(lease) => {
+                    let (parts, body) = response.into_parts();
+                    let body = lease.record(body, parts.status, &parts.headers, &sharing);
+                    Response::from_parts(parts, body)
+                }
+                None => response,
+            };
             let (status, headers) = (response.status(), response.headers());
             let store = store.and_then(|plan| {
                 plan.after_head(status, headers, sharing.shareable(), revalidating)
@@ -58,4 +87,29 @@ impl Proxy {
             })
         }
     }
+}
+
+/// The route's fleet and what it needs of the flight for `key`, when the route has a fleet
+/// and the request may use it (no credentials).
+fn fleet_ask(
+    request: &RequestContext,
+    miss: &Miss,
+    key: &Key,
+) -> Option<(Arc<Fleet>, crate::fleet::Ask)> {
+    let route = &request.route;
+    let fleet = route.fleet.as_ref()?;
+    let headers = &request.parts.headers;
+    if !Fleet::may_carry(headers) {
+        return None;
+    }
+    let plain_miss = miss.validators().is_none() && miss.partial().is_none();
+    let ask = fleet.ask(
+        key,
+        headers,
+        &route.coalesce,
+        route.cache_policy(),
+        plain_miss,
+        route.upstream.config.response_timeout,
+    );
+    Some((fleet.clone(), ask))
 }

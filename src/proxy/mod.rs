@@ -70,8 +70,17 @@ pub struct Proxy {
     unrouted: Arc<RouteMetrics>,
 }
 
+/// The stats line shows the fleet layer's counts once any route has one.
+fn note_fleet(config: &Config, stats: &Stats) {
+    if config.routes.iter().any(|route| route.fleet.is_some()) {
+        let configured = &stats.fleet_configured;
+        configured.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Proxy {
     pub fn new(config: &Config, stats: Arc<Stats>) -> Proxy {
+        note_fleet(config, &stats);
         Proxy {
             routing: ArcSwap::from_pointee(Routing::new(config, &stats.metrics, None)),
             coordinator: Arc::new(Coordinator::new(
@@ -90,6 +99,7 @@ impl Proxy {
         let previous = self.routing.load();
         let routing = Routing::new(config, &self.stats.metrics, Some(&previous));
         self.routing.store(Arc::new(routing));
+        note_fleet(config, &self.stats);
         let budget = &self.coordinator.budget;
         budget.set_limit(config.server.max_buffered_bytes);
     }

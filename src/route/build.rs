@@ -14,6 +14,7 @@ use super::{Route, RouteTable};
 use crate::cache::ResponseCache;
 use crate::coalesce::Scope;
 use crate::config::{Config, RouteConfig};
+use crate::fleet::Fleet;
 use crate::observe::metrics::Metrics;
 use crate::sharing::KeyPolicy;
 use crate::upstream::Upstream;
@@ -100,6 +101,14 @@ impl Route {
                 .cache
                 .as_ref()
                 .map(|policy| Arc::new(ResponseCache::new(policy, metrics))),
+            fleet: config.fleet.as_ref().and_then(|fleet| match Fleet::new(fleet) {
+                Ok(fleet) => Some(Arc::new(fleet)),
+                // The URL was checked with the config: this is not expected.
+                Err(err) => {
+                    tracing::error!(route = %config.name, error = %err, "fleet: cannot use Redis; the route coalesces locally");
+                    None
+                }
+            }),
             name,
             host: config.host.clone(),
             path_prefix: config.path_prefix.clone(),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::cache::ResponseCache;
 use crate::coalesce::Scope;
 use crate::config::{CoalescePolicy, RouteConfig};
+use crate::fleet::Fleet;
 use crate::observe::metrics::RouteMetrics;
 use crate::sharing::KeyPolicy;
 use crate::upstream::Upstream;
@@ -44,6 +45,8 @@ pub struct Route {
     /// The route's response cache, when it has one. Kept by a reload that leaves the route
     /// unchanged.
     pub cache: Option<Arc<ResponseCache>>,
+    /// The route's fleet layer (a lease and shared results in Redis), when it has one.
+    pub fleet: Option<Arc<Fleet>>,
     /// As configured: what a reload compares.
     config: RouteConfig,
 }

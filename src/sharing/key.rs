@@ -296,6 +296,14 @@ impl Key {
             .map_or(path_and_query, |(path, _)| path)
     }
 
+    /// The key without its route's id (which only this process knows): what names the same
+    /// request in every proxy of a fleet, given the route's name there (`fleet`). It holds
+    /// the credentials as the key does, so it must not leave the process for a request that
+    /// has any.
+    pub fn portable(&self) -> &[u8] {
+        &self.0.bytes[8..]
+    }
+
     /// A stable 64-bit digest of the whole key, for logs: it tells flights apart without
     /// revealing the query or the credentials.
     pub fn digest(&self) -> u64 {
