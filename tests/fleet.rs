@@ -246,6 +246,8 @@ async fn redis_killed_while_a_proxy_waits_falls_back_without_a_client_error() {
     assert_eq!(b.stats().fleet_fallback, 2);
     let metrics = b.proxy.render_metrics();
     assert_eq!(metric(&metrics, "coalesce_proxy_fleet_redis_down"), 1.0);
+    let fallbacks = "coalesce_proxy_fleet_events_total{event=\"fallback\"}";
+    assert_eq!(metric(&metrics, fallbacks), 2.0);
     assert_eq!(origin.hits(), 3);
 }
 

@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[test]
+    fn the_stats_line_shows_the_fleet_only_when_a_route_has_one() {
+        let stats = Arc::new(Stats::default());
+        let mut reporter = StatsReporter::new(stats.clone(), || 0);
+        stats.record_fleet(FleetEvent::Won);
+        assert!(!reporter.next_line().to_string().contains("fleet="));
+        stats
+            .fleet_configured
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        stats.record_fleet(FleetEvent::Waited);
+        stats.record_fleet(FleetEvent::Served);
+        stats.record_fleet(FleetEvent::Fallback);
+        let line = reporter.next_line().to_string();
+        assert!(
+            line.ends_with(" fleet=won:0,waited:1,served:1,cache_hit:0,released:0,taken_over:0,fallback:1,refused:0"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn the_stats_line_shows_each_limited_upstreams_queue_limit_and_interval_counts() {
         let stats = Arc::new(Stats::default());
         let mut reporter = StatsReporter::new(stats.clone(), || 0);

@@ -45,6 +45,7 @@ pub fn status_json(proxy: &Proxy, history: &History, started: Instant) -> Value 
         })).collect::<Vec<_>>(),
         "upstreams": upstreams(proxy),
         "routes": routes(proxy),
+        "fleet": fleet(proxy, &totals),
         "admission": proxy.stats().metrics.admission_figures().iter().map(|(name, a)| json!({
             "upstream": name,
             "queued": a.queued,
@@ -53,6 +54,25 @@ pub fn status_json(proxy: &Proxy, history: &History, started: Instant) -> Value 
             "rejected": a.rejected,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The fleet layer's counts since start, or `null` when no route has one.
+fn fleet(proxy: &Proxy, totals: &crate::observe::stats::StatsSnapshot) -> Value {
+    use crate::observe::fleet::FleetEvent;
+    let stats = proxy.stats();
+    if !stats
+        .fleet_configured
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Value::Null;
+    }
+    let mut fleet = serde_json::Map::new();
+    for (event, count) in FleetEvent::ALL.iter().zip(totals.fleet()) {
+        fleet.insert(event.as_str().to_owned(), count.into());
+    }
+    let down = stats.metrics.fleet_redis_down.get().max(0);
+    fleet.insert("redis_down".to_owned(), down.into());
+    Value::Object(fleet)
 }
 
 fn round3(value: f64) -> f64 {
