@@ -381,3 +381,45 @@ async fn another_variant_is_not_served_from_the_fleet() {
     assert_eq!(b.stats().fleet_refused, 1);
     assert_eq!(origin.hits(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_costs_a_flight_its_timeout_and_is_tried_again_later() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let origin = origin().await;
+    let fleet = format!(
+        "fleet = {{ redis = \"{}\", timeout = \"50ms\", retry = \"200ms\" }}",
+        redis.url()
+    );
+    let peer = Peer::start(&config_text(&origin.url(), "", &fleet)).await;
+    assert_eq!(get(peer.addr, "/before?size=10").await.body(), &body(10));
+    assert_eq!(peer.stats().fleet_won, 1);
+    // A Redis that is there but says nothing (a partition, a stalled server).
+    let pid = redis.child.as_ref().expect("running").id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill").args([name, &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {name}");
+    };
+    signal("-STOP");
+    let during = get(peer.addr, "/during?size=20").await;
+    assert_eq!(during.body(), &body(20));
+    assert_eq!(peer.stats().fleet_fallback, 1);
+    signal("-CONT");
+    // After `retry` (each request a new key, every one answered), a flight asks Redis
+    // again, and it answers.
+    let (addr, proxy) = (peer.addr, peer.proxy.clone());
+    let mut n = 0;
+    let back = eventually_async(|| {
+        n += 1;
+        let (path, proxy) = (format!("/after-{n}?size=5"), proxy.clone());
+        async move {
+            assert_eq!(get(addr, &path).await.body(), &body(5));
+            proxy.stats().snapshot().fleet_won >= 2
+        }
+    })
+    .await;
+    assert!(back, "Redis asked again after retry");
+    // The one during the stall, and every one in the `retry` window after it.
+    assert_eq!(peer.stats().fleet_fallback, n);
+}

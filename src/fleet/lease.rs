@@ -38,6 +38,45 @@ return 0",
     )
 });
 
+/// Gives up a lease nobody will fetch for, and wakes the waiters to take it. KEYS: lease;
+/// ARGV: token, channel.
+static ABANDON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+end
+return 1",
+    )
+});
+
+/// Armed while a flight asks for a lease: if the flight is dropped before it knows the
+/// answer (its clients all left), a lease it may have been given is handed back at once,
+/// rather than left for the waiters to wait out.
+pub(super) struct Asking<'a> {
+    pub(super) link: &'a Arc<Link>,
+    pub(super) names: &'a Arc<Names>,
+    pub(super) token: &'a str,
+    pub(super) answered: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let (names, token) = (self.names.clone(), self.token.to_owned());
+        self.link.send(move |mut connection| async move {
+            ABANDON
+                .key(&names.lease)
+                .arg(&token)
+                .arg(&names.channel)
+                .invoke_async::<()>(&mut connection)
+                .await
+        });
+    }
+}
+
 /// This proxy's lease on a key: it fetches for the fleet.
 pub struct Lease {
     pub(super) link: Arc<Link>,

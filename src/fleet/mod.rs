@@ -36,6 +36,7 @@ pub use body::FetchBody;
 pub use lease::Lease;
 
 use self::entry::{Entry, SharedResponse, Verdict};
+use self::lease::Asking;
 use self::link::{Link, LinkError};
 use crate::cache::{self, Freshness};
 use crate::config::{CachePolicy, CoalescePolicy, FleetConfig};
@@ -183,7 +184,15 @@ impl Fleet {
         let deadline = Instant::now() + ask.longest_wait;
         let mut waited = false;
         loop {
+            let mut asking = Asking {
+                link: &self.link,
+                names: &names,
+                token: &token,
+                answered: false,
+            };
             let (won, holder, left) = self.try_lease(&names, &token).await?;
+            asking.answered = true;
+            drop(asking);
             if won {
                 let event = if waited {
                     FleetEvent::TakenOver
@@ -244,6 +253,25 @@ impl Fleet {
             .await
     }
 
+    /// The key's result and its lease's holder, in one round trip.
+    async fn result_and_lease(
+        &self,
+        names: &Names,
+    ) -> Result<(Option<Vec<u8>>, Option<String>), LinkError> {
+        let (result, lease) = (names.result.clone(), names.lease.clone());
+        self.link
+            .run(|mut connection| async move {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(result)
+                    .cmd("GET")
+                    .arg(lease)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await
+    }
+
     /// Tries to take the key's lease: whether it is ours now, whose it is, and for how much
     /// longer. One round trip (MULTI).
     async fn try_lease(
@@ -276,7 +304,8 @@ impl Fleet {
         Ok((set.is_some(), holder, left))
     }
 
-    /// Waits until `holder`'s verdict is in Redis (`Some`), or `until` (`None`).
+    /// Waits until `holder`'s verdict is in Redis (`Some`), or until the lease is no longer
+    /// its (given up, run out) or `until` (`None`: try to take it).
     async fn wait_for(
         &self,
         names: &Names,
@@ -287,13 +316,14 @@ impl Fleet {
         loop {
             // Read after subscribing: a verdict written before is found here, one written
             // after is announced.
-            if let Some(value) = self.get(&names.result).await? {
-                match Entry::decode(&value) {
-                    Some(entry) if entry.token == holder.as_bytes() => {
-                        return Ok(Some(entry.verdict))
-                    }
-                    _ => {}
+            let (result, lease) = self.result_and_lease(names).await?;
+            if let Some(entry) = result.as_deref().and_then(Entry::decode) {
+                if entry.token == holder.as_bytes() {
+                    return Ok(Some(entry.verdict));
                 }
+            }
+            if lease.as_deref() != Some(holder) {
+                return Ok(None);
             }
             let until = tokio::time::Instant::from_std(until);
             match tokio::time::timeout_at(until, listener.next()).await {
