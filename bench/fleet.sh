@@ -43,33 +43,20 @@ redis_pid=$!
 pids+=($redis_pid)
 wait_port "$redis_port"
 
-# start_proxy NAME HOST UPSTREAM_LINES ROUTE_LINES: a proxy on HOST; its listen address in
-# listen_NAME, its admin port in admin_NAME.
-start_proxy() {
-  local name=$1 host=$2 upstream=$3 route=$4 listen admin
-  listen=$(port); admin=$(port)
-  cat >"$work/$name.toml" <<TOML
-[server]
-listen = "$host:$listen"
-shutdown_grace = "1s"
-[admin]
-listen = "$host:$admin"
-[log]
-level = "warn"
-stats_interval = "0s"
-[upstreams.next]
-$upstream
-[[routes]]
-name = "app"
-path_prefix = "/"
-upstream = "next"
-$route
-TOML
-  "$bin/coalesce-proxy" --config "$work/$name.toml" &
-  pids+=($!)
-  wait_port "$listen" "$host"; wait_port "$admin" "$host"
-  printf -v "listen_$name" '%s' "$host:$listen"
-  printf -v "admin_$name" '%s' "$admin"
+# start_sidecars PREFIX UPSTREAM_LINES [ROUTE_LINES]: a proxy on each sidecar address, their
+# listen addresses in `targets`.
+start_sidecars() {
+  local prefix=$1 i name
+  targets=()
+  for i in "${!sidecars[@]}"; do
+    start_proxy "$prefix$i" "${sidecars[$i]}" "$2" "${3:-}"
+    name="listen_$prefix$i"; targets+=("${!name}")
+  done
+}
+# stop_sidecars PREFIX: frees the sidecar addresses' CPU for the next row.
+stop_sidecars() {
+  local i
+  for i in "${!sidecars[@]}"; do pkill -f "$work/$1$i.toml" 2>/dev/null || true; done
 }
 
 fleet_route="fleet = { redis = \"redis://127.0.0.1:$redis_port\" }
@@ -124,35 +111,23 @@ echo "|---|---|---|---|---|---|"
 run_row direct "127.0.0.1:$origin_port"
 echo "$row - | $row_p99"
 
-targets=()
-for i in "${!sidecars[@]}"; do
-  start_proxy "local$i" "${sidecars[$i]}" "$origin_url" ""
-  name="listen_local$i"; targets+=("${!name}")
-done
+start_sidecars local "$origin_url"
 run_row local "${targets[@]}"
 echo "$row - | $row_p99"
-for i in "${!sidecars[@]}"; do kill "$(pgrep -f "$work/local$i.toml")" 2>/dev/null || true; done
+stop_sidecars local
 
 shield_urls=""
 for i in "${!shields[@]}"; do
   start_proxy "shield$i" "${shields[$i]}" "$origin_url" ""
   name="listen_shield$i"; shield_urls+="${shield_urls:+, }\"http://${!name}\""
 done
-targets=()
-for i in "${!sidecars[@]}"; do
-  start_proxy "tiered$i" "${sidecars[$i]}" "urls = [$shield_urls]
-balance = \"hash\"" ""
-  name="listen_tiered$i"; targets+=("${!name}")
-done
+start_sidecars tiered "urls = [$shield_urls]
+balance = \"hash\""
 run_row shield "${targets[@]}"
 echo "$row - | $row_p99"
-for i in "${!sidecars[@]}"; do kill "$(pgrep -f "$work/tiered$i.toml")" 2>/dev/null || true; done
+stop_sidecars tiered
 
-targets=()
-for i in "${!sidecars[@]}"; do
-  start_proxy "fleet$i" "${sidecars[$i]}" "$origin_url" "$fleet_route"
-  name="listen_fleet$i"; targets+=("${!name}")
-done
+start_sidecars fleet "$origin_url" "$fleet_route"
 run_row fleet "${targets[@]}"
 echo "$row $(fleet_counts fleet ${#sidecars[@]}) | $row_p99"
 

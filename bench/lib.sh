@@ -48,3 +48,34 @@ build_release() {
   cargo build --release --quiet --bin coalesce-proxy --example origin --example herd
   bin=target/release
 }
+
+# start_proxy NAME HOST UPSTREAM_LINES [ROUTE_LINES]: a coalesce-proxy ($bin) on HOST with one
+# upstream `next` (UPSTREAM_LINES are its table's lines) and one route `app` for `/` (plus
+# ROUTE_LINES), an admin listener, warnings only. Sets listen_NAME (host:port) and admin_NAME
+# (port).
+start_proxy() {
+  local name=$1 host=$2 upstream=$3 route=${4:-} listen admin
+  listen=$(port); admin=$(port)
+  cat >"$work/$name.toml" <<TOML
+[server]
+listen = "$host:$listen"
+shutdown_grace = "1s"
+[admin]
+listen = "$host:$admin"
+[log]
+level = "warn"
+stats_interval = "0s"
+[upstreams.next]
+$upstream
+[[routes]]
+name = "app"
+path_prefix = "/"
+upstream = "next"
+$route
+TOML
+  "$bin/coalesce-proxy" --config "$work/$name.toml" &
+  pids+=($!)
+  wait_port "$listen" "$host"; wait_port "$admin" "$host"
+  printf -v "listen_$name" '%s' "$host:$listen"
+  printf -v "admin_$name" '%s' "$admin"
+}

@@ -29,32 +29,6 @@ pids+=($!)
 wait_port "$origin_port"; wait_port "$origin_stats"
 origin_hits() { http_get "$origin_stats" / | tr -d '\r\n'; }
 
-# start_proxy NAME HOST UPSTREAM_TABLE_LINES: a proxy on HOST, its admin port in admin_NAME.
-start_proxy() {
-  local name=$1 host=$2 upstream=$3 listen admin
-  listen=$(port); admin=$(port)
-  cat >"$work/$name.toml" <<TOML
-[server]
-listen = "$host:$listen"
-shutdown_grace = "1s"
-[admin]
-listen = "$host:$admin"
-[log]
-level = "warn"
-stats_interval = "0s"
-[upstreams.next]
-$upstream
-pool_max_idle = 256
-[[routes]]
-path_prefix = "/"
-upstream = "next"
-TOML
-  "$bin/coalesce-proxy" --config "$work/$name.toml" &
-  pids+=($!)
-  wait_port "$listen" "$host"; wait_port "$admin" "$host"
-  printf -v "listen_$name" '%s' "$host:$listen"
-  printf -v "admin_$name" '%s' "$admin"
-}
 # Requests a proxy sent upstream (leaders and passes), from its /metrics.
 upstream_requests() { # host admin_port
   http_get "$2" /metrics "$1" | awk '/^coalesce_proxy_upstream_requests_total/ {n += $2} END {print n + 0}'
@@ -62,7 +36,8 @@ upstream_requests() { # host admin_port
 
 shield_urls=""
 for i in "${!shield_hosts[@]}"; do
-  start_proxy "shield$i" "${shield_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\""
+  start_proxy "shield$i" "${shield_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
+pool_max_idle = 256"
   name="listen_shield$i"
   shield_urls+="${shield_urls:+, }\"http://${!name}\""
 done
@@ -113,11 +88,13 @@ echo "| topology | clients | sidecars | shields | sidecar upstream requests | sh
 echo "|---|---|---|---|---|---|---|---|"
 for i in "${!sidecar_hosts[@]}"; do
   start_proxy "tiered$i" "${sidecar_hosts[$i]}" "urls = [$shield_urls]
-balance = \"hash\""
+balance = \"hash\"
+pool_max_idle = 256"
 done
 run_herds tiered tiered
 for i in "${!sidecar_hosts[@]}"; do
-  start_proxy "direct$i" "${sidecar_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\""
+  start_proxy "direct$i" "${sidecar_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
+pool_max_idle = 256"
 done
 run_herds direct direct
 echo
