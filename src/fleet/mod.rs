@@ -119,13 +119,13 @@ impl Fleet {
         cache: Option<&CachePolicy>,
         plain_miss: bool,
         response_timeout: Duration,
-    ) -> Ask {
+    ) -> Arc<Ask> {
         let namespace = self.config.namespace.as_bytes();
         let mut fleet_key = Vec::with_capacity(4 + namespace.len() + key.portable().len());
         fleet_key.extend_from_slice(&(namespace.len() as u32).to_le_bytes());
         fleet_key.extend_from_slice(namespace);
         fleet_key.extend_from_slice(key.portable());
-        Ask {
+        Arc::new(Ask {
             fleet_key,
             headers: headers.clone(),
             coalesce: coalesce.clone(),
@@ -133,16 +133,15 @@ impl Fleet {
             look_in_cache: cache.is_some() && plain_miss,
             longest_wait: coalesce.max_wait.unwrap_or(response_timeout) + self.config.lease,
             body_max: self.config.body_max,
-        }
+        })
     }
 
     /// The flight's turn: see the module's notes.
-    pub async fn enter(self: Arc<Self>, ask: Ask, stats: Arc<Stats>) -> Turn {
+    pub async fn enter(self: Arc<Self>, ask: Arc<Ask>, stats: Arc<Stats>) -> Turn {
         if !self.link.usable() {
             stats.record_fleet(FleetEvent::Fallback);
             return Turn::Alone;
         }
-        let ask = Arc::new(ask);
         match self.turn(&ask, &stats).await {
             Ok(turn) => {
                 if self.link.answered() {

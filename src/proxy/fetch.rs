@@ -95,7 +95,7 @@ fn fleet_ask(
     request: &RequestContext,
     miss: &Miss,
     key: &Key,
-) -> Option<(Arc<Fleet>, crate::fleet::Ask)> {
+) -> Option<(Arc<Fleet>, Arc<crate::fleet::Ask>)> {
     let route = &request.route;
     let fleet = route.fleet.as_ref()?;
     let headers = &request.parts.headers;
