@@ -137,6 +137,37 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A running origin on `127.0.0.1`. Dropping it stops accepting.
+/// Counts a request in `in_progress` until its response's last bytes go to the socket: ended
+/// just before that write, so that a client holding the whole response (and sending its next
+/// request at once) never finds the origin still counting the previous one.
+pub(super) struct InProgress<'a> {
+    shared: &'a Shared,
+    counted: bool,
+}
+
+impl InProgress<'_> {
+    pub(super) fn start(shared: &Shared) -> InProgress<'_> {
+        let now = shared.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_progress.fetch_max(now, Ordering::SeqCst);
+        InProgress {
+            shared,
+            counted: true,
+        }
+    }
+
+    pub(super) fn end(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.shared.in_progress.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 #[derive(Debug)]
 pub struct Origin {
     addr: SocketAddr,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::script::{parse_range, Script};
-use super::{body, lock, OriginStream, RecordedRequest, Shared};
+use super::{body, lock, InProgress, OriginStream, RecordedRequest, Shared};
 
 /// Waits until the peer closes its side (or errors), discarding anything it sends.
 async fn peer_closed(stream: &mut impl OriginStream) {
@@ -71,6 +71,7 @@ pub(super) async fn respond(
     stream: &mut impl OriginStream,
     request: RecordedRequest,
     shared: &Shared,
+    progress: &mut InProgress<'_>,
 ) -> Option<()> {
     let hit = shared.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let script = Script::parse(&request.target);
@@ -102,13 +103,20 @@ pub(super) async fn respond(
         .clone()
         .unwrap_or_else(|| body(script.size.unwrap_or(settings.body_size)));
     let (status, body, head) = head_and_body(&script, &asked, hit, body, shared);
-    send(stream, head.as_bytes(), shared).await?;
     let bodiless =
         asked.head_only || status == 204 || status == 304 || (100..200).contains(&status);
     if bodiless && (asked.head_only || !script.body_anyway) {
-        return Some(());
+        progress.end();
+        return send(stream, head.as_bytes(), shared).await;
     }
-    write_body(stream, &script, &body, shared).await
+    if in_one_write(&script) {
+        // As most servers send a small response (nginx, hyper: head and body in one
+        // vectored write): a proxy then reads it whole at once, which is the case to measure.
+        progress.end();
+        return send(stream, &[head.as_bytes(), &body].concat(), shared).await;
+    }
+    send(stream, head.as_bytes(), shared).await?;
+    write_body(stream, &script, &body, shared, progress).await
 }
 
 /// What the request itself asks for, beside its script.
@@ -277,11 +285,22 @@ fn head_and_body(
 
 /// Writes the body in its scripted pieces, failing or holding after the first one as the
 /// script says. `None` closes the connection.
+/// Whether the body goes out whole with the head: one piece, plain framing, nothing scripted
+/// to happen between the head and the body or inside it.
+fn in_one_write(script: &Script) -> bool {
+    let mid_body_fail = script
+        .fail
+        .as_deref()
+        .is_some_and(|f| f.ends_with("_mid_body"));
+    script.chunks == 1 && !script.chunked && script.hold.is_none() && !mid_body_fail
+}
+
 async fn write_body(
     stream: &mut impl OriginStream,
     script: &Script,
     body: &Bytes,
     shared: &Shared,
+    progress: &mut InProgress<'_>,
 ) -> Option<()> {
     let mid_body_fail = script
         .fail
@@ -293,9 +312,13 @@ async fn write_body(
         script.chunks
     };
     let piece_size = body.len().div_ceil(pieces).max(1);
+    let last = body.len().div_ceil(piece_size).max(1) - 1;
     for (index, piece) in body.chunks(piece_size).enumerate() {
         if index > 0 && !script.gap.is_zero() {
             wait_or_hangup(stream, script.gap, shared).await?;
+        }
+        if index == last && !script.chunked {
+            progress.end();
         }
         if script.chunked {
             let framed = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
@@ -308,6 +331,7 @@ async fn write_body(
             after_first_piece(stream, script, shared).await?;
         }
     }
+    progress.end();
     if script.chunked && script.trailers {
         send(stream, b"0\r\nx-checksum: 42\r\n\r\n", shared).await?;
     } else if script.chunked {

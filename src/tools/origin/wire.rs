@@ -1,13 +1,12 @@
 //! The origin's HTTP/1.1 on the wire: reading requests (heads, Content-Length and chunked
 //! bodies) and serving a connection's requests one after another.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
 
 use super::respond::respond;
-use super::{OriginStream, RecordedRequest, Shared};
+use super::{InProgress, OriginStream, RecordedRequest, Shared};
 
 /// A parsed request head plus its body.
 struct Parsed {
@@ -22,10 +21,9 @@ pub(super) async fn serve_connection(mut stream: impl OriginStream, shared: Arc<
             return;
         };
         let keep_alive = parsed.keep_alive;
-        let now = shared.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.peak_in_progress.fetch_max(now, Ordering::SeqCst);
-        let responded = respond(&mut stream, parsed.request, &shared).await;
-        shared.in_progress.fetch_sub(1, Ordering::SeqCst);
+        let mut progress = InProgress::start(&shared);
+        let responded = respond(&mut stream, parsed.request, &shared, &mut progress).await;
+        drop(progress);
         match responded {
             Some(()) if keep_alive => continue,
             _ => return,
