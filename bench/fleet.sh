@@ -30,12 +30,7 @@ source bench/lib.sh
 install_missing redis-server
 build_release
 
-origin_port=$(port); origin_stats=$(port)
-"$bin/examples/origin" --listen "127.0.0.1:$origin_port" --stats-listen "127.0.0.1:$origin_stats" \
-  --delay "$delay" --body-size 16KiB >/dev/null &
-pids+=($!)
-wait_port "$origin_port"; wait_port "$origin_stats"
-origin_hits() { http_get "$origin_stats" / | tr -d '\r\n'; }
+start_counting_origin "$delay" 16KiB
 
 redis_port=$(port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &

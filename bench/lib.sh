@@ -79,3 +79,15 @@ TOML
   printf -v "listen_$name" '%s' "$host:$listen"
   printf -v "admin_$name" '%s' "$admin"
 }
+
+# start_counting_origin DELAY BODY_SIZE: the bench origin ($bin) on 127.0.0.1, answering after
+# DELAY with BODY_SIZE bytes, and its request counter on a second port. Sets origin_port and
+# origin_stats; origin_hits prints the requests it has served so far.
+start_counting_origin() {
+  origin_port=$(port); origin_stats=$(port)
+  "$bin/examples/origin" --listen "127.0.0.1:$origin_port" --stats-listen "127.0.0.1:$origin_stats" \
+    --delay "$1" --body-size "$2" >/dev/null &
+  pids+=($!)
+  wait_port "$origin_port"; wait_port "$origin_stats"
+}
+origin_hits() { http_get "$origin_stats" / | tr -d '\r\n'; }

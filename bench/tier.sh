@@ -22,12 +22,7 @@ per_sidecar=$((per_key / ${#sidecar_hosts[@]}))
 source bench/lib.sh
 build_release
 
-origin_port=$(port); origin_stats=$(port)
-"$bin/examples/origin" --listen "127.0.0.1:$origin_port" --stats-listen "127.0.0.1:$origin_stats" \
-  --delay "${DELAY:-200ms}" --body-size 16KiB >/dev/null &
-pids+=($!)
-wait_port "$origin_port"; wait_port "$origin_stats"
-origin_hits() { http_get "$origin_stats" / | tr -d '\r\n'; }
+start_counting_origin "${DELAY:-200ms}" 16KiB
 
 # Requests a proxy sent upstream (leaders and passes), from its /metrics.
 upstream_requests() { # host admin_port
