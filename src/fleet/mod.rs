@@ -66,6 +66,16 @@ pub enum Turn {
     Alone,
 }
 
+impl Turn {
+    /// The lease this turn holds, if it is one.
+    pub fn into_lease(self) -> Option<Lease> {
+        match self {
+            Turn::Hold(lease) => Some(lease),
+            Turn::Shared(_) | Turn::Alone => None,
+        }
+    }
+}
+
 /// What the fleet needs to know of a flight.
 pub struct Ask {
     /// The route's namespace and the request's key: the same in every proxy.

@@ -55,13 +55,10 @@ impl Proxy {
             };
             let (response, lease) = match turn {
                 Turn::Shared(response) => (response, None),
-                Turn::Hold(lease) => {
+                upstream_turn => {
+                    let lease = upstream_turn.into_lease();
                     let response = send_upstream(&stats, &route, upstream?, priority).await?;
-                    (response.map(FetchBody::Upstream), Some(lease))
-                }
-                Turn::Alone => {
-                    let response = send_upstream(&stats, &route, upstream?, priority).await?;
-                    (response.map(FetchBody::Upstream), None)
+                    (response.map(FetchBody::Upstream), lease)
                 }
             };
             let response = response::clean(response);
