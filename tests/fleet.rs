@@ -405,6 +405,13 @@ async fn a_redis_that_stops_answering_costs_a_flight_its_timeout_and_is_tried_ag
     let during = get(peer.addr, "/during?size=20").await;
     assert_eq!(during.body(), &body(20));
     assert_eq!(peer.stats().fleet_fallback, 1);
+    let redis_down = || {
+        metric(
+            &peer.proxy.render_metrics(),
+            "coalesce_proxy_fleet_redis_down",
+        )
+    };
+    assert_eq!(redis_down(), 1.0);
     signal("-CONT");
     // After `retry` (each request a new key, every one answered), a flight asks Redis
     // again, and it answers.
@@ -422,4 +429,5 @@ async fn a_redis_that_stops_answering_costs_a_flight_its_timeout_and_is_tried_ag
     assert!(back, "Redis asked again after retry");
     // The one during the stall, and every one in the `retry` window after it.
     assert_eq!(peer.stats().fleet_fallback, n);
+    assert_eq!(redis_down(), 0.0);
 }

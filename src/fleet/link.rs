@@ -8,9 +8,10 @@
 //! clients, and a worker's runtime going away never takes the connection with it.
 //!
 //! Failure is remembered, not retried per request: the first command that fails (or takes
-//! longer than `timeout`) marks Redis down for `retry`, logs it once, and every flight in
-//! that window goes upstream without asking Redis. The first command after it that succeeds
-//! logs that Redis is back.
+//! longer than `timeout`), whether a flight waits on it or not, marks Redis down for `retry`,
+//! logs it once and counts it in `fleet_redis_down`, and every flight in that window goes
+//! upstream without asking Redis. The first flight after it whose commands succeed logs that
+//! Redis is back.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, RedisError, Value};
 use tokio::runtime::Handle;
@@ -52,6 +54,8 @@ pub struct Link {
     pub(super) label: String,
     /// Until when Redis counts as down; `None` while it answers.
     down_until: Mutex<Option<Instant>>,
+    /// `fleet_redis_down`: counts this link while it is down.
+    down: Gauge,
     listeners: Listeners,
     /// SUBSCRIBE and UNSUBSCRIBE in the order the listeners came and went, run by one task.
     subscriptions: mpsc::UnboundedSender<Subscription>,
@@ -80,7 +84,7 @@ fn fleet_runtime() -> Handle {
 impl Link {
     /// A connection to `config.redis`, made on first use: a Redis that is down at start
     /// costs nothing until a flight asks it.
-    pub fn new(config: &FleetConfig) -> Result<Link, RedisError> {
+    pub fn new(config: &FleetConfig, down: Gauge) -> Result<Link, RedisError> {
         let runtime = fleet_runtime();
         let _inside = runtime.enter();
         let listeners: Listeners = Arc::default();
@@ -121,6 +125,7 @@ impl Link {
             retry: config.retry,
             label,
             down_until: Mutex::new(None),
+            down,
             listeners,
             subscriptions,
         })
@@ -135,24 +140,32 @@ impl Link {
         down_until.is_none_or(|until| Instant::now() >= until)
     }
 
-    /// Marks Redis down for `retry`; true when it was up (the caller says so, once).
-    pub fn failed(&self) -> bool {
+    /// Marks Redis down for `retry` after `err`. The first failure while it was up is said
+    /// once: a warning, and `fleet_redis_down` counts this route's Redis.
+    pub fn failed(&self, err: &LinkError) {
         let mut down_until = self
             .down_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let was_up = down_until.is_none();
-        *down_until = Some(Instant::now() + self.retry);
-        was_up
+        let was_up = down_until.replace(Instant::now() + self.retry).is_none();
+        drop(down_until);
+        if was_up {
+            self.down.inc();
+            tracing::warn!(redis = %self.label, error = %err, retry = ?self.retry, "fleet: Redis failed; falling back to local coalescing");
+        }
     }
 
-    /// Marks Redis up; true when it was down.
-    pub fn answered(&self) -> bool {
+    /// Marks Redis up; when it was down, says so once.
+    pub fn answered(&self) {
         let mut down_until = self
             .down_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        down_until.take().is_some()
+        if down_until.take().is_some() {
+            drop(down_until);
+            self.down.dec();
+            tracing::info!(redis = %self.label, "fleet: Redis answers again");
+        }
     }
 
     /// Runs `command` on the fleet runtime with the connection, under the route's timeout.
@@ -186,8 +199,8 @@ impl Link {
         self.runtime.spawn(async move {
             match tokio::time::timeout(link.timeout, work).await {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => link.lost(&LinkError::Redis(err)),
-                Err(_) => link.lost(&LinkError::Timeout(link.timeout)),
+                Ok(Err(err)) => link.failed(&LinkError::Redis(err)),
+                Err(_) => link.failed(&LinkError::Timeout(link.timeout)),
             }
         });
     }
@@ -195,13 +208,6 @@ impl Link {
     /// Runs `task` on the fleet runtime.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.runtime.spawn(task);
-    }
-
-    /// Logs a failure of a command nobody waits on.
-    fn lost(&self, err: &LinkError) {
-        if self.failed() {
-            tracing::warn!(redis = %self.label, error = %err, "fleet: Redis failed; its routes coalesce locally until it answers again");
-        }
     }
 
     /// Starts listening on `channel`; the listener is subscribed once this returns.
@@ -233,6 +239,19 @@ impl Link {
             subscribed.await.map_err(|_| LinkError::Gone)??;
         }
         Ok(listener)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // A route a reload replaced while its Redis was down no longer counts as down.
+        let down_until = self
+            .down_until
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if down_until.is_some() {
+            self.down.dec();
+        }
     }
 }
 

@@ -106,9 +106,13 @@ pub(crate) struct Names {
 const GRACE: Duration = Duration::from_millis(50);
 
 impl Fleet {
-    pub fn new(config: &FleetConfig) -> Result<Fleet, redis::RedisError> {
+    /// The fleet layer of a route; `redis_down` is the `fleet_redis_down` gauge it counts in.
+    pub fn new(
+        config: &FleetConfig,
+        redis_down: prometheus_client::metrics::gauge::Gauge,
+    ) -> Result<Fleet, redis::RedisError> {
         Ok(Fleet {
-            link: Arc::new(Link::new(config)?),
+            link: Arc::new(Link::new(config, redis_down)?),
             config: config.clone(),
         })
     }
@@ -154,17 +158,11 @@ impl Fleet {
         }
         match self.turn(&ask, &stats).await {
             Ok(turn) => {
-                if self.link.answered() {
-                    tracing::info!(redis = %self.link.label, "fleet: Redis answers again");
-                    stats.metrics.fleet_redis_down.dec();
-                }
+                self.link.answered();
                 turn
             }
             Err(err) => {
-                if self.link.failed() {
-                    tracing::warn!(redis = %self.link.label, error = %err, retry = ?self.config.retry, "fleet: Redis failed; falling back to local coalescing");
-                    stats.metrics.fleet_redis_down.inc();
-                }
+                self.link.failed(&err);
                 stats.record_fleet(FleetEvent::Fallback);
                 Turn::Alone
             }

@@ -101,7 +101,7 @@ impl Route {
                 .cache
                 .as_ref()
                 .map(|policy| Arc::new(ResponseCache::new(policy, metrics))),
-            fleet: config.fleet.as_ref().and_then(|fleet| match Fleet::new(fleet) {
+            fleet: config.fleet.as_ref().and_then(|fleet| match Fleet::new(fleet, metrics.fleet_redis_down.clone()) {
                 Ok(fleet) => Some(Arc::new(fleet)),
                 // The URL was checked with the config: this is not expected.
                 Err(err) => {
