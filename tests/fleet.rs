@@ -431,3 +431,57 @@ async fn a_redis_that_stops_answering_costs_a_flight_its_timeout_and_is_tried_ag
     assert_eq!(peer.stats().fleet_fallback, n);
     assert_eq!(redis_down(), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_past_body_max_releases_the_waiters_at_its_head() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let origin = origin().await;
+    let fleet = format!(
+        "fleet = {{ redis = \"{}\", body_max = \"1KiB\" }}",
+        redis.url()
+    );
+    let config = config_text(&origin.url(), "", &fleet);
+    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
+    let path = "/large?size=2000&hold_head=m";
+    let on_a = tokio::spawn(herd(a.addr, 1, Method::GET, path, &[]));
+    assert!(origin.wait_until(PATIENCE, |o| o.reached("m")).await);
+    let on_b = tokio::spawn(herd(b.addr, 1, Method::GET, path, &[]));
+    assert!(eventually(|| b.stats().fleet_waited == 1).await);
+    origin.open_gate("m");
+    assert_all_exact(&on_a.await.expect("a"), 2000);
+    assert_all_exact(&on_b.await.expect("b"), 2000);
+    // Its Content-Length is past body_max: B was let go as the head arrived, and fetched.
+    assert_eq!(b.stats().fleet_released, 1);
+    assert_eq!(b.stats().fleet_served, 0);
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_waits_no_longer_than_the_lease_and_max_wait() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let origin = origin().await;
+    let route = format!(
+        "fleet = {{ redis = \"{}\", lease = \"300ms\" }}\ncoalesce = {{ max_wait = \"200ms\" }}",
+        redis.url()
+    );
+    let config = config_text(&origin.url(), "", &route);
+    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
+    let path = "/slow?size=300&hold_head=s";
+    let on_a = tokio::spawn(herd(a.addr, 1, Method::GET, path, &[]));
+    assert!(origin.wait_until(PATIENCE, |o| o.reached("s")).await);
+    let on_b = tokio::spawn(herd(b.addr, 1, Method::GET, path, &[]));
+    // The holder is alive and renews its lease, and its origin says nothing: B gives up
+    // waiting after lease + max_wait and goes upstream, while the gate is still shut.
+    assert!(origin.wait_until(PATIENCE, |o| o.hits() == 2).await);
+    assert_eq!(b.stats().fleet_released, 1);
+    assert_eq!(b.stats().fleet_taken_over, 0);
+    assert_eq!(a.stats().fleet_won, 1);
+    origin.open_gate("s");
+    assert_all_exact(&on_a.await.expect("a"), 300);
+    assert_all_exact(&on_b.await.expect("b"), 300);
+    assert_eq!(origin.hits(), 2);
+}
