@@ -44,7 +44,7 @@ start_sidecars() {
   local prefix=$1 i name
   targets=()
   for i in "${!sidecars[@]}"; do
-    start_proxy "$prefix$i" "${sidecars[$i]}" "$2" "${3:-}"
+    start_proxy_at "$prefix$i" "${sidecars[$i]}" "$2" "${3:-}"
     name="listen_$prefix$i"; targets+=("${!name}")
   done
 }
@@ -113,7 +113,7 @@ stop_sidecars local
 
 shield_urls=""
 for i in "${!shields[@]}"; do
-  start_proxy "shield$i" "${shields[$i]}" "$origin_url" ""
+  start_proxy_at "shield$i" "${shields[$i]}" "$origin_url" ""
   name="listen_shield$i"; shield_urls+="${shield_urls:+, }\"http://${!name}\""
 done
 start_sidecars tiered "urls = [$shield_urls]
@@ -127,7 +127,7 @@ run_row fleet "${targets[@]}"
 echo "$row $(fleet_counts fleet ${#sidecars[@]}) | $row_p99"
 
 # A replica started after the herd: its first request for the fleet row's key.
-start_proxy "fleet8" 127.0.0.12 "$origin_url" "$fleet_route"
+start_proxy_at "fleet8" 127.0.0.12 "$origin_url" "$fleet_route"
 before=$(origin_hits)
 timeout 30 "$bin/examples/herd" --addr "$listen_fleet8" --path "$row_path" --clients 1 \
   --expect-size 16KiB >"$work/restart" 2>&1 || true

@@ -16,25 +16,11 @@ command -v h2load >/dev/null || install_missing nghttp2-client
 build_release
 proxy_bin=${BIN:-$bin/coalesce-proxy}
 
-origin_port=$(port); proxy_port=$(port); admin_port=$(port)
+origin_port=$(port)
 "$bin/examples/origin" --listen "127.0.0.1:$origin_port" >/dev/null &
 pids+=($!); wait_port "$origin_port"
-cat >"$work/proxy.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy_port"
-[admin]
-listen = "127.0.0.1:$admin_port"
-[log]
-level = "warn"
-stats_interval = "0s"
-[upstreams.origin]
-url = "http://127.0.0.1:$origin_port"
-[[routes]]
-path_prefix = "/"
-upstream = "origin"
-TOML
-"$proxy_bin" --config "$work/proxy.toml" &
-pid=$!; pids+=("$pid"); wait_port "$proxy_port"
+start_proxy_at proxy 127.0.0.1 "url = \"http://127.0.0.1:$origin_port\""
+pid=$pid_proxy; proxy_port=${listen_proxy##*:}; admin_port=$admin_proxy
 rss() { awk '/VmRSS/{print $2}' "/proc/$pid/status"; }
 waiting() { http_get "$admin_port" /metrics | awk '/^coalesce_proxy_followers_waiting /{print $2}'; }
 

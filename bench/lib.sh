@@ -49,11 +49,11 @@ build_release() {
   bin=target/release
 }
 
-# start_proxy NAME HOST UPSTREAM_LINES [ROUTE_LINES]: a coalesce-proxy ($bin) on HOST with one
-# upstream `next` (UPSTREAM_LINES are its table's lines) and one route `app` for `/` (plus
-# ROUTE_LINES), an admin listener, warnings only. Sets listen_NAME (host:port) and admin_NAME
-# (port).
-start_proxy() {
+# start_proxy_at NAME HOST UPSTREAM_LINES [ROUTE_LINES]: a coalesce-proxy ($proxy_bin if set,
+# else $bin's) on HOST with one upstream `next` (UPSTREAM_LINES are its table's lines) and one
+# route `app` for `/` (plus ROUTE_LINES), an admin listener, warnings only. Sets listen_NAME
+# (host:port), admin_NAME (port) and pid_NAME.
+start_proxy_at() {
   local name=$1 host=$2 upstream=$3 route=${4:-} listen admin
   listen=$(port); admin=$(port)
   cat >"$work/$name.toml" <<TOML
@@ -73,8 +73,9 @@ path_prefix = "/"
 upstream = "next"
 $route
 TOML
-  "$bin/coalesce-proxy" --config "$work/$name.toml" &
+  "${proxy_bin:-$bin/coalesce-proxy}" --config "$work/$name.toml" &
   pids+=($!)
+  printf -v "pid_$name" '%s' "$!"
   wait_port "$listen" "$host"; wait_port "$admin" "$host"
   printf -v "listen_$name" '%s' "$host:$listen"
   printf -v "admin_$name" '%s' "$admin"

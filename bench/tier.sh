@@ -31,7 +31,7 @@ upstream_requests() { # host admin_port
 
 shield_urls=""
 for i in "${!shield_hosts[@]}"; do
-  start_proxy "shield$i" "${shield_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
+  start_proxy_at "shield$i" "${shield_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
 pool_max_idle = 256"
   name="listen_shield$i"
   shield_urls+="${shield_urls:+, }\"http://${!name}\""
@@ -82,13 +82,13 @@ run_herds() { # label sidecar_prefix
 echo "| topology | clients | sidecars | shields | sidecar upstream requests | shield upstream requests | origin requests | worst herd p99 ms |"
 echo "|---|---|---|---|---|---|---|---|"
 for i in "${!sidecar_hosts[@]}"; do
-  start_proxy "tiered$i" "${sidecar_hosts[$i]}" "urls = [$shield_urls]
+  start_proxy_at "tiered$i" "${sidecar_hosts[$i]}" "urls = [$shield_urls]
 balance = \"hash\"
 pool_max_idle = 256"
 done
 run_herds tiered tiered
 for i in "${!sidecar_hosts[@]}"; do
-  start_proxy "direct$i" "${sidecar_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
+  start_proxy_at "direct$i" "${sidecar_hosts[$i]}" "url = \"http://127.0.0.1:$origin_port\"
 pool_max_idle = 256"
 done
 run_herds direct direct
