@@ -77,6 +77,10 @@ impl Workers {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[index].spawn(async move { make().await });
+        // Not `async move { make().await }`: that would keep `make`'s captures beside the
+        // future it made, for as long as the task lives; flattened, the one replaces the
+        // other (every connection's task is this).
+        let made = futures_util::future::lazy(|_| make());
+        self.handles[index].spawn(futures_util::FutureExt::flatten(made));
     }
 }

@@ -87,29 +87,37 @@ fn count(stats: &Stats, route: &RouteMetrics, outcome: Outcome) {
 /// A request not answered yet. Dropped so, its future was dropped: the client went away
 /// (closed its connection, or reset its stream, as a gRPC client does at its deadline)
 /// before the response head was ready, and it is recorded as `cancelled`, nginx's 499.
+/// It borrows its [`Pending`] rather than owning it, so that the request's future, which
+/// makes the pending entry before it starts and this inside, holds the entry once.
 pub(super) struct Unanswered<'a> {
-    /// The log entry and the route's metrics; taken by the answer.
-    pending: Option<(Entry, Arc<RouteMetrics>)>,
+    pending: &'a mut Pending,
     stats: &'a Stats,
 }
 
-impl Unanswered<'_> {
-    pub(super) fn new(entry: Entry, route: Arc<RouteMetrics>, stats: &Stats) -> Unanswered<'_> {
-        Unanswered {
-            pending: Some((entry, route)),
-            stats,
-        }
+/// A request's log entry and its route's metrics, until the answer (or [`Unanswered`]'s
+/// drop) takes them.
+pub(super) struct Pending(Option<(Entry, Arc<RouteMetrics>)>);
+
+impl Pending {
+    pub(super) fn new(entry: Entry, route: Arc<RouteMetrics>) -> Pending {
+        Pending(Some((entry, route)))
+    }
+}
+
+impl<'a> Unanswered<'a> {
+    pub(super) fn new(pending: &'a mut Pending, stats: &'a Stats) -> Unanswered<'a> {
+        Unanswered { pending, stats }
     }
 
-    pub(super) fn answer(mut self, reply: Reply) -> Response<ObservedBody<ProxyBody>> {
-        let (entry, route) = self.pending.take().expect("answered once");
+    pub(super) fn answer(self, reply: Reply) -> Response<ObservedBody<ProxyBody>> {
+        let (entry, route) = self.pending.0.take().expect("answered once");
         entry.finish(self.stats, route, reply)
     }
 }
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        let Some((entry, route)) = self.pending.take() else {
+        let Some((entry, route)) = self.pending.0.take() else {
             return;
         };
         count(self.stats, &route, Outcome::Cancelled);

@@ -171,22 +171,25 @@ impl Proxy {
         let http1_trailers = !http2 && sharing::accepts_trailers(request.headers());
         let (parts, body) = request.into_parts();
         let mut span = trace::ServerSpan::start(&self.stats, &parts);
-        let routed = routing.route(parts, connection);
+        let mut routed = routing.route(parts, connection);
+        let metrics = match &routed {
+            Err(_) => self.unrouted.clone(),
+            Ok(request) => request.route.metrics.clone(),
+        };
+        let mut pending = log::Pending::new(log, metrics);
         let proxy = self.clone();
+        // Nothing the future captures is moved into a local of its own (the request is
+        // borrowed in place, `ref mut`): a captured value moved so takes its room twice.
         async move {
-            let metrics = match &routed {
-                Err(_) => proxy.unrouted.clone(),
-                Ok(request) => request.route.metrics.clone(),
-            };
-            let unanswered = log::Unanswered::new(log, metrics, &proxy.stats);
+            let unanswered = log::Unanswered::new(&mut pending, &proxy.stats);
             let mut reply = match routed {
                 Err(reply) => *reply,
-                Ok(mut request) => {
+                Ok(ref mut request) => {
                     if let Some(span) = &mut span {
                         request.trace = Some(Box::new(span.context));
                         span.route = Some(request.route.name.clone());
                     }
-                    proxy.serve(&routing, &mut request, body).await
+                    proxy.serve(&routing, request, body).await
                 }
             };
             if let Some(span) = span {

@@ -115,17 +115,22 @@ impl Proxy {
                 true => Ok(SharedBody::Whole(bytes::Bytes::new())),
                 false => Box::pin(read_shared_body(request, body)).await,
             };
+            // The share happens after this match, not inside it: `read` (184 bytes) would
+            // stay in the future for as long as the request waits.
             match read {
                 Ok(SharedBody::Whole(whole)) => {
                     request.body = whole;
-                    let reply = self.share(request).await;
-                    return add_cache_status_header(request, reply);
+                    None
                 }
-                Ok(SharedBody::Longer(body)) => body,
+                Ok(SharedBody::Longer(body)) => Some(body),
                 Err(reply) => return add_cache_status_header(request, reply),
             }
         } else {
-            body.map_err(BoxError::from).boxed()
+            Some(body.map_err(BoxError::from).boxed())
+        };
+        let Some(body) = body else {
+            let reply = self.share(request).await;
+            return add_cache_status_header(request, reply);
         };
         // Boxed: the upstream send's state (a request held through admission and hyper's
         // send) would otherwise sit in every request's future, and hyper keeps room for one

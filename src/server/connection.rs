@@ -163,7 +163,7 @@ impl ConnectionServer {
         stream: S,
         connection: Connection,
         http2: bool,
-        draining: watch::Receiver<Phase>,
+        mut draining: watch::Receiver<Phase>,
     ) -> Result<(), hyper::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -175,20 +175,29 @@ impl ConnectionServer {
         let service = service_fn(move |request| proxy.handle(detach_head(request), connection));
         let stats = self.proxy.stats().clone();
         let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
+        // Each connection is pinned here and lent to `until_drained`: passed by value, it
+        // would take its room twice in that future (as the argument and as the pinned local),
+        // and every connection's task would hold 720 bytes more. `draining` is lent too, so
+        // that it is dropped (telling the server this connection is gone) after the
+        // connection and the requests it still serves.
         if http2 {
-            let connection = self.protocols.http2.serve_connection(io, service);
             // Boxed: an HTTP/2 connection's state is large, and inline it would make every
             // HTTP/1 connection's task as large.
-            let draining_connection =
-                until_drained(connection, |c| c.graceful_shutdown(), draining);
-            Box::pin(draining_connection).await
+            let mut connection = Box::pin(self.protocols.http2.serve_connection(io, service));
+            until_drained(
+                connection.as_mut(),
+                |c| c.graceful_shutdown(),
+                &mut draining,
+            )
+            .await
         } else {
             let connection = self
                 .protocols
                 .http1
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_drained(connection, |c| c.graceful_shutdown(), draining).await
+            let connection = std::pin::pin!(connection);
+            until_drained(connection, |c| c.graceful_shutdown(), &mut draining).await
         }
     }
 }
@@ -201,17 +210,17 @@ struct Protocols {
 
 /// Drives `connection` to its end. Once `draining` says so it asks the connection to finish
 /// (`start_draining`): HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY and
-/// completes its open streams; once it says `Cut`, it drops the connection. Dropping
-/// `draining` at the end tells the server this connection is gone.
+/// completes its open streams; once it says `Cut`, it returns, and the caller drops the
+/// connection. The caller drops `draining` after that, telling the server the connection is
+/// gone.
 async fn until_drained<C>(
-    connection: C,
+    mut connection: Pin<&mut C>,
     start_draining: impl FnOnce(Pin<&mut C>),
-    mut draining: watch::Receiver<Phase>,
+    draining: &mut watch::Receiver<Phase>,
 ) -> Result<(), hyper::Error>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => return result,
         _ = draining.wait_for(|phase| *phase >= Phase::Draining) => {}
@@ -219,8 +228,8 @@ where
     start_draining(connection.as_mut());
     tokio::select! {
         result = connection => result,
-        // The grace ran out: the connection is dropped here, with the requests it still
-        // serves, so that they are counted (as cancelled, before their head) in the last
+        // The grace ran out: the caller drops the connection now, with the requests it
+        // still serves, so that they are counted (as cancelled, before their head) in the last
         // stats line rather than vanishing with the process.
         _ = draining.wait_for(|phase| *phase == Phase::Cut) => Ok(()),
     }

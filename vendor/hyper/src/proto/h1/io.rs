@@ -206,6 +206,13 @@ where
             )? {
                 debug!("parsed {} headers", msg.head.headers.len());
                 self.partial_len = None;
+                // coalesce-proxy's patch: with nothing left to read, the buffer is let go
+                // (the head keeps its own bytes alive for as long as it needs them), so a
+                // connection waiting for its response, or for its next request, holds no
+                // read buffer; the next read starts on the stack (`poll_read_first`).
+                if self.read_buf.is_empty() {
+                    self.read_buf = BytesMut::new();
+                }
                 return Poll::Ready(Ok(msg));
             } else {
                 let curr_len = self.read_buf.len();
@@ -236,6 +243,9 @@ where
     }
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() == 0 {
+            return self.poll_read_first(cx);
+        }
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
@@ -262,6 +272,36 @@ where
                 // @tokio pls give me back `poll_read_buf` thanks
                 unsafe {
                     self.read_buf.advance_mut(n);
+                }
+                self.read_buf_strategy.record(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                self.read_blocked = true;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// coalesce-proxy's patch: a read with no buffer allocated (a new connection, or one
+    /// whose last head emptied it) goes into a buffer on the stack first, and only bytes that
+    /// arrive are copied into an allocation. A connection that waits (for its response, or
+    /// idle between requests) is polled here each time its task wakes, and would otherwise
+    /// allocate a buffer only to find nothing to read.
+    fn poll_read_first(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.read_blocked = false;
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit(); INIT_READ_SIZE];
+        let mut buf = ReadBuf::uninit(&mut first);
+        match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled();
+                let n = read.len();
+                trace!("received {} bytes", n);
+                if n > 0 {
+                    let next = cmp::min(self.read_buf_strategy.next(), self.read_buf_strategy.max());
+                    self.read_buf.reserve(cmp::max(n, next));
+                    self.read_buf.extend_from_slice(read);
                 }
                 self.read_buf_strategy.record(n);
                 Poll::Ready(Ok(n))
