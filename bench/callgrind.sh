@@ -28,28 +28,38 @@ target/release/examples/origin --listen "127.0.0.1:$origin_port" >/dev/null &
 pids+=($!); wait_port "$origin_port"
 
 # Distinct keys: nothing can coalesce. h2load cycles through the file.
-uris() { # port count
-  for i in $(seq "$2"); do echo "http://127.0.0.1:$1${prefix:-/}cg$i-$RANDOM?size=1024&delay=0"; done
+uris() { # port count [tag]
+  for i in $(seq "$2"); do echo "http://127.0.0.1:$1${prefix:-/}cg${3:-}x$i-$RANDOM?size=1024&delay=0"; done
 }
 
-# Runs "$@" (listening on $port) under callgrind; prints "h1 h2" instructions per request.
+# drive h1|h2 COUNT: COUNT requests from four clients at once, each on URIs of its own. (One
+# h2load with -c4 and one URI file sends every URI from all four clients in step: most
+# requests then joined another's flight, and a "GET nobody joins" was one leader and three
+# followers.) Says so when a request failed.
+drive() {
+  local mode=$1 per=$(( $2 / 4 )) c flags=(-c 1 -m 10) clients=()
+  [ "$mode" = h1 ] && flags=(--h1 -c 1)
+  for c in 1 2 3 4; do
+    uris "$port" "$per" "$c$RANDOM" >"$work/uris.$c"
+    timeout 300 h2load "${flags[@]}" -n "$per" -i "$work/uris.$c" >"$work/h2load.$c" 2>&1 &
+    clients+=($!)
+  done
+  wait "${clients[@]}" || true
+  for c in 1 2 3 4; do
+    grep -q "$per succeeded, 0 failed, 0 errored" "$work/h2load.$c" || echo "$mode: some requests failed" >&2
+  done
+}
+
 measure() {
   local out=$work/callgrind.$RANDOM
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" --collect-atstart=yes "$@" >/dev/null 2>&1 &
   local pid=$!; pids+=("$pid")
   wait_port "$port" 127.0.0.1
-  uris "$port" 300 >"$work/warm"
-  h2load --h1 -n 300 -c 4 -i "$work/warm" >/dev/null
-  h2load -n 300 -c 4 -m 10 -i "$work/warm" >/dev/null
+  drive h1 300; drive h2 300
   local result=()
   for mode in h1 h2; do
-    uris "$port" "$requests" >"$work/uris"
     callgrind_control --zero "$pid" >/dev/null 2>&1
-    if [ $mode = h1 ]; then
-      h2load --h1 -n "$requests" -c 4 -i "$work/uris" | grep -q "succeeded, 0 failed, 0 errored" || echo "$mode: some requests failed" >&2
-    else
-      h2load -n "$requests" -c 4 -m 10 -i "$work/uris" | grep -q "succeeded, 0 failed, 0 errored" || echo "$mode: some requests failed" >&2
-    fi
+    drive "$mode" "$requests"
     rm -f "$out".*
     callgrind_control --dump "$pid" >/dev/null 2>&1
     # The dump lands a moment after the command returns.
@@ -59,7 +69,9 @@ measure() {
     total=$(cat "$out".* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s}')
     result+=("$((total / requests))")
     # KEEP=DIR keeps each dump, for callgrind_annotate.
-    [ -n "${KEEP:-}" ] && cp "$(ls "$out".* | head -1)" "$KEEP/$(basename "$1").$mode.callgrind"
+    # Named by route (`coalesce-proxy.h1`, `coalesce-proxy.pass.h1`), the last of the runs.
+    local route=${prefix:-/}; route=${route//\//}
+    [ -n "${KEEP:-}" ] && cp "$(ls "$out".* | head -1)" "$KEEP/$(basename "$1")${route:+.$route}.$mode.callgrind"
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "${result[@]}"
