@@ -11,7 +11,7 @@ use http::{request, HeaderMap, HeaderValue, Method};
 
 use crate::observe::trace::SpanContext;
 use crate::route::Route;
-use crate::sharing::{Key, KeyParts};
+use crate::sharing::{self, Key, KeyParts};
 
 /// What the server knows of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,9 @@ pub struct RequestContext {
     /// The request's span, when it is traced: its fetch or pass-through is a child of it.
     /// Boxed: every request carries the field, few are traced.
     pub trace: Option<Box<SpanContext>>,
+    /// Its `TE` accepts trailers ([`sharing::accepts_trailers`]): found once, for its key,
+    /// its upstream request and its response.
+    pub accepts_trailers: bool,
 }
 
 impl RequestContext {
@@ -47,6 +50,7 @@ impl RequestContext {
         RequestContext {
             connection,
             route,
+            accepts_trailers: sharing::accepts_trailers(&parts.headers),
             parts,
             authority,
             body: Bytes::new(),
@@ -66,6 +70,7 @@ impl RequestContext {
                 .path_and_query()
                 .map_or("/", |pq| pq.as_str()),
             headers: &self.parts.headers,
+            trailers: self.accepts_trailers,
             body: &self.body,
             validators,
         }
@@ -93,6 +98,7 @@ impl RequestContext {
         RequestContext {
             connection: self.connection,
             route: self.route.clone(),
+            accepts_trailers: sharing::accepts_trailers(&parts.headers),
             parts,
             authority: self.authority.clone(),
             body: Bytes::new(),

@@ -119,7 +119,7 @@ pub fn upstream_request(request: &RequestContext) -> Result<(Uri, HeaderMap), ht
 
     let mut headers = parts.headers.clone();
     remove_hop_by_hop(&mut headers);
-    if sharing::accepts_trailers(&parts.headers) {
+    if request.accepts_trailers {
         // `TE: trailers` is what gRPC servers demand, and the one value RFC 9113 §8.2.2
         // allows over HTTP/2; over HTTP/1.1, TE is hop-by-hop, so `Connection` names it.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

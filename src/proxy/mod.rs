@@ -50,7 +50,6 @@ use crate::observe::access::ObservedBody;
 use crate::observe::metrics::RouteMetrics;
 use crate::observe::stats::Stats;
 use crate::route::Route;
-use crate::sharing;
 use crate::upstream::BoxError;
 use routing::Routing;
 
@@ -168,10 +167,12 @@ impl Proxy {
         let routing = self.routing.load_full();
         let log = log::Entry::begin(&request, started, routing.access_log);
         let http2 = request.version() == http::Version::HTTP_2;
-        let http1_trailers = !http2 && sharing::accepts_trailers(request.headers());
         let (parts, body) = request.into_parts();
         let mut span = trace::ServerSpan::start(&self.stats, &parts);
         let mut routed = routing.route(parts, connection);
+        // Only an upstream's gRPC response needs its trailers declared; a request the route
+        // phase answered gets none.
+        let http1_trailers = !http2 && routed.as_ref().is_ok_and(|r| r.accepts_trailers);
         let metrics = match &routed {
             Err(_) => self.unrouted.clone(),
             Ok(request) => request.route.metrics.clone(),

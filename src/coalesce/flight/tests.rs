@@ -21,6 +21,7 @@ fn flight() -> Flight {
         authority: None,
         path_and_query: "/",
         headers: &HeaderMap::new(),
+        trailers: false,
         body: &[],
         validators: None,
     });
