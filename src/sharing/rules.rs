@@ -130,31 +130,32 @@ pub fn request_may_share(
     parts: &request::Parts,
     body_is_empty: bool,
 ) -> bool {
-    let headers = &parts.headers;
-    let declares_body = headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|len| len.as_bytes() != b"0");
+    if !policy.enabled || !policy.methods.contains(&parts.method) {
+        return false;
+    }
+    // One pass over the request's few fields (most are standard names, which compare by
+    // their kind alone) rather than a hashed look-up per field asked about.
+    let listed = &policy.pass_if_present;
+    let (mut declares_body, mut has_credentials) = (false, false);
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING {
+            declares_body = true;
+        } else if name == header::CONTENT_LENGTH {
+            declares_body |= value.as_bytes() != b"0";
+        } else if name == header::AUTHORIZATION || name == header::COOKIE {
+            has_credentials = true;
+        }
+        // One of the route's `pass_if_present` headers: not in the key, so never shared.
+        if listed.contains(name) {
+            return false;
+        }
+    }
     let body_ok = if declares_body || !body_is_empty {
         shareable_body_length(policy, parts).is_some()
     } else {
         true
     };
-    let has_credentials =
-        headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE);
-    policy.enabled
-        && policy.methods.contains(&parts.method)
-        && body_ok
-        && !(policy.credentials == Credentials::Pass && has_credentials)
-        && !carries_unkeyed_override(policy, headers)
-}
-
-/// Whether a request carries one of the route's `pass_if_present` headers. One pass over
-/// the request's few headers: most are standard names, which compare with the list's custom
-/// ones by their kind alone.
-fn carries_unkeyed_override(policy: &CoalescePolicy, headers: &http::HeaderMap) -> bool {
-    let listed = &policy.pass_if_present;
-    !listed.is_empty() && headers.keys().any(|name| listed.contains(name))
+    body_ok && !(policy.credentials == Credentials::Pass && has_credentials)
 }
 
 /// The most request body bytes to read for sharing a request on a route with `body_max`: its
