@@ -53,6 +53,30 @@ impl ResponseRule {
             }
         }
     }
+
+    /// The field the rule is about.
+    fn field(&self) -> &HeaderName {
+        match self {
+            ResponseRule::Present(name) | ResponseRule::HasToken(name, _) => name,
+        }
+    }
+}
+
+/// The first of `rules` (in their order) that `headers` match. One pass over the response's
+/// fields finds the rules whose field is there, and only those look further: a look-up per
+/// rule hashed each field name, for every response.
+fn first_match<'r>(rules: &'r [ResponseRule], headers: &HeaderMap) -> Option<&'r ResponseRule> {
+    let mut first: Option<usize> = None;
+    for name in headers.keys() {
+        let candidates = rules.iter().enumerate().take(first.unwrap_or(rules.len()));
+        for (index, rule) in candidates {
+            if rule.field() == name && rule.matches(headers) {
+                first = Some(index);
+                break;
+            }
+        }
+    }
+    first.map(|index| &rules[index])
 }
 
 /// How a flight's response may be shared, decided once when its head arrives.
@@ -108,11 +132,7 @@ pub fn judge_response(policy: &CoalescePolicy, status: StatusCode, headers: &Hea
     let grpc = !policy.share_errors && is_grpc(headers);
     let grpc_failed = grpc && grpc_error(headers);
     Sharing {
-        matched_rule: policy
-            .not_shareable
-            .iter()
-            .find(|rule| rule.matches(headers))
-            .map(ResponseRule::to_string),
+        matched_rule: first_match(&policy.not_shareable, headers).map(ResponseRule::to_string),
         unshared_error: (status.is_server_error() && !policy.share_errors) || grpc_failed,
         status_in_trailers: grpc && !grpc_failed,
         // `HeaderName::from_bytes` lower-cases the name itself.
@@ -208,5 +228,29 @@ mod tests {
             ("vary", "accept-language")
         ]));
         assert!(!caught(&[("cache-control", "no-cache")]));
+    }
+
+    #[test]
+    fn the_rule_reported_is_the_first_in_the_routes_order_whatever_the_fields_order() {
+        let rules = default_rules();
+        let first = |pairs: &[(&str, &str)]| first_match(&rules, &headers(pairs)).cloned();
+        let expected = rules
+            .iter()
+            .find(|r| r.to_string() == "set-cookie")
+            .cloned();
+        // Set-Cookie comes first among the default rules; the response names it last.
+        let both = [("cache-control", "no-store"), ("set-cookie", "a=1")];
+        assert_eq!(first(&both), expected);
+        for rule in &rules {
+            let one = match rule {
+                ResponseRule::Present(name) => vec![(name.as_str(), "x")],
+                ResponseRule::HasToken(name, token) => vec![(name.as_str(), token.as_str())],
+            };
+            assert_eq!(first(&one).as_ref(), Some(rule), "{rule}");
+        }
+        assert_eq!(
+            first(&[("cache-control", "public"), ("vary", "accept")]),
+            None
+        );
     }
 }
