@@ -50,6 +50,7 @@ drive() {
   done
 }
 
+# Runs "$@" (listening on $port) under callgrind; prints "h1 h2" instructions per request.
 measure() {
   local out=$work/callgrind.$RANDOM
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" --collect-atstart=yes "$@" >/dev/null 2>&1 &
