@@ -13,6 +13,7 @@ use coalesce_proxy::proxy::Proxy;
 use coalesce_proxy::server::Server;
 use coalesce_proxy::tools::origin::{body, Origin, OriginSettings};
 use http::{Method, StatusCode};
+use tokio::task::JoinHandle;
 
 use crate::util::*;
 
@@ -132,6 +133,24 @@ async fn origin() -> Origin {
         .expect("origin starts")
 }
 
+/// Two sidecars on one Redis, the fleet's holder and one that finds the key taken: `clients`
+/// clients ask A for `path` and are held at the origin's gate `gate` (A holds the lease), then
+/// as many ask B. Returns the peers and both herds, still waiting; a test that needs no more
+/// of A binds it as `_a`, not `_`, since a dropped peer stops serving its herd.
+async fn held_at_a(
+    origin: &Origin,
+    config: &str,
+    path: &'static str,
+    gate: &str,
+    clients: usize,
+) -> (Peer, Peer, JoinHandle<Vec<Reply>>, JoinHandle<Vec<Reply>>) {
+    let (a, b) = (Peer::start(config).await, Peer::start(config).await);
+    let on_a = tokio::spawn(herd(a.addr, clients, Method::GET, path, &[]));
+    assert!(origin.wait_until(PATIENCE, |o| o.reached(gate)).await);
+    let on_b = tokio::spawn(herd(b.addr, clients, Method::GET, path, &[]));
+    (a, b, on_a, on_b)
+}
+
 fn assert_all_exact(replies: &[Reply], size: usize) {
     for reply in replies {
         assert_eq!(reply.status, StatusCode::OK);
@@ -227,11 +246,8 @@ async fn redis_killed_while_a_proxy_waits_falls_back_without_a_client_error() {
     };
     let origin = origin().await;
     let config = fleet_config(&origin.url(), &redis.url(), "");
-    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
     let path = "/outage?size=1500&hold_head=o";
-    let on_a = tokio::spawn(herd(a.addr, 3, Method::GET, path, &[]));
-    assert!(origin.wait_until(PATIENCE, |o| o.reached("o")).await);
-    let on_b = tokio::spawn(herd(b.addr, 3, Method::GET, path, &[]));
+    let (_a, b, on_a, on_b) = held_at_a(&origin, &config, path, "o", 3).await;
     assert!(eventually(|| b.stats().fleet_waited == 1 && b.stats().joined == 2).await);
     redis.kill();
     // B stops waiting on a Redis that is gone, and fetches for its own clients.
@@ -258,11 +274,8 @@ async fn a_private_response_releases_the_waiters_and_never_reaches_redis() {
     };
     let origin = origin().await;
     let config = fleet_config(&origin.url(), &redis.url(), "");
-    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
     let path = "/mine?size=700&hold_head=p&header=cache-control:private";
-    let on_a = tokio::spawn(herd(a.addr, 1, Method::GET, path, &[]));
-    assert!(origin.wait_until(PATIENCE, |o| o.reached("p")).await);
-    let on_b = tokio::spawn(herd(b.addr, 1, Method::GET, path, &[]));
+    let (_a, b, on_a, on_b) = held_at_a(&origin, &config, path, "p", 1).await;
     assert!(eventually(|| b.stats().fleet_waited == 1).await);
     origin.open_gate("p");
     assert_all_exact(&on_a.await.expect("a"), 700);
@@ -443,11 +456,8 @@ async fn a_response_past_body_max_releases_the_waiters_at_its_head() {
         redis.url()
     );
     let config = config_text(&origin.url(), "", &fleet);
-    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
     let path = "/large?size=2000&hold_head=m";
-    let on_a = tokio::spawn(herd(a.addr, 1, Method::GET, path, &[]));
-    assert!(origin.wait_until(PATIENCE, |o| o.reached("m")).await);
-    let on_b = tokio::spawn(herd(b.addr, 1, Method::GET, path, &[]));
+    let (_a, b, on_a, on_b) = held_at_a(&origin, &config, path, "m", 1).await;
     assert!(eventually(|| b.stats().fleet_waited == 1).await);
     origin.open_gate("m");
     assert_all_exact(&on_a.await.expect("a"), 2000);
@@ -469,11 +479,8 @@ async fn a_waiter_waits_no_longer_than_the_lease_and_max_wait() {
         redis.url()
     );
     let config = config_text(&origin.url(), "", &route);
-    let (a, b) = (Peer::start(&config).await, Peer::start(&config).await);
     let path = "/slow?size=300&hold_head=s";
-    let on_a = tokio::spawn(herd(a.addr, 1, Method::GET, path, &[]));
-    assert!(origin.wait_until(PATIENCE, |o| o.reached("s")).await);
-    let on_b = tokio::spawn(herd(b.addr, 1, Method::GET, path, &[]));
+    let (a, b, on_a, on_b) = held_at_a(&origin, &config, path, "s", 1).await;
     // The holder is alive and renews its lease, and its origin says nothing: B gives up
     // waiting after lease + max_wait and goes upstream, while the gate is still shut.
     assert!(origin.wait_until(PATIENCE, |o| o.hits() == 2).await);
