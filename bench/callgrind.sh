@@ -74,6 +74,12 @@ measure() {
     local route=${prefix:-/}; route=${route//\//}
     [ -n "${KEEP:-}" ] && cp "$(ls "$out".* | head -1)" "$KEEP/$(basename "$1")${route:+.$route}.$mode.callgrind"
   done
+  # The figures are for requests nobody joined: a run where any did is not one of them.
+  if [ -n "${admin:-}" ]; then
+    local joined
+    joined=$(http_get "$admin" /metrics | awk -F' ' '/^coalesce_proxy_requests_total\{.*outcome="follower"/ {s+=$2} END {print s+0}')
+    [ "$joined" = 0 ] || echo "$joined requests joined a flight: the figures are not for GETs nobody joins" >&2
+  fi
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "${result[@]}"
 }
@@ -82,10 +88,11 @@ median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 runs() { # proxy|bare → "h1 h2", each the median of three runs
   local h1=() h2=() a b
   for _ in 1 2 3; do
-    port=$(port)
+    port=$(port); admin=
     if [ "$1" != bare ]; then
-      printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n[[routes]]\npath_prefix = "/pass/"\nupstream = "o"\ncoalesce = { enabled = false }\n' \
-        "$port" "$origin_port" >"$work/p.toml"
+      admin=$(port)
+      printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = 1\n[admin]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\nstats_interval = "0s"\n[upstreams.o]\nurl = "http://127.0.0.1:%s"\n[[routes]]\npath_prefix = "/"\nupstream = "o"\n[[routes]]\npath_prefix = "/pass/"\nupstream = "o"\ncoalesce = { enabled = false }\n' \
+        "$port" "$admin" "$origin_port" >"$work/p.toml"
       [ "$1" = pass ] && prefix=/pass/ || prefix=/
       read -r a b <<<"$(measure "$proxy_bin" --config "$work/p.toml")"
       prefix=/
