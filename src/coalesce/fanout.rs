@@ -49,7 +49,14 @@ impl Body for FanoutBody {
             return Poll::Ready(None);
         };
         match std::task::ready!(subscription.poll_next_chunk(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            Some(Ok(frame)) => {
+                if subscription.is_finished() {
+                    // The body's last frame: leave the flight now, and say so at once
+                    // (`is_end_stream`), so the server ends the response with this frame.
+                    self.subscription = None;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             None => {
                 self.subscription = None;
                 Poll::Ready(None)

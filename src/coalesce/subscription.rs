@@ -21,6 +21,8 @@ pub struct Subscription {
     reader: u64,
     /// Index of the next body chunk this client reads.
     cursor: usize,
+    /// It has read the whole body: the last frame it was given ended it.
+    finished: bool,
 }
 
 impl Subscription {
@@ -30,6 +32,7 @@ impl Subscription {
             coordinator,
             reader: Flight::LEADER,
             cursor: 0,
+            finished: false,
         }
     }
 
@@ -43,6 +46,7 @@ impl Subscription {
             coordinator: coordinator.clone(),
             reader,
             cursor: 0,
+            finished: false,
         }
     }
 
@@ -69,7 +73,14 @@ impl Subscription {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
-        self.flight.poll_chunk(self.reader, &mut self.cursor, cx)
+        let finished = &mut self.finished;
+        self.flight
+            .poll_chunk(self.reader, &mut self.cursor, finished, cx)
+    }
+
+    /// Whether the last frame [`Subscription::poll_next_chunk`] gave was the body's last.
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// [`Subscription::poll_next_chunk`] as a future.

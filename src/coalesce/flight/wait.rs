@@ -31,11 +31,16 @@ impl Flight {
 
     /// The chunk at reader `reader`'s cursor, moving the cursor on; after the last chunk of a
     /// body that ended with trailers, the trailers (one more step of the cursor); `None` at a
-    /// clean end, an error if the fetch failed first or the reader was cut off.
+    /// clean end, an error if the fetch failed first or the reader was cut off. `finished` is
+    /// set when the frame returned is the body's last (the fetch has ended cleanly and the
+    /// reader has everything), so that the client's body can say it has ended with that frame:
+    /// hyper then ends an HTTP/2 stream on it rather than with an empty frame of its own, and
+    /// the reader leaves the flight without one more look.
     pub(in crate::coalesce) fn poll_chunk(
         self: &Arc<Self>,
         reader: u64,
         cursor: &mut usize,
+        finished: &mut bool,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
         let stall = self.scope.policy.client_stall_timeout;
@@ -52,6 +57,9 @@ impl Flight {
                 state.readers.insert((*cursor, reader));
                 state.trim();
                 freed = state.buffered < before && state.fetch_waiting;
+                *finished = matches!(state.end, Some(Ok(())))
+                    && state.trailers.is_none()
+                    && *cursor == state.first_chunk + state.chunks.len();
                 return Some(Some(Ok(Frame::data(chunk))));
             }
             let after_last = *cursor == state.first_chunk + state.chunks.len();
@@ -62,6 +70,7 @@ impl Flight {
                     state.readers.remove(&(*cursor, reader));
                     *cursor += 1;
                     state.readers.insert((*cursor, reader));
+                    *finished = true;
                     Some(Some(Ok(Frame::trailers(trailers))))
                 }
                 (Some(Ok(())), _) => Some(None),
