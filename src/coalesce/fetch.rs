@@ -75,13 +75,17 @@ where
     let (parts, mut body) = response.into_parts();
     let shareable = sharing.shareable();
     let matched_rule = sharing.matched_rule.clone();
-    flight.publish_head(SharedHead {
+    // The leader's response gets the fields as received, the others a copy: the proxy then
+    // adds its own to each, and the map as received has room for them where a copy has
+    // none (a copy that grows moves every field to a larger table).
+    let head = SharedHead {
         status: parts.status,
-        headers: parts.headers,
+        headers: parts.headers.clone(),
         sharing,
         stored,
         empty: body.is_end_stream(),
-    });
+    };
+    flight.publish_head(head, parts.headers);
     if let Some(rule) = matched_rule {
         tracing::debug!(route = %flight.scope.route, path = flight.key.path(), rule, "response not shareable; releasing followers");
         coordinator.remember_pass(flight);

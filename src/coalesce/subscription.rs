@@ -78,6 +78,15 @@ impl Subscription {
             .poll_chunk(self.reader, &mut self.cursor, finished, cx)
     }
 
+    /// The leader's own copy of the head's fields, the first time it asks; `None` for a
+    /// follower, which copies the shared head's.
+    pub fn take_leaders_fields(&self) -> Option<http::HeaderMap> {
+        match self.is_leader() {
+            true => self.flight.take_leaders_fields(),
+            false => None,
+        }
+    }
+
     /// Whether the last frame [`Subscription::poll_next_chunk`] gave was the body's last.
     pub fn is_finished(&self) -> bool {
         self.finished

@@ -232,10 +232,11 @@ fn fan_out(
 ) -> Reply {
     let outcome = outcome_of(&subscription);
     let flight = ServedBy::of(subscription.flight());
+    let fields = subscription.take_leaders_fields();
     let body = FanoutBody::new(subscription, head.empty).map_err(BoxError::from);
     let mut response = http::Response::new(body.boxed_unsync());
     *response.status_mut() = head.status;
-    *response.headers_mut() = head.headers.clone();
+    *response.headers_mut() = fields.unwrap_or_else(|| head.headers.clone());
     set_outcome(
         &mut response,
         request.route.coalesce.outcome_header.as_ref(),

@@ -130,6 +130,9 @@ pub struct FetchTrace {
 struct FlightState {
     /// Set once, by the fetch task, when the upstream head arrives.
     head: Option<Arc<SharedHead>>,
+    /// The head's fields as the fetch received them, until the leader takes them for its own
+    /// response (`Subscription::take_leaders_fields`); the shared head holds a copy.
+    leaders_fields: Option<HeaderMap>,
     /// Body chunks still held. `Bytes` clones are reference counts, so every client shares
     /// these allocations.
     chunks: VecDeque<Bytes>,
@@ -249,6 +252,7 @@ impl Flight {
             trace: std::sync::OnceLock::new(),
             state: Mutex::new(FlightState {
                 head: None,
+                leaders_fields: None,
                 chunks: VecDeque::new(),
                 first_chunk: 0,
                 body_bytes: 0,
@@ -337,6 +341,9 @@ impl Flight {
     pub(super) fn leave(&self, id: u64, cursor: usize) -> bool {
         let mut state = self.lock();
         state.readers.remove(&(cursor, id));
+        if id == Flight::LEADER {
+            state.leaders_fields = None;
+        }
         let waiting = state.fetch_waiting;
         let before = state.buffered;
         state.trim();
@@ -354,11 +361,17 @@ impl Flight {
         stopped.is_some()
     }
 
-    /// Publishes the head. A head that may not be shared closes the flight to joiners.
-    pub(super) fn publish_head(&self, head: SharedHead) {
+    /// Publishes the head, and keeps `fields` (the fields as received, of which the head
+    /// holds a copy) for the leader. A head that may not be shared closes the flight to
+    /// joiners.
+    pub(super) fn publish_head(&self, head: SharedHead, fields: HeaderMap) {
         let mut state = self.lock();
         if !head.sharing.shareable() {
             state.open = false;
+        }
+        // No chunk before the head: a leader still reading is at cursor 0.
+        if state.readers.contains(&(0, Flight::LEADER)) {
+            state.leaders_fields = Some(fields);
         }
         state.head = Some(Arc::new(head));
         let wakers = state.take_wakers();
@@ -379,6 +392,11 @@ impl Flight {
         let wakers = state.take_wakers();
         drop(state);
         self.wake(wakers);
+    }
+
+    /// The head's fields as received, for the leader's own response, once.
+    pub(super) fn take_leaders_fields(&self) -> Option<HeaderMap> {
+        self.lock().leaders_fields.take()
     }
 
     /// Keeps the trailers that ended the body, for every reader; [`Flight::publish_end`]

@@ -57,6 +57,7 @@ fn state(sizes: &[usize], cursors: &[usize]) -> FlightState {
     let buffered = sizes.iter().sum::<usize>() as u64;
     FlightState {
         head: None,
+        leaders_fields: None,
         chunks,
         first_chunk: 0,
         body_bytes: buffered,
