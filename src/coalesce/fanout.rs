@@ -48,9 +48,10 @@ impl Body for FanoutBody {
         let Some(subscription) = self.subscription.as_mut() else {
             return Poll::Ready(None);
         };
-        match std::task::ready!(subscription.poll_next_chunk(cx)) {
+        let mut finished = false;
+        match std::task::ready!(subscription.poll_next_chunk(cx, &mut finished)) {
             Some(Ok(frame)) => {
-                if subscription.is_finished() {
+                if finished {
                     // The body's last frame: leave the flight now, and say so at once
                     // (`is_end_stream`), so the server ends the response with this frame.
                     self.subscription = None;

@@ -21,8 +21,6 @@ pub struct Subscription {
     reader: u64,
     /// Index of the next body chunk this client reads.
     cursor: usize,
-    /// It has read the whole body: the last frame it was given ended it.
-    finished: bool,
 }
 
 impl Subscription {
@@ -32,7 +30,6 @@ impl Subscription {
             coordinator,
             reader: Flight::LEADER,
             cursor: 0,
-            finished: false,
         }
     }
 
@@ -46,7 +43,6 @@ impl Subscription {
             coordinator: coordinator.clone(),
             reader,
             cursor: 0,
-            finished: false,
         }
     }
 
@@ -69,11 +65,14 @@ impl Subscription {
 
     /// The next body frame for this client (a chunk, or the trailers after the last one):
     /// `None` at a clean end, an error if the fetch failed or this client fell too far behind.
+    /// `finished` is set when the frame is the body's last (kept by the caller: the
+    /// subscription waits inside every follower's request future, where a field more costs
+    /// each waiting client).
     pub fn poll_next_chunk(
         &mut self,
         cx: &mut Context<'_>,
+        finished: &mut bool,
     ) -> Poll<Option<Result<Frame<Bytes>, FlightError>>> {
-        let finished = &mut self.finished;
         self.flight
             .poll_chunk(self.reader, &mut self.cursor, finished, cx)
     }
@@ -87,14 +86,9 @@ impl Subscription {
         }
     }
 
-    /// Whether the last frame [`Subscription::poll_next_chunk`] gave was the body's last.
-    pub fn is_finished(&self) -> bool {
-        self.finished
-    }
-
     /// [`Subscription::poll_next_chunk`] as a future.
     pub async fn next_chunk(&mut self) -> Option<Result<Frame<Bytes>, FlightError>> {
-        std::future::poll_fn(|cx| self.poll_next_chunk(cx)).await
+        std::future::poll_fn(|cx| self.poll_next_chunk(cx, &mut false)).await
     }
 }
 

@@ -172,7 +172,7 @@ impl ConnectionServer {
         // The request's future itself, not `async move { future.await }`: an async block would
         // hold it twice (once captured, once awaited), and hyper keeps room for one in every
         // connection.
-        let service = service_fn(move |request| proxy.handle(detach_head(request), connection));
+        let service = service_fn(move |request| proxy.handle(request, connection));
         let stats = self.proxy.stats().clone();
         let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
         // Each connection is pinned here and lent to `until_drained`: passed by value, it
@@ -258,68 +258,6 @@ async fn speaks_h2(stream: &TcpStream) -> io::Result<bool> {
         // HTTP/2 clients send the whole preface in one write, so this wait is rare.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// Copies the request target and header values out of hyper's connection read buffer, of
-/// which they are slices. hyper hands over the head and then reads the connection again (to
-/// notice a client that hangs up); with the buffer no longer shared, that read reuses it,
-/// where otherwise every request waiting on a flight would cost a second 8 KiB buffer.
-/// Everything is copied into one new buffer that the target and values then share, so the
-/// copy costs one allocation rather than one per header.
-/// HTTP/2 heads are left alone: their values are slices of their own HEADERS frame, not of a
-/// connection buffer.
-fn detach_head<B>(request: http::Request<B>) -> http::Request<B> {
-    if request.version() == http::Version::HTTP_2 {
-        return request;
-    }
-    let (mut parts, body) = request.into_parts();
-    if parts.uri.authority().is_some() {
-        // Absolute form (rare over HTTP/1): its authority is a slice of the buffer too.
-        if let Ok(uri) = parts.uri.to_string().parse() {
-            parts.uri = uri;
-        }
-    }
-    let target_len = match parts.uri.authority() {
-        Some(_) => 0,
-        None => parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len()),
-    };
-    let length = target_len
-        + parts
-            .headers
-            .values()
-            .map(|value| value.len())
-            .sum::<usize>();
-    let mut copy = Vec::with_capacity(length);
-    if target_len > 0 {
-        copy.extend_from_slice(
-            parts
-                .uri
-                .path_and_query()
-                .map_or("", |pq| pq.as_str())
-                .as_bytes(),
-        );
-    }
-    for value in parts.headers.values() {
-        copy.extend_from_slice(value.as_bytes());
-    }
-    let copy = bytes::Bytes::from(copy);
-    if target_len > 0 {
-        if let Ok(path_and_query) =
-            http::uri::PathAndQuery::from_maybe_shared(copy.slice(..target_len))
-        {
-            parts.uri = http::Uri::from(path_and_query);
-        }
-    }
-    let mut start = target_len;
-    for value in parts.headers.values_mut() {
-        let end = start + value.len();
-        if let Ok(mut detached) = http::HeaderValue::from_maybe_shared(copy.slice(start..end)) {
-            detached.set_sensitive(value.is_sensitive());
-            *value = detached;
-        }
-        start = end;
-    }
-    http::Request::from_parts(parts, body)
 }
 
 /// The first byte a client sent, without taking it; `None` when it closed without one.

@@ -222,12 +222,42 @@ impl Http1Transaction for Server {
             }
         };
 
-        let slice = buf.split_to(len).freeze();
+        // coalesce-proxy's patch: when the head is all there is in the buffer (the usual case,
+        // one request per read), its target and field values are copied into one allocation
+        // of their own, and the buffer is let go with the names and the rest once parsed
+        // (`Buffered::parse` does not keep an empty buffer while the request waits). As slices
+        // of the buffer, they would keep all of it (1 KiB or more) for as long as the request
+        // lives, and a proxy waiting on a shared fetch holds thousands of requests.
+        let compact = (len == buf.len()).then(|| {
+            let values = headers_indices[..headers_len].iter().map(|header| {
+                // SAFETY: array is valid up to `headers_len`
+                let header = unsafe { header.assume_init_ref() };
+                &buf[header.value.0..header.value.1]
+            });
+            let size = path_range.len() + values.clone().map(<[u8]>::len).sum::<usize>();
+            let mut copy = Vec::with_capacity(size);
+            copy.extend_from_slice(&buf[path_range.clone()]);
+            for value in values {
+                copy.extend_from_slice(value);
+            }
+            Bytes::from(copy)
+        });
+        // The head's bytes, out of the buffer: taken whole when they are all of it (then no
+        // count is shared with a buffer about to be let go), else split off and shared.
+        let whole = compact.is_some();
+        let taken = if whole { std::mem::take(buf) } else { BytesMut::new() };
+        let slice = if whole { Bytes::new() } else { buf.split_to(len).freeze() };
+        let head: &[u8] = if whole { &taken } else { &slice };
         let uri = {
-            let uri_bytes = slice.slice_ref(&slice[path_range]);
+            let uri_bytes = match &compact {
+                Some(compact) => compact.slice(..path_range.len()),
+                None => slice.slice_ref(&slice[path_range.clone()]),
+            };
             // TODO(lucab): switch to `Uri::from_shared()` once public.
             http::Uri::from_maybe_shared(uri_bytes)?
         };
+        // Where the next field value starts in `compact`.
+        let mut compact_at = path_range.len();
         subject = RequestLine(method, uri);
 
         // According to https://tools.ietf.org/html/rfc7230#section-3.3.3
@@ -268,8 +298,16 @@ impl Http1Transaction for Server {
         for header in &headers_indices[..headers_len] {
             // SAFETY: array is valid up to `headers_len`
             let header = unsafe { header.assume_init_ref() };
-            let name = header_name!(&slice[header.name.0..header.name.1]);
-            let value = header_value!(slice.slice(header.value.0..header.value.1));
+            let name = header_name!(&head[header.name.0..header.name.1]);
+            let value = match &compact {
+                Some(compact) => {
+                    let start = compact_at;
+                    compact_at += header.value.1 - header.value.0;
+                    compact.slice(start..compact_at)
+                }
+                None => slice.slice(header.value.0..header.value.1),
+            };
+            let value = header_value!(value);
 
             match name {
                 header::TRANSFER_ENCODING => {
@@ -340,7 +378,11 @@ impl Http1Transaction for Server {
             }
 
             if let Some(header_case_map) = &mut header_case_map {
-                header_case_map.append(&name, slice.slice(header.name.0..header.name.1));
+                let original = match whole {
+                    true => Bytes::copy_from_slice(&head[header.name.0..header.name.1]),
+                    false => slice.slice(header.name.0..header.name.1),
+                };
+                header_case_map.append(&name, original);
             }
 
             #[cfg(feature = "ffi")]
