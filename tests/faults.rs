@@ -443,3 +443,39 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// RFC 9112 §9.3.2: a client may send requests on a connection without waiting for each
+/// response (pipelining), and they are answered in order. Sent in one write, the first two
+/// heads share their read with what follows them, which is where the patched hyper splits a
+/// head off its buffer; the last is all that is left, which is where it copies the head's
+/// target and values out instead (`vendor/hyper.diff`). Every target, field and body arrives
+/// whole either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9112_9_3_2_pipelined_requests_in_one_write_are_answered_in_order() {
+    let h = Harness::start().await;
+    let answer = raw_exchange(
+        &h,
+        b"GET /pipe/1?echo_header=x-first HTTP/1.1\r\nhost: proxy.test\r\nx-first: one\r\n\r\n\
+          POST /pipe/2 HTTP/1.1\r\nhost: proxy.test\r\ncontent-length: 4\r\n\r\nabcd\
+          GET /pipe/3?echo_header=x-last HTTP/1.1\r\nhost: proxy.test\r\nx-last: three\r\n\
+          connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    let at = |text: &str| {
+        answer
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} in {answer}"))
+    };
+    assert!(at("\r\n\r\nx-first=one") < at("\r\n\r\nabcd"), "{answer}");
+    assert!(at("\r\n\r\nabcd") < at("\r\n\r\nx-last=three"), "{answer}");
+    let targets: Vec<String> = h.origin.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        [
+            "/pipe/1?echo_header=x-first",
+            "/pipe/2",
+            "/pipe/3?echo_header=x-last"
+        ]
+    );
+}
