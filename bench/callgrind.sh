@@ -55,7 +55,8 @@ measure() {
   local out=$work/callgrind.$RANDOM
   valgrind --tool=callgrind --callgrind-out-file="$out.%p" --collect-atstart=yes "$@" >/dev/null 2>&1 &
   local pid=$!; pids+=("$pid")
-  wait_port "$port" 127.0.0.1
+  # A minute: valgrind on a busy machine has taken more than the usual ten seconds to start.
+  wait_port "$port" 127.0.0.1 1200
   drive h1 300; drive h2 300
   local result=()
   for mode in h1 h2; do

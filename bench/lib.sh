@@ -14,9 +14,10 @@ trap cleanup EXIT
 # A free port on 127.0.0.1.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Waits (up to 10 s) until something listens on port $1 of $2 (default 127.0.0.1).
+# Waits until something listens on port $1 of $2 (default 127.0.0.1): $3 tries 50 ms apart
+# (default 200, 10 s).
 wait_port() {
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq "${3:-200}"); do (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null && return 0; sleep 0.05; done
   echo "port $1 never opened" >&2; return 1
 }
 
