@@ -203,6 +203,8 @@ for round in $(seq "$rounds"); do
   for target in bare proxy nginx haproxy; do
     measure "$target" "h1r$round" "${tpid[$target]}" h1_load "http://127.0.0.1:${tp1[$target]}" "$(h1_prefix "$target")" 64
   done
+  # The proxy's never-coalescing route too: what a plain pass-through costs beside the others.
+  measure proxy-pass "h1r$round" "${tpid[proxy]}" h1_load "http://127.0.0.1:${tp1[proxy]}" /pass/ 64
   for target in bare proxy nginx haproxy; do
     measure "$target" "h2r$round" "${tpid[$target]}" h2_load "${tp2[$target]}" /
   done
