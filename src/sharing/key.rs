@@ -29,6 +29,19 @@ pub struct KeyPolicy {
 /// The credentials a key holds as received, in this order.
 static CREDENTIALS: [HeaderName; 2] = [AUTHORIZATION, COOKIE];
 
+/// [`RANGE_AND_CONDITIONAL`] then [`CREDENTIALS`]: what a key writes the values of, in the
+/// order it writes them, when both come from the request's own fields.
+fn conditions_and_credentials() -> &'static [HeaderName] {
+    static BOTH: OnceLock<Vec<HeaderName>> = OnceLock::new();
+    BOTH.get_or_init(|| {
+        RANGE_AND_CONDITIONAL
+            .iter()
+            .chain(&CREDENTIALS)
+            .cloned()
+            .collect()
+    })
+}
+
 /// The parts of a request its keys are made from.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyParts<'a> {
@@ -95,10 +108,19 @@ impl KeyPolicy {
             // Accept-Encoding do not split flights or stored responses.
             out.normalised(request.headers, name);
         }
-        // An empty map allocates nothing, and `values_of` finds nothing in it to look up.
-        let none = HeaderMap::new();
-        out.values_of(conditions.unwrap_or(&none), &RANGE_AND_CONDITIONAL);
-        out.values_of(request.headers, &CREDENTIALS);
+        match conditions {
+            // The request's own conditions (most keys): one pass over its fields finds those
+            // and the credentials both.
+            Some(conditions) if std::ptr::eq(conditions, request.headers) => {
+                out.values_of(request.headers, conditions_and_credentials());
+            }
+            _ => {
+                // An empty map allocates nothing, and `values_of` finds nothing in it.
+                let none = HeaderMap::new();
+                out.values_of(conditions.unwrap_or(&none), &RANGE_AND_CONDITIONAL);
+                out.values_of(request.headers, &CREDENTIALS);
+            }
+        }
         out.bytes(body);
         // `TE: trailers` reaches the upstream, and a gRPC server refuses a call without it.
         out.0.push(u8::from(trailers));
