@@ -3,6 +3,7 @@
 //! end and takes the flight out of the table.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ pub struct Fetched<B> {
 impl Lead {
     /// Starts the flight's fetch (run by the leader while nobody else reads, on a task of its
     /// own once someone does: `flight::driver`), and returns the leader's subscription.
-    pub fn start<Fut, B>(mut self, fetch: Fut) -> Subscription
+    pub fn start<Fut, B>(mut self, fetch: Pin<Box<Fut>>) -> Subscription
     where
         Fut: Future<Output = Result<Fetched<B>, FetchError>> + Send + 'static,
         B: Body<Data = Bytes, Error = FetchError> + Send + Unpin + 'static,
@@ -37,12 +38,12 @@ impl Lead {
         let flight = self.flight.clone();
         // Only `start` takes it before the drop, and `start` consumes the lead.
         let coordinator = self.coordinator.take().expect("a lead starts once");
-        // The fetch boxed on its own, and the driver around it boxed again: the leader runs the
-        // driver inline, or it moves to a task when someone joins (`flight::driver`), and
-        // moving it costs a pointer. Boxed first, the fetch sits in the driver once, as a
-        // pointer; passed by value it would sit there three times (captured, `drive`'s
-        // argument, awaited: 8.5 KB, copied whole into the box, for a 2.7 KB fetch).
-        let fetch = Box::pin(fetch);
+        // The fetch comes boxed (its maker boxes it where it is made, so its 2.7 KB are not
+        // made on the stack and then copied into a box here), and the driver around it is
+        // boxed again: the leader runs the driver inline, or it moves to a task when someone
+        // joins (`flight::driver`), and moving it costs a pointer. Boxed first, the fetch sits
+        // in the driver once, as a pointer; passed by value it would sit there three times
+        // (captured, `drive`'s argument, awaited: 8.5 KB, copied whole into the box).
         let whole: FetchFuture = Box::pin({
             let flight = flight.clone();
             let coordinator = coordinator.clone();
