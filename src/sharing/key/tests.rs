@@ -150,3 +150,35 @@ fn a_variant_differs_from_its_base_and_by_the_varying_values() {
     );
     assert_eq!(en.path(), "/a");
 }
+
+/// A key writes the conditional and credential fields in one pass when both come from the
+/// request's own fields, and in two when the conditions are a revalidation's validators: the
+/// bytes must be the same either way, or a revalidation sending exactly the request's own
+/// conditions would key apart from the request.
+#[test]
+fn conditions_given_apart_key_the_same_as_the_requests_own() {
+    let own = headers(&[
+        ("if-none-match", "\"v1\""),
+        ("range", "bytes=0-9"),
+        ("authorization", "Bearer a"),
+        ("cookie", "s=1"),
+    ]);
+    let given = own.clone();
+    let authority = HeaderValue::from_static("t.example");
+    let parts = |validators| KeyParts {
+        method: &Method::GET,
+        authority: Some(&authority),
+        path_and_query: "/c",
+        headers: &own,
+        trailers: false,
+        body: &[],
+        validators,
+    };
+    let one_pass = policy().flight_key(&parts(None));
+    let two_passes = policy().flight_key(&parts(Some(&given)));
+    assert_eq!(one_pass, two_passes);
+    assert_ne!(
+        one_pass,
+        policy().flight_key(&parts(Some(&HeaderMap::new())))
+    );
+}
