@@ -150,8 +150,10 @@ start_haproxy() {
   haproxy -f "$work/haproxy-$p.cfg" -db >/dev/null 2>&1 &
   pid=$!; pids+=("$pid"); wait_port "$p"; wait_port "$p2"
 }
-stop() { # pid [signal]: nginx stops gracefully on QUIT (haproxy only dumps its pools on it)
-  kill -"${2:-TERM}" "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
+stop() { # target pid: nginx stops gracefully on QUIT, the others on TERM (haproxy only dumps
+  # its pools on QUIT)
+  local signal=TERM; [ "$1" = nginx ] && signal=QUIT
+  kill -"$signal" "$2" 2>/dev/null || true; wait "$2" 2>/dev/null || true
 }
 # nginx passes /pass/ through uncached (its / caches); the others pass everything.
 h1_prefix() { [ "$1" = nginx ] && echo /pass/ || echo /; }
@@ -161,7 +163,7 @@ start_bare
 measure bare h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
 measure bare h2 "$pid" h2_load "$p" /
 measure bare h1c256 "$pid" h1_load "http://127.0.0.1:$p" / 256
-stop "$pid"
+stop bare "$pid"
 
 start_proxy
 measure proxy h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
@@ -175,20 +177,20 @@ for round in 1 2 3 4 5; do
   measure proxy passroute$round "$pid" h1_load "http://127.0.0.1:$p" /pass/ 64
 done
 for n in $herds; do herd_row proxy "$pid" "$p" "/herd-$run_id-$n?delay=200&size=1024" "$n"; done
-stop "$pid"
+stop proxy "$pid"
 
 start_nginx
-measure nginx h1 "$pid" h1_load "http://127.0.0.1:$p" /pass/ 64
+measure nginx h1 "$pid" h1_load "http://127.0.0.1:$p" "$(h1_prefix nginx)" 64
 measure nginx h2 "$pid" h2_load "$p2" /
-measure nginx h1c256 "$pid" h1_load "http://127.0.0.1:$p" /pass/ 256
+measure nginx h1c256 "$pid" h1_load "http://127.0.0.1:$p" "$(h1_prefix nginx)" 256
 for n in $herds; do herd_row nginx "$pid" "$p" "/herd-$run_id-nginx-$n?delay=200&size=1024" "$n"; done
-stop "$pid" QUIT
+stop nginx "$pid"
 
 start_haproxy
 measure haproxy h1 "$pid" h1_load "http://127.0.0.1:$p" / 64
 measure haproxy h2 "$pid" h2_load "$p2" /
 measure haproxy h1c256 "$pid" h1_load "http://127.0.0.1:$p" / 256
-stop "$pid"
+stop haproxy "$pid"
 
 # --- all four at once, loaded in turn: goals 2 and 3 -------------------------------------------
 # One target after another above, this machine's load drifted between them by more than the
@@ -209,8 +211,6 @@ for round in $(seq "$rounds"); do
     measure "$target" "h2r$round" "${tpid[$target]}" h2_load "${tp2[$target]}" /
   done
 done
-for target in bare proxy nginx haproxy; do
-  [ "$target" = nginx ] && stop "${tpid[$target]}" QUIT || stop "${tpid[$target]}"
-done
+for target in bare proxy nginx haproxy; do stop "$target" "${tpid[$target]}"; done
 
 python3 bench/passthrough_report.py "${rows[@]}"
