@@ -6,18 +6,22 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::drain::{Open, Phase};
 use super::stall_guard::StallGuard;
-use super::Phase;
 use crate::config::ServerConfig;
-use crate::proxy::{Connection, Proxy};
+use crate::observe::access::ObservedBody;
+use crate::proxy::{Connection, Proxy, ProxyBody};
 use crate::runtime::Workers;
 
 /// What every connection is served with.
@@ -64,66 +68,149 @@ impl ConnectionServer {
     }
 
     /// Serves `stream` on a task of its own, on the next worker, until it ends. It holds
-    /// `draining` (the server counts open connections by its receivers) and `permit` (its
+    /// `open` (the server counts open connections by them) and `permit` (its
     /// `max_connections` slot) until then.
     pub(super) fn spawn(
         self: &Arc<Self>,
         stream: std::net::TcpStream,
         peer: SocketAddr,
-        mut draining: watch::Receiver<Phase>,
+        open: Open,
         permit: OwnedSemaphorePermit,
     ) {
         let server = self.clone();
-        self.workers.spawn(move || async move {
-            // Registered with the worker's reactor here, on the worker.
-            let Ok(stream) = TcpStream::from_std(stream) else {
-                return;
-            };
-            // Over TLS, ALPN says which protocol; in the clear, the first bytes do.
-            let http2 = if server.tls.is_some() {
-                false
-            } else {
-                tokio::select! {
-                    peeked = tokio::time::timeout(server.first_bytes_timeout, speaks_h2(&stream)) => {
-                        match peeked {
-                            Ok(Ok(http2)) => http2,
-                            _ => return,
-                        }
-                    }
-                    _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return,
-                }
-            };
-            let result = match &server.tls {
-                None => {
-                    let connection = Connection { peer, tls: false };
-                    server.serve(stream, connection, http2, draining).await
-                }
-                // Boxed: a TLS connection's state (rustls' buffers, the handshake) is large,
-                // and inline it would make every plain connection's task as large.
-                Some(acceptor) => Box::pin(server.serve_tls(acceptor, stream, peer, draining)).await,
-            };
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            drop(permit);
+        self.workers.spawn(move || {
+            // The start (which protocol; over TLS, the handshake) is boxed and let go once
+            // it is done: its state is not needed after, and inline it would take room in
+            // the task for the connection's whole life. What it hands over is hyper's
+            // connection, inline for plain HTTP/1.1 (most connections, and every client
+            // waiting in a herd over HTTP/1.1), and `UntilDrained`'s few bytes.
+            let start = Box::pin(server.start(stream, peer, open, permit));
+            futures_util::FutureExt::flatten(start)
         });
+    }
+
+    /// Registers the socket (here, on the worker), finds the protocol, and returns the
+    /// connection to serve, or [`Served::Nothing`] when the client left or the drain began
+    /// first.
+    async fn start(
+        self: Arc<Self>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        open: Open,
+        permit: OwnedSemaphorePermit,
+    ) -> Served<impl Future<Output = Result<(), hyper::Error>> + Send> {
+        // Registered with the worker's reactor here, on the worker.
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            return Served::Nothing;
+        };
+        let finish = Finish {
+            open,
+            _permit: permit,
+        };
+        if self.tls.is_some() {
+            return Served::Boxed {
+                connection: Box::pin(self.serve_tls(stream, peer, finish)),
+            };
+        }
+        // In the clear, the first bytes say which protocol.
+        let http2 = tokio::select! {
+            peeked = tokio::time::timeout(self.first_bytes_timeout, speaks_h2(&stream)) => {
+                match peeked {
+                    Ok(Ok(http2)) => http2,
+                    _ => return Served::Nothing,
+                }
+            }
+            () = finish.open.reached(Phase::Draining) => return Served::Nothing,
+        };
+        let connection = Connection { peer, tls: false };
+        if http2 {
+            let serving = self.serve_http2(stream, connection, finish);
+            return Served::Boxed {
+                connection: Box::pin(async move { log_end(peer, serving.await) }),
+            };
+        }
+        Served::Http1 {
+            connection: self.serve_http1(stream, connection, finish),
+            peer,
+        }
+    }
+
+    /// hyper's HTTP/1 connection for `stream`, with upgrades, until it ends or is drained.
+    fn serve_http1<S>(
+        &self,
+        stream: S,
+        connection: Connection,
+        finish: Finish,
+    ) -> UntilDrained<impl Future<Output = Result<(), hyper::Error>> + Send>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (service, io) = self.service_and_io(stream, connection);
+        let connection = self
+            .protocols
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
+        UntilDrained::new(connection, |c| c.graceful_shutdown(), finish)
+    }
+
+    /// hyper's HTTP/2 connection for `stream`, until it ends or is drained. Its owner boxes
+    /// it: its state is large, and inline it would make every HTTP/1 connection's task as
+    /// large.
+    fn serve_http2<S>(
+        &self,
+        stream: S,
+        connection: Connection,
+        finish: Finish,
+    ) -> UntilDrained<impl Future<Output = Result<(), hyper::Error>> + Send>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (service, io) = self.service_and_io(stream, connection);
+        let connection = self.protocols.http2.serve_connection(io, service);
+        UntilDrained::new(connection, |c| c.graceful_shutdown(), finish)
+    }
+
+    /// The service every request on one connection goes to, and the connection's I/O.
+    fn service_and_io<S>(
+        &self,
+        stream: S,
+        connection: Connection,
+    ) -> (
+        impl hyper::service::HttpService<
+                hyper::body::Incoming,
+                ResBody = ObservedBody<ProxyBody>,
+                Error = std::convert::Infallible,
+                Future: Send,
+            > + Send
+            + Clone,
+        TokioIo<StallGuard<S>>,
+    )
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let proxy = self.proxy.clone();
+        // The request's future itself, not `async move { future.await }`: an async block would
+        // hold it twice (once captured, once awaited), and a waiting client pays for each of
+        // its bytes.
+        let service = service_fn(move |request| proxy.handle(request, connection));
+        let stats = self.proxy.stats().clone();
+        (
+            service,
+            TokioIo::new(StallGuard::new(stream, self.send_timeout, stats)),
+        )
     }
 }
 
 impl ConnectionServer {
     /// The TLS handshake, under `header_read_timeout` as the first bytes of a plain connection
     /// are, then the connection with the protocol ALPN chose.
-    async fn serve_tls(
-        &self,
-        acceptor: &tokio_rustls::TlsAcceptor,
-        stream: TcpStream,
-        peer: SocketAddr,
-        mut draining: watch::Receiver<Phase>,
-    ) -> Result<(), hyper::Error> {
+    async fn serve_tls(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, finish: Finish) {
+        let Some(acceptor) = &self.tls else { return };
         let deadline = tokio::time::Instant::now() + self.first_bytes_timeout;
         let first = tokio::select! {
             peeked = tokio::time::timeout_at(deadline, first_byte(&stream)) => peeked,
-            _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return Ok(()),
+            () = finish.open.reached(Phase::Draining) => return,
         };
         match first {
             // A TLS record starts with its content type, 22 for a handshake; a letter is an
@@ -131,74 +218,34 @@ impl ConnectionServer {
             Ok(Some(byte)) if byte.is_ascii_alphabetic() => {
                 tracing::debug!(%peer, "plain HTTP on a TLS listener");
                 answer_plain_http_on_tls(stream).await;
-                return Ok(());
+                return;
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => return Ok(()),
+            Ok(None) | Err(_) => return,
         }
         let handshake = tokio::select! {
             done = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => done,
-            _ = draining.wait_for(|phase| *phase >= Phase::Draining) => return Ok(()),
+            () = finish.open.reached(Phase::Draining) => return,
         };
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                return Ok(());
+                return;
             }
             Err(_) => {
                 tracing::debug!(%peer, "TLS handshake took longer than header_read_timeout");
-                return Ok(());
+                return;
             }
         };
         let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let connection = Connection { peer, tls: true };
-        self.serve(stream, connection, http2, draining).await
-    }
-
-    /// Serves one connection, plain or TLS, with the builder for its protocol, until it ends
-    /// or the drain finishes it.
-    async fn serve<S>(
-        &self,
-        stream: S,
-        connection: Connection,
-        http2: bool,
-        mut draining: watch::Receiver<Phase>,
-    ) -> Result<(), hyper::Error>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let proxy = self.proxy.clone();
-        // The request's future itself, not `async move { future.await }`: an async block would
-        // hold it twice (once captured, once awaited), and hyper keeps room for one in every
-        // connection.
-        let service = service_fn(move |request| proxy.handle(request, connection));
-        let stats = self.proxy.stats().clone();
-        let io = TokioIo::new(StallGuard::new(stream, self.send_timeout, stats));
-        // Each connection is pinned here and lent to `until_drained`: passed by value, it
-        // would take its room twice in that future (as the argument and as the pinned local),
-        // and every connection's task would hold 720 bytes more. `draining` is lent too, so
-        // that it is dropped (telling the server this connection is gone) after the
-        // connection and the requests it still serves.
-        if http2 {
-            // Boxed: an HTTP/2 connection's state is large, and inline it would make every
-            // HTTP/1 connection's task as large.
-            let mut connection = Box::pin(self.protocols.http2.serve_connection(io, service));
-            until_drained(
-                connection.as_mut(),
-                |c| c.graceful_shutdown(),
-                &mut draining,
-            )
-            .await
+        let result = if http2 {
+            Box::pin(self.serve_http2(stream, connection, finish)).await
         } else {
-            let connection = self
-                .protocols
-                .http1
-                .serve_connection(io, service)
-                .with_upgrades();
-            let connection = std::pin::pin!(connection);
-            until_drained(connection, |c| c.graceful_shutdown(), &mut draining).await
-        }
+            self.serve_http1(stream, connection, finish).await
+        };
+        log_end(peer, result);
     }
 }
 
@@ -208,30 +255,126 @@ struct Protocols {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
-/// Drives `connection` to its end. Once `draining` says so it asks the connection to finish
-/// (`start_draining`): HTTP/1 closes after the response in progress, HTTP/2 sends GOAWAY and
-/// completes its open streams; once it says `Cut`, it returns, and the caller drops the
-/// connection. The caller drops `draining` after that, telling the server the connection is
-/// gone.
-async fn until_drained<C>(
-    mut connection: Pin<&mut C>,
-    start_draining: impl FnOnce(Pin<&mut C>),
-    draining: &mut watch::Receiver<Phase>,
-) -> Result<(), hyper::Error>
+/// What a connection holds until it ends, and lets go after hyper's connection and the
+/// requests it still serves: the server counts it open until then.
+struct Finish {
+    open: Open,
+    /// Its `max_connections` slot.
+    _permit: OwnedSemaphorePermit,
+}
+
+pin_project! {
+    /// What a connection's start hands over to be served.
+    #[project = ServedProjection]
+    enum Served<H1> {
+        /// Plain HTTP/1.1, inline in the connection's task.
+        Http1 {
+            #[pin]
+            connection: UntilDrained<H1>,
+            peer: SocketAddr,
+        },
+        /// HTTP/2 and TLS connections (large, and rarely one per client), boxed.
+        Boxed { connection: Pin<Box<dyn Future<Output = ()> + Send>> },
+        /// The client left, or the drain began, before there was anything to serve.
+        Nothing,
+    }
+}
+
+impl<H1> Future for Served<H1>
+where
+    H1: Future<Output = Result<(), hyper::Error>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.project() {
+            ServedProjection::Http1 { connection, peer } => {
+                let result = ready!(connection.poll(cx));
+                log_end(*peer, result);
+                Poll::Ready(())
+            }
+            ServedProjection::Boxed { connection } => connection.as_mut().poll(cx),
+            ServedProjection::Nothing => Poll::Ready(()),
+        }
+    }
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
+}
+
+pin_project! {
+    /// Drives hyper's connection to its end. Once the server announces the drain it asks the
+    /// connection to finish (`shutdown`: HTTP/1 closes after the response in progress, HTTP/2
+    /// sends GOAWAY and completes its open streams); at the cut it ends at once, and its
+    /// owner drops the connection with the requests it still serves, so that they are
+    /// counted (as cancelled, before their head) in the last stats line rather than vanishing
+    /// with the process.
+    ///
+    /// Each poll reads the phase (one atomic load); the announcement is polled only until it
+    /// has registered the task's waker, which stays the same for the task's life.
+    struct UntilDrained<C> {
+        // Declared first: dropped before `finish`.
+        #[pin]
+        connection: C,
+        shutdown: fn(Pin<&mut C>),
+        #[pin]
+        announcement: OwnedNotified,
+        registered: bool,
+        draining: bool,
+        finish: Finish,
+    }
+}
+
+impl<C> UntilDrained<C> {
+    fn new(connection: C, shutdown: fn(Pin<&mut C>), finish: Finish) -> UntilDrained<C> {
+        UntilDrained {
+            connection,
+            shutdown,
+            announcement: finish.open.next_announcement(),
+            registered: false,
+            draining: false,
+            finish,
+        }
+    }
+}
+
+impl<C> Future for UntilDrained<C>
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    tokio::select! {
-        result = connection.as_mut() => return result,
-        _ = draining.wait_for(|phase| *phase >= Phase::Draining) => {}
-    }
-    start_draining(connection.as_mut());
-    tokio::select! {
-        result = connection => result,
-        // The grace ran out: the caller drops the connection now, with the requests it
-        // still serves, so that they are counted (as cancelled, before their head) in the last
-        // stats line rather than vanishing with the process.
-        _ = draining.wait_for(|phase| *phase == Phase::Cut) => Ok(()),
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(result) = this.connection.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            // Read after the announcement was made: one after this read wakes it.
+            match this.finish.open.phase() {
+                Phase::Cut => return Poll::Ready(Ok(())),
+                Phase::Draining if !*this.draining => {
+                    *this.draining = true;
+                    (this.shutdown)(this.connection.as_mut());
+                    // A new one, for the cut.
+                    this.announcement.set(this.finish.open.next_announcement());
+                    *this.registered = false;
+                    continue;
+                }
+                _ => {}
+            }
+            if !*this.registered {
+                if this.announcement.as_mut().poll(cx).is_ready() {
+                    this.announcement.set(this.finish.open.next_announcement());
+                    continue;
+                }
+                *this.registered = true;
+            }
+            return Poll::Pending;
+        }
     }
 }
 

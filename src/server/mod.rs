@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 pub mod admin;
 mod connection;
+mod drain;
 mod listener;
 mod memory;
 mod stall_guard;
@@ -31,6 +32,7 @@ use crate::proxy::Proxy;
 use crate::runtime::Workers;
 use admin::Readiness;
 use connection::ConnectionServer;
+use drain::{Drain, Phase};
 use listener::{accept_loop, refuse};
 
 /// A proxy bound to its listeners, ready to run.
@@ -241,20 +243,22 @@ impl Server {
             workers,
             certificate,
         ));
-        // Set when draining starts. Every connection holds a receiver until it ends, so the
-        // receivers count the open connections and the drain ends when the last one is gone.
-        let (draining_tx, draining) = watch::channel(Phase::Serving);
+        // Every connection holds its part of the drain until it ends, so the drain counts the
+        // open connections and ends when the last one is gone.
+        let drain = Drain::new();
         let accepting = Accepting {
             accepted,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
-            connection_server,
-            draining,
+            connection_server: connection_server.clone(),
+            drain: drain.clone(),
         };
 
         readiness.set(true);
         let accepting = accepting.until(shutdown).await;
         readiness.set(false);
-        let outcome = stop_accepting_and_drain(accepting, background, draining_tx, &config).await;
+        let outcome = stop_accepting_and_drain(accepting, background, drain, &config).await;
+        // It owns the worker threads, which run the connections: dropped once they are done.
+        drop(connection_server);
         // The requests since the last stats line would otherwise appear in none.
         if let Some(stats_line) = stats_line {
             stats_line.report_now();
@@ -272,7 +276,7 @@ impl Server {
 async fn stop_accepting_and_drain(
     accepting: Accepting,
     mut background: JoinSet<()>,
-    draining_tx: watch::Sender<Phase>,
+    drain: Drain,
     config: &Config,
 ) -> Shutdown {
     let delay = config.server.drain_delay;
@@ -286,21 +290,11 @@ async fn stop_accepting_and_drain(
         accepting.until(tokio::time::sleep(delay)).await
     };
     drop(accepting);
-    draining_tx.send_replace(Phase::Draining);
+    drain.announce(Phase::Draining);
     // Waits for the accept loops to end, so their listeners are closed (new connections
     // refused) before the drain is announced.
     background.shutdown().await;
-    drain(&draining_tx, config.server.shutdown_grace).await
-}
-
-/// What the server asks of its open connections, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Phase {
-    Serving,
-    /// Finish what is in progress, take nothing new.
-    Draining,
-    /// The grace ran out: stop now.
-    Cut,
+    finish_open_connections(&drain, config.server.shutdown_grace).await
 }
 
 /// How a shutdown ended.
@@ -319,7 +313,7 @@ struct Accepting {
     accepted: mpsc::Receiver<(TcpStream, SocketAddr)>,
     connections: Arc<Semaphore>,
     connection_server: Arc<ConnectionServer>,
-    draining: watch::Receiver<Phase>,
+    drain: Drain,
 }
 
 impl Accepting {
@@ -337,7 +331,7 @@ impl Accepting {
                     };
                     match stream.into_std() {
                         Ok(stream) => {
-                            self.connection_server.spawn(stream, peer, self.draining.clone(), permit);
+                            self.connection_server.spawn(stream, peer, self.drain.open(), permit);
                         }
                         Err(err) => tracing::debug!(%peer, error = %err, "handing over a connection failed"),
                     }
@@ -348,28 +342,25 @@ impl Accepting {
     }
 }
 
-/// Waits until every connection has ended (each holds a receiver of `draining`), or
-/// `grace` has passed, and says which.
-async fn drain(draining: &watch::Sender<Phase>, grace: Duration) -> Shutdown {
-    let open = draining.receiver_count();
+/// Waits until every connection has ended, or `grace` has passed (then cuts those left), and
+/// says which.
+async fn finish_open_connections(drain: &Drain, grace: Duration) -> Shutdown {
+    let open = drain.open_connections();
     tracing::info!(
         open_connections = open,
         grace = %humantime::format_duration(grace),
         "shutting down: no longer accepting, draining open connections"
     );
-    if tokio::time::timeout(grace, draining.closed())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drain.all_gone()).await.is_err() {
         tracing::warn!(
             grace = %humantime::format_duration(grace),
-            open_connections = draining.receiver_count(),
+            open_connections = drain.open_connections(),
             "shutdown grace period ran out; closing the remaining connections"
         );
-        draining.send_replace(Phase::Cut);
+        drain.announce(Phase::Cut);
         // Each connection drops its requests as it sees the cut; the last stats line waits
         // for them (a moment, not another grace).
-        let _ = tokio::time::timeout(Duration::from_secs(1), draining.closed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain.all_gone()).await;
         Shutdown::GraceRanOut
     } else {
         tracing::info!("all connections drained");
