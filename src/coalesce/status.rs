@@ -4,6 +4,7 @@
 //! nothing else decides who fetches.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,40 +78,45 @@ impl Subscription {
     /// A follower with `max_wait` gives up waiting after it ([`Status::TimedOut`]); without
     /// one it waits as long as the flight may take, which the upstream's `response_timeout`
     /// bounds (a timer of the same length would only race the flight's own 504).
-    pub async fn settle(self, follower: &Follower<'_>) -> Status {
-        let flight = self.flight().clone();
-        let reader = self.reader();
-        let head = std::future::poll_fn(|cx| flight.poll_head(reader, cx));
-        if self.is_leader() {
-            return Status::Done(self, head.await);
-        }
-        let waiting = self.coordinator().stats.follower_waiting();
-        let head = match flight.scope.policy.max_wait {
-            None => head.await,
-            Some(max_wait) => match tokio::time::timeout(max_wait, head).await {
-                Ok(head) => head,
-                Err(_) => {
-                    tracing::debug!(
-                        flight = flight.id,
-                        "follower waited past max_wait; going upstream alone"
-                    );
-                    return Status::TimedOut;
-                }
-            },
-        };
-        drop(waiting);
-        match self.verdict(head, follower) {
-            Status::Done(subscription, Ok(head))
-                if head.sharing.status_in_trailers && follower.may_reelect =>
-            {
-                let failed = std::future::poll_fn(|cx| flight.poll_trailers_error(reader, cx));
-                match failed.await {
-                    // As for a 5xx under `share_errors = false`: one new leader, once.
-                    true => Status::ReElect,
-                    false => Status::Done(subscription, Ok(head)),
-                }
+    // Not an `async fn`: its arguments would take their room twice in the future (as
+    // arguments and as the locals they are moved into), and a waiting client pays for each.
+    #[allow(clippy::manual_async_fn)] // the argument's room, above
+    pub fn settle<'a>(self, follower: &'a Follower<'_>) -> impl Future<Output = Status> + 'a {
+        async move {
+            let flight = self.flight().clone();
+            let reader = self.reader();
+            let head = std::future::poll_fn(|cx| flight.poll_head(reader, cx));
+            if self.is_leader() {
+                return Status::Done(self, head.await);
             }
-            status => status,
+            let waiting = self.coordinator().stats.follower_waiting();
+            let head = match flight.scope.policy.max_wait {
+                None => head.await,
+                Some(max_wait) => match tokio::time::timeout(max_wait, head).await {
+                    Ok(head) => head,
+                    Err(_) => {
+                        tracing::debug!(
+                            flight = flight.id,
+                            "follower waited past max_wait; going upstream alone"
+                        );
+                        return Status::TimedOut;
+                    }
+                },
+            };
+            drop(waiting);
+            match self.verdict(head, follower) {
+                Status::Done(subscription, Ok(head))
+                    if head.sharing.status_in_trailers && follower.may_reelect =>
+                {
+                    let failed = std::future::poll_fn(|cx| flight.poll_trailers_error(reader, cx));
+                    match failed.await {
+                        // As for a 5xx under `share_errors = false`: one new leader, once.
+                        true => Status::ReElect,
+                        false => Status::Done(subscription, Ok(head)),
+                    }
+                }
+                status => status,
+            }
         }
     }
 

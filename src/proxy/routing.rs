@@ -1,6 +1,8 @@
 //! Phase 1, route: which route a request takes (or the proxy's own answer when none), and
 //! then which way it goes: shared (look up, coalesce), forwarded alone, or tunnelled.
 
+use std::future::Future;
+
 use http::header::HeaderName;
 use http::{request, Method, StatusCode};
 use http_body::Body;
@@ -97,54 +99,59 @@ impl Proxy {
     /// A routed request's way through the rest: a tunnel for `Upgrade`; the shared path
     /// (look up, coalesce) when the route lets it share; otherwise forwarded on its own, after
     /// which an unsafe method invalidates what it may have changed (RFC 9111 §4.4).
-    pub(super) async fn serve(
-        &self,
-        routing: &Routing,
-        request: &mut RequestContext,
+    // Not an `async fn`: its arguments would take their room twice in the future (as
+    // arguments and as the locals they are moved into), and a waiting client pays for each.
+    #[allow(clippy::manual_async_fn)] // the argument's room, above
+    pub(super) fn serve<'a>(
+        &'a self,
+        routing: &'a Routing,
+        request: &'a mut RequestContext,
         body: Incoming,
-    ) -> Reply {
-        if hygiene::is_upgrade(&request.parts) {
-            // Boxed: rare, and large inline.
-            return Box::pin(self.tunnel(request, body)).await;
-        }
-        let policy = &request.route.coalesce;
-        let body = if sharing::request_may_share(policy, &request.parts, body.is_end_stream()) {
-            // Boxed: only a shared request with a body (a POST on a route with `body_max`)
-            // reads one, and inline this state would grow every request's.
-            let read = match body.is_end_stream() {
-                true => Ok(SharedBody::Whole(bytes::Bytes::new())),
-                false => Box::pin(read_shared_body(request, body)).await,
-            };
-            // The share happens after this match, not inside it: `read` (184 bytes) would
-            // stay in the future for as long as the request waits.
-            match read {
-                Ok(SharedBody::Whole(whole)) => {
-                    request.body = whole;
-                    None
-                }
-                Ok(SharedBody::Longer(body)) => Some(body),
-                Err(reply) => return add_cache_status_header(request, reply),
+    ) -> impl Future<Output = Reply> + 'a {
+        async move {
+            if hygiene::is_upgrade(&request.parts) {
+                // Boxed: rare, and large inline.
+                return Box::pin(self.tunnel(request, body)).await;
             }
-        } else {
-            Some(body.map_err(BoxError::from).boxed())
-        };
-        let Some(body) = body else {
-            let reply = self.share(request).await;
-            return add_cache_status_header(request, reply);
-        };
-        // Boxed: the upstream send's state (a request held through admission and hyper's
-        // send) would otherwise sit in every request's future, and hyper keeps room for one
-        // in every connection; a shared request never needs it inline (its fetch is a
-        // flight's, boxed there).
-        let reply = Box::pin(self.pass(request, body, None)).await;
-        let response = &reply.response;
-        cache::after_unsafe_request(
-            |host, path| routing.routes.find(host, path)?.cache.as_deref(),
-            &request.parts,
-            response.status(),
-            response.headers(),
-        );
-        add_cache_status_header(request, reply)
+            let policy = &request.route.coalesce;
+            let body = if sharing::request_may_share(policy, &request.parts, body.is_end_stream()) {
+                // Boxed: only a shared request with a body (a POST on a route with `body_max`)
+                // reads one, and inline this state would grow every request's.
+                let read = match body.is_end_stream() {
+                    true => Ok(SharedBody::Whole(bytes::Bytes::new())),
+                    false => Box::pin(read_shared_body(request, body)).await,
+                };
+                // The share happens after this match, not inside it: `read` (184 bytes) would
+                // stay in the future for as long as the request waits.
+                match read {
+                    Ok(SharedBody::Whole(whole)) => {
+                        request.body = whole;
+                        None
+                    }
+                    Ok(SharedBody::Longer(body)) => Some(body),
+                    Err(reply) => return add_cache_status_header(request, reply),
+                }
+            } else {
+                Some(body.map_err(BoxError::from).boxed())
+            };
+            let Some(body) = body else {
+                let reply = self.share(request).await;
+                return add_cache_status_header(request, reply);
+            };
+            // Boxed: the upstream send's state (a request held through admission and hyper's
+            // send) would otherwise sit in every request's future, and hyper keeps room for one
+            // in every connection; a shared request never needs it inline (its fetch is a
+            // flight's, boxed there).
+            let reply = Box::pin(self.pass(request, body, None)).await;
+            let response = &reply.response;
+            cache::after_unsafe_request(
+                |host, path| routing.routes.find(host, path)?.cache.as_deref(),
+                &request.parts,
+                response.status(),
+                response.headers(),
+            );
+            add_cache_status_header(request, reply)
+        }
     }
 }
 

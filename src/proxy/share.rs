@@ -2,6 +2,7 @@
 //! coordinator's [`Status`] for its key, with one reaction to each), and the replies they
 //! make: from the cache, from a flight, or from going upstream alone after all.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use http::header;
@@ -23,16 +24,26 @@ impl Proxy {
     /// Answers a request that may share: from the cache, else from the flight for its key,
     /// unless it goes upstream on its own after all. A byte range that misses a cached route
     /// is fetched whole (so the cache stores it) and cut to the range asked for.
-    pub(super) async fn share(&self, request: &RequestContext) -> Reply {
-        let miss = match self.look_up(request) {
-            Ok(served) => return served,
-            Err(miss) => miss,
-        };
-        if ranged::fetches_whole(request) {
-            // Boxed: the rare path, and inline its state would grow every shared request's.
-            return Box::pin(self.share_range(request, miss)).await;
+    ///
+    /// This and `coalesce` are not `async fn`s: an async fn's arguments take their room twice
+    /// in its future (as arguments and as the locals they are moved into), and a waiting
+    /// client pays for each byte.
+    #[allow(clippy::manual_async_fn)] // the argument's room, above
+    pub(super) fn share<'a>(
+        &'a self,
+        request: &'a RequestContext,
+    ) -> impl Future<Output = Reply> + 'a {
+        async move {
+            let miss = match self.look_up(request) {
+                Ok(served) => return served,
+                Err(miss) => miss,
+            };
+            if ranged::fetches_whole(request) {
+                // Boxed: the rare path, and inline its state would grow every shared request's.
+                return Box::pin(self.share_range(request, miss)).await;
+            }
+            self.coalesce(request, &miss).await
         }
-        self.coalesce(request, &miss).await
     }
 
     /// A byte range that missed a cached route: the whole resource through its flight, so
@@ -67,41 +78,50 @@ impl Proxy {
 
     /// The coalesce phase: what the coordinator says about the request's key, and the one
     /// reaction to each status, until the request has its answer.
-    async fn coalesce(&self, request: &RequestContext, miss: &Miss) -> Reply {
-        let mut key = request.flight_key(miss.validators().as_ref());
-        let (scope, headers) = (&request.route.scope, &request.parts.headers);
-        let mut may_reelect = true;
-        let mut status = self.coordinator.enter(&key, scope, headers);
-        loop {
-            let follower = Follower {
-                key: &key,
-                headers,
-                may_reelect,
-            };
-            status = match status {
-                Status::Lead(lead) => {
-                    let fetch = self.fetch(request, miss, lead.flight());
-                    lead.start(fetch).settle(&follower).await
-                }
-                Status::Follow(subscription) => subscription.settle(&follower).await,
-                Status::Done(subscription, head) => {
-                    return self.answer(request, miss, subscription, head)
-                }
-                Status::ReElect => {
-                    // The flight failed (a 5xx or no head): its error is not known here, so
-                    // only what a 5xx would allow.
-                    if let Some(stale) = miss.stand_in(false) {
-                        return self.stand_in(request, miss, stale, None, true);
+    #[allow(clippy::manual_async_fn)] // arguments held once: see `share`
+    fn coalesce<'a>(
+        &'a self,
+        request: &'a RequestContext,
+        miss: &'a Miss,
+    ) -> impl Future<Output = Reply> + 'a {
+        async move {
+            let mut key = request.flight_key(miss.validators().as_ref());
+            let (scope, headers) = (&request.route.scope, &request.parts.headers);
+            let mut may_reelect = true;
+            let mut status = self.coordinator.enter(&key, scope, headers);
+            loop {
+                let follower = Follower {
+                    key: &key,
+                    headers,
+                    may_reelect,
+                };
+                status = match status {
+                    Status::Lead(lead) => {
+                        let fetch = self.fetch(request, miss, lead.flight());
+                        lead.start(fetch).settle(&follower).await
                     }
-                    may_reelect = false;
-                    self.coordinator.enter(&key, scope, headers)
-                }
-                Status::Rekey(variant) => {
-                    key = variant;
-                    self.coordinator.enter(&key, scope, headers)
-                }
-                Status::GiveUp | Status::TimedOut => return self.alone(request, miss, &key).await,
-            };
+                    Status::Follow(subscription) => subscription.settle(&follower).await,
+                    Status::Done(subscription, head) => {
+                        return self.answer(request, miss, subscription, head)
+                    }
+                    Status::ReElect => {
+                        // The flight failed (a 5xx or no head): its error is not known here, so
+                        // only what a 5xx would allow.
+                        if let Some(stale) = miss.stand_in(false) {
+                            return self.stand_in(request, miss, stale, None, true);
+                        }
+                        may_reelect = false;
+                        self.coordinator.enter(&key, scope, headers)
+                    }
+                    Status::Rekey(variant) => {
+                        key = variant;
+                        self.coordinator.enter(&key, scope, headers)
+                    }
+                    Status::GiveUp | Status::TimedOut => {
+                        return self.alone(request, miss, &key).await
+                    }
+                };
+            }
         }
     }
 
