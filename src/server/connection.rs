@@ -107,9 +107,9 @@ impl ConnectionServer {
             open,
             _permit: permit,
         };
-        if self.tls.is_some() {
+        if let Some(acceptor) = self.tls.clone() {
             return Served::Boxed {
-                connection: Box::pin(self.serve_tls(stream, peer, finish)),
+                connection: Box::pin(self.serve_tls(acceptor, stream, peer, finish)),
             };
         }
         // In the clear, the first bytes say which protocol.
@@ -205,8 +205,13 @@ impl ConnectionServer {
 impl ConnectionServer {
     /// The TLS handshake, under `header_read_timeout` as the first bytes of a plain connection
     /// are, then the connection with the protocol ALPN chose.
-    async fn serve_tls(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, finish: Finish) {
-        let Some(acceptor) = &self.tls else { return };
+    async fn serve_tls(
+        self: Arc<Self>,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        peer: SocketAddr,
+        finish: Finish,
+    ) {
         let deadline = tokio::time::Instant::now() + self.first_bytes_timeout;
         let first = tokio::select! {
             peeked = tokio::time::timeout_at(deadline, first_byte(&stream)) => peeked,
