@@ -5,7 +5,7 @@
 //! chunk), and `driver` who runs the fetch: the leader, inline, while nobody else reads, or
 //! a task of its own once someone joins.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Instant;
@@ -14,10 +14,12 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use tokio::sync::Notify;
 
+mod cursors;
 mod driver;
 mod room;
 mod wait;
 
+use cursors::Cursors;
 use driver::Fetch;
 pub(super) use driver::FetchFuture;
 
@@ -154,7 +156,7 @@ struct FlightState {
     /// `(next chunk index, reader id)` of every client still reading. Ordered, so the slowest
     /// and the fastest reader are the first and last entries. A reader missing from here while
     /// its subscription lives was cut off for falling too far behind.
-    readers: BTreeSet<(usize, u64)>,
+    readers: Cursors,
     next_reader: u64,
     /// How many clients joined after the leader.
     followers: usize,
@@ -182,10 +184,7 @@ impl FlightState {
         if self.open {
             return;
         }
-        let slowest = self
-            .readers
-            .first()
-            .map_or(usize::MAX, |(cursor, _)| *cursor);
+        let slowest = self.readers.slowest().unwrap_or(usize::MAX);
         while self.first_chunk < slowest {
             let Some(chunk) = self.chunks.pop_front() else {
                 break;
@@ -261,7 +260,7 @@ impl Flight {
                 peak_buffered: 0,
                 trailers: None,
                 end: None,
-                readers: BTreeSet::from([(0, 0)]),
+                readers: Cursors::leader(Flight::LEADER),
                 next_reader: 1,
                 followers: 0,
                 followers_reported: 0,

@@ -28,20 +28,10 @@ impl FlightState {
     /// Cuts off the readers furthest behind: they read nothing for `client_stall_timeout`
     /// while the buffer was full and everyone else waited. Returns how many.
     pub(super) fn cut_slowest(&mut self) -> usize {
-        let Some(&(slowest, _)) = self.readers.first() else {
-            return 0;
-        };
-        let laggards: Vec<(usize, u64)> = self
-            .readers
-            .range((slowest, 0)..=(slowest, u64::MAX))
-            .copied()
-            .collect();
-        for laggard in &laggards {
-            self.readers.remove(laggard);
-        }
-        self.cut_off += laggards.len();
+        let laggards = self.readers.remove_slowest();
+        self.cut_off += laggards;
         self.trim();
-        laggards.len()
+        laggards
     }
 }
 

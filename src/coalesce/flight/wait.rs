@@ -52,9 +52,8 @@ impl Flight {
             if let Some(chunk) = state.chunks.get(*cursor - state.first_chunk) {
                 let chunk = chunk.clone();
                 let before = state.buffered;
-                state.readers.remove(&(*cursor, reader));
+                state.readers.advance(*cursor, reader);
                 *cursor += 1;
-                state.readers.insert((*cursor, reader));
                 state.trim();
                 freed = state.buffered < before && state.fetch_waiting;
                 *finished = matches!(state.end, Some(Ok(())))
@@ -67,9 +66,8 @@ impl Flight {
                 (None, _) => None,
                 (Some(Ok(())), Some(trailers)) if after_last => {
                     let trailers = trailers.clone();
-                    state.readers.remove(&(*cursor, reader));
+                    state.readers.advance(*cursor, reader);
                     *cursor += 1;
-                    state.readers.insert((*cursor, reader));
                     *finished = true;
                     Some(Some(Ok(Frame::trailers(trailers))))
                 }
