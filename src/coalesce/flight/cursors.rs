@@ -83,9 +83,15 @@ impl Cursors {
                 1
             }
             Cursors::Many(set) => {
-                let before = set.len();
-                set.retain(|(cursor, _)| *cursor != slowest);
-                before - set.len()
+                // The laggards only, not a walk of every reader (a herd has thousands).
+                let laggards: Vec<Place> = set
+                    .range((slowest, 0)..=(slowest, u64::MAX))
+                    .copied()
+                    .collect();
+                for laggard in &laggards {
+                    set.remove(laggard);
+                }
+                laggards.len()
             }
         }
     }
