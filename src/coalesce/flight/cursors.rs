@@ -159,8 +159,16 @@ mod tests {
         assert!(!cursors.remove(&(1, 0)));
         assert!(!cursors.remove(&(0, 7)));
         assert_eq!(cursors.len(), 1);
+        assert!(cursors.contains(&(0, 0)));
+    }
+
+    #[test]
+    fn advancing_a_reader_that_is_not_there_puts_it_at_its_next_place() {
+        // As the tree's remove and insert did before `advance`.
+        let mut cursors = Cursors::leader(0);
         cursors.advance(3, 9);
-        // A reader not there is put at its next place (as the tree's remove and insert did).
         assert_eq!(cursors.len(), 2);
+        assert!(cursors.contains(&(4, 9)));
+        assert!(cursors.contains(&(0, 0)));
     }
 }

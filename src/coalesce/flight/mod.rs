@@ -153,9 +153,9 @@ struct FlightState {
     trailers: Option<HeaderMap>,
     /// `None` while the fetch runs; then `Ok` (whole body received) or why it failed.
     end: Option<Result<(), FlightError>>,
-    /// `(next chunk index, reader id)` of every client still reading. Ordered, so the slowest
-    /// and the fastest reader are the first and last entries. A reader missing from here while
-    /// its subscription lives was cut off for falling too far behind.
+    /// `(next chunk index, reader id)` of every client still reading, slowest first (a lone
+    /// reader inline: `cursors`). A reader missing from here while its subscription lives was
+    /// cut off for falling too far behind.
     readers: Cursors,
     next_reader: u64,
     /// How many clients joined after the leader.
